@@ -1,0 +1,1 @@
+//! GGUF files: header, metadata and tensor index over a memory map.

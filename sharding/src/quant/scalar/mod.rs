@@ -1,0 +1,11 @@
+//! Scalar reference kernels: the definition of each format's numerics.
+
+mod kquants;
+mod legacy;
+
+use super::{GgmlType, TypeKernels};
+
+/// The scalar kernels for weight type `ty`, if this module has them.
+pub fn kernels(ty: GgmlType) -> Option<TypeKernels> {
+    legacy::kernels(ty).or_else(|| kquants::kernels(ty))
+}

@@ -1,0 +1,7 @@
+//! kquants kernels (x86). Not yet written.
+
+use crate::quant::{GgmlType, TypeKernels};
+
+pub(super) fn kernels(_ty: GgmlType) -> Option<TypeKernels> {
+    None
+}
