@@ -105,16 +105,16 @@ pub struct BlockQ8K {
 }
 
 const _: () = {
-    assert!(std::mem::size_of::<BlockQ4_0>() == 18);
-    assert!(std::mem::size_of::<BlockQ4_1>() == 20);
-    assert!(std::mem::size_of::<BlockQ5_0>() == 22);
-    assert!(std::mem::size_of::<BlockQ5_1>() == 24);
-    assert!(std::mem::size_of::<BlockQ8_0>() == 34);
-    assert!(std::mem::size_of::<BlockQ8_1>() == 36);
-    assert!(std::mem::size_of::<BlockQ4K>() == 144);
-    assert!(std::mem::size_of::<BlockQ5K>() == 176);
-    assert!(std::mem::size_of::<BlockQ6K>() == 210);
-    assert!(std::mem::size_of::<BlockQ8K>() == 292);
+    assert!(size_of::<BlockQ4_0>() == 18);
+    assert!(size_of::<BlockQ4_1>() == 20);
+    assert!(size_of::<BlockQ5_0>() == 22);
+    assert!(size_of::<BlockQ5_1>() == 24);
+    assert!(size_of::<BlockQ8_0>() == 34);
+    assert!(size_of::<BlockQ8_1>() == 36);
+    assert!(size_of::<BlockQ4K>() == 144);
+    assert!(size_of::<BlockQ5K>() == 176);
+    assert!(size_of::<BlockQ6K>() == 210);
+    assert!(size_of::<BlockQ8K>() == 292);
 };
 
 /// Plain-old-data block types: every bit pattern is a valid value and there is no padding
@@ -141,10 +141,10 @@ unsafe impl Block for BlockQ8K {}
 /// If `bytes.len()` is not a multiple of the block size or the pointer is misaligned for `B`.
 /// Callers pass rows whose length the tensor index validated, so this is an invariant check.
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
-    let size = std::mem::size_of::<B>();
+    let size = size_of::<B>();
     assert_eq!(bytes.len() % size, 0, "row is not a whole number of blocks");
     assert_eq!(
-        bytes.as_ptr() as usize % std::mem::align_of::<B>(),
+        bytes.as_ptr() as usize % align_of::<B>(),
         0,
         "misaligned blocks"
     );
@@ -154,10 +154,10 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> &[B] {
 
 /// Mutable twin of [`as_blocks`].
 pub fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
-    let size = std::mem::size_of::<B>();
+    let size = size_of::<B>();
     assert_eq!(bytes.len() % size, 0, "row is not a whole number of blocks");
     assert_eq!(
-        bytes.as_ptr() as usize % std::mem::align_of::<B>(),
+        bytes.as_ptr() as usize % align_of::<B>(),
         0,
         "misaligned blocks"
     );
