@@ -6,4 +6,6 @@
 //! networking: the node crate moves the bytes, this crate does the math.
 
 pub mod gguf;
+pub mod kv;
+pub mod model;
 pub mod quant;

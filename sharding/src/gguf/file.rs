@@ -88,6 +88,11 @@ impl GgufFile {
         })
     }
 
+    /// The mapping itself, for views that must outlive a borrow (weight matrices).
+    pub(crate) fn mapping(&self) -> &Arc<Mmap> {
+        &self.map
+    }
+
     /// Whether the file has a tensor called `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.header.tensor(name).is_some()

@@ -1,0 +1,159 @@
+//! Element-wise and per-row operations, with ggml's numerics (accumulation widths, formula
+//! shapes) so that our hidden states track llama.cpp's closely enough for identical tokens.
+
+use half::f16;
+
+use super::config::RopeStyle;
+
+/// RMS-normalizes each row of `x` in place and multiplies by `weight` (one row's length).
+///
+/// Like ggml: squares summed in f64, the mean and scale in f32, `x * scale` then `* weight`.
+pub(crate) fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
+    let n = weight.len();
+    for row in x.chunks_exact_mut(n) {
+        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = (*v * scale) * w;
+        }
+    }
+}
+
+/// `acc += x`, element-wise.
+pub(crate) fn add_assign(acc: &mut [f32], x: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// Adds a bias row to every row of `x`.
+pub(crate) fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_assign(row, bias);
+    }
+}
+
+/// `gate = silu(gate) * up`.
+pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = x / (1.0 + (-x).exp()) * u;
+    }
+}
+
+/// `gate = gelu(gate) * up`, with gelu evaluated as ggml's f16 table does: on the input
+/// rounded to f16, result rounded to f16.
+pub(crate) fn geglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let y = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            let xh = f16::from_f32(x).to_f32();
+            f16::from_f32(gelu_tanh(xh)).to_f32()
+        };
+        *g = y * u;
+    }
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+/// Rotary angles of one position: `cos` and `sin` for each rotated pair, computed as ggml
+/// does (theta multiplied down pair by pair in f32).
+pub(crate) fn rope_angles(pos: usize, base: f32, rope_dim: usize, out: &mut [f32]) {
+    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+    let mut theta = pos as f32;
+    for pair in out.chunks_exact_mut(2) {
+        pair[0] = theta.cos();
+        pair[1] = theta.sin();
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates the first `rope_dim` dims of each head in `x` (one position, `n_head` heads of
+/// `head_dim`) by the angles from [`rope_angles`].
+pub(crate) fn rope(
+    x: &mut [f32],
+    head_dim: usize,
+    rope_dim: usize,
+    angles: &[f32],
+    style: RopeStyle,
+) {
+    for head in x.chunks_exact_mut(head_dim) {
+        match style {
+            RopeStyle::Adjacent => {
+                for (pair, cs) in head[..rope_dim]
+                    .chunks_exact_mut(2)
+                    .zip(angles.chunks_exact(2))
+                {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * cs[0] - x1 * cs[1];
+                    pair[1] = x0 * cs[1] + x1 * cs[0];
+                }
+            }
+            RopeStyle::Halves => {
+                let half = rope_dim / 2;
+                for (i, cs) in angles.chunks_exact(2).enumerate().take(half) {
+                    let (x0, x1) = (head[i], head[i + half]);
+                    head[i] = x0 * cs[0] - x1 * cs[1];
+                    head[i + half] = x0 * cs[1] + x1 * cs[0];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rows() {
+        let mut x = vec![3.0, 4.0, 0.0, 0.0];
+        rms_norm(&mut x, &[1.0, 1.0], 0.0);
+        let r = (12.5f32).sqrt();
+        assert!((x[0] - 3.0 / r).abs() < 1e-6 && (x[1] - 4.0 / r).abs() < 1e-6);
+        assert!(x[2] == 0.0 || x[2].is_nan());
+    }
+
+    #[test]
+    fn rope_position_zero_is_identity() {
+        let mut angles = vec![0.0; 8];
+        rope_angles(0, 10000.0, 8, &mut angles);
+        let orig: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
+            let mut x = orig.clone();
+            rope(&mut x, 8, 8, &angles, style);
+            assert_eq!(x, orig);
+        }
+    }
+
+    #[test]
+    fn rope_preserves_pair_norms() {
+        let mut angles = vec![0.0; 4];
+        rope_angles(7, 10000.0, 4, &mut angles);
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, 4, 4, &angles, RopeStyle::Adjacent);
+        assert!(((x[0] * x[0] + x[1] * x[1]) - 5.0).abs() < 1e-5);
+        assert!(((x[2] * x[2] + x[3] * x[3]) - 25.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn gates() {
+        let mut g = vec![0.0, 20.0];
+        swiglu(&mut g, &[1.0, 2.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 40.0).abs() < 1e-3);
+        let mut g = vec![-20.0, 20.0, 1.0];
+        geglu(&mut g, &[1.0, 1.0, 1.0]);
+        assert_eq!(&g[..2], &[0.0, 20.0]);
+        assert!((g[2] - 0.8413).abs() < 1e-3);
+    }
+}

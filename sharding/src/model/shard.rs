@@ -1,0 +1,377 @@
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::block::Block;
+use super::config::ModelConfig;
+use super::matmul::QMatrix;
+use super::ops;
+use super::scratch::Scratch;
+use super::weights::Weights;
+use super::{LoadError, StepError};
+use crate::gguf::GgufFile;
+use crate::kv::KvCache;
+
+/// Which part of the model a shard runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSpec {
+    /// Transformer blocks, `start..end`.
+    pub layers: Range<usize>,
+    /// Whether the shard looks up token embeddings (takes token ids as input).
+    pub embed: bool,
+    /// Whether the shard applies the final norm and output head (returns logits).
+    pub head: bool,
+}
+
+impl ShardSpec {
+    /// The whole model in one shard.
+    pub fn full(n_layers: usize) -> Self {
+        ShardSpec {
+            layers: 0..n_layers,
+            embed: true,
+            head: true,
+        }
+    }
+}
+
+/// Resource limits and threading of a shard.
+#[derive(Clone, Debug)]
+pub struct ShardOptions {
+    /// Worker threads for matrix products and attention.
+    pub threads: usize,
+    /// Sessions open at once.
+    pub max_sessions: usize,
+    /// Positions one session may hold (capped by the model's trained context).
+    pub max_context: usize,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions {
+            threads: 1,
+            max_sessions: 64,
+            max_context: 4096,
+        }
+    }
+}
+
+/// Input of a forward step.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// Token ids (for a shard with the embedding).
+    Tokens(&'a [u32]),
+    /// Hidden states, `n × n_embd` floats (for a shard without it).
+    Hidden(&'a [f32]),
+}
+
+/// What a forward step wrote into the output buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Hidden states of every input position (`n × n_embd`).
+    Hidden,
+    /// Logits of the last input position (`vocab_size`).
+    Logits,
+}
+
+struct Head {
+    norm: Vec<f32>,
+    output: QMatrix,
+}
+
+/// A contiguous range of a model's layers, ready to run sessions.
+pub struct Shard {
+    config: ModelConfig,
+    spec: ShardSpec,
+    embed: Option<QMatrix>,
+    blocks: Vec<Block>,
+    head: Option<Head>,
+    rope_freqs: Option<Vec<f32>>,
+    sessions: HashMap<u64, KvCache>,
+    opts: ShardOptions,
+    pool: rayon::ThreadPool,
+    scratch: Scratch,
+    hidden: Vec<f32>,
+}
+
+impl Shard {
+    /// Loads the tensors of `spec` from `file`. Only those tensors' pages are ever touched.
+    pub fn load(file: &GgufFile, spec: ShardSpec, opts: ShardOptions) -> Result<Self, LoadError> {
+        let config = ModelConfig::from_metadata(file.metadata())?;
+        let Range { start, end } = spec.layers;
+        if start > end || end > config.n_layers || (start == end && !spec.embed && !spec.head) {
+            return Err(LoadError::BadRange {
+                start,
+                end,
+                n_layers: config.n_layers,
+            });
+        }
+        let w = Weights { file };
+        let e = config.n_embd;
+        let embed_matrix = || w.matrix("token_embd.weight", config.vocab_size, e);
+        let embed = if spec.embed {
+            Some(embed_matrix()?)
+        } else {
+            None
+        };
+        let blocks = spec
+            .layers
+            .clone()
+            .map(|il| Block::load(&w, &config, il))
+            .collect::<Result<Vec<_>, _>>()?;
+        let head = if spec.head {
+            let output = if file.has_tensor("output.weight") {
+                w.matrix("output.weight", config.vocab_size, e)?
+            } else {
+                embed_matrix()?
+            };
+            Some(Head {
+                norm: w.vector("output_norm.weight", e)?,
+                output,
+            })
+        } else {
+            None
+        };
+        let rope_freqs = w.opt_vector("rope_freqs.weight", config.rope_dim / 2)?;
+        let threads = opts.threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("shoal-shard-{i}"))
+            .build()
+            .map_err(|e| LoadError::Threads {
+                threads,
+                why: e.to_string(),
+            })?;
+        let opts = ShardOptions {
+            threads,
+            max_context: opts.max_context.min(config.context_length).max(1),
+            ..opts
+        };
+        Ok(Shard {
+            config,
+            spec,
+            embed,
+            blocks,
+            head,
+            rope_freqs,
+            sessions: HashMap::new(),
+            opts,
+            pool,
+            scratch: Scratch::default(),
+            hidden: Vec::new(),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// What this shard runs.
+    pub fn spec(&self) -> &ShardSpec {
+        &self.spec
+    }
+
+    /// Effective limits.
+    pub fn options(&self) -> &ShardOptions {
+        &self.opts
+    }
+
+    /// Bytes of weights this shard streams per token (blocks, plus the head's matrix).
+    pub fn weight_bytes(&self) -> usize {
+        let blocks: usize = self.blocks.iter().map(Block::weight_bytes).sum();
+        blocks + self.head.as_ref().map_or(0, |h| h.output.bytes())
+    }
+
+    /// Opens a session that may hold up to `max_positions` positions (0: the shard's limit).
+    pub fn open_session(&mut self, id: u64, max_positions: usize) -> Result<(), StepError> {
+        if self.sessions.contains_key(&id) {
+            return Err(StepError::SessionExists(id));
+        }
+        if self.sessions.len() >= self.opts.max_sessions {
+            return Err(StepError::TooManySessions(self.opts.max_sessions));
+        }
+        let limit = self.opts.max_context;
+        let max = if max_positions == 0 {
+            limit
+        } else {
+            max_positions
+        };
+        if max > limit {
+            return Err(StepError::ContextTooLong {
+                requested: max,
+                limit,
+            });
+        }
+        let c = &self.config;
+        let cache = KvCache::new(
+            self.blocks.len(),
+            c.kv_dim(),
+            c.n_head_kv * c.head_dim_v,
+            max,
+        );
+        self.sessions.insert(id, cache);
+        Ok(())
+    }
+
+    /// Closes a session and frees its cache; `false` if it was not open.
+    pub fn close_session(&mut self, id: u64) -> bool {
+        self.sessions.remove(&id).is_some()
+    }
+
+    /// The cache of session `id`.
+    pub fn session(&self, id: u64) -> Option<&KvCache> {
+        self.sessions.get(&id)
+    }
+
+    /// Drops the positions of session `id` from `len` on (e.g. before replaying them).
+    pub fn truncate_session(&mut self, id: u64, len: usize) -> Result<(), StepError> {
+        let cache = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(StepError::UnknownSession(id))?;
+        cache.truncate(len);
+        Ok(())
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Runs the shard on `input` for positions `pos..pos + n` of session `id`, which must
+    /// continue the session exactly where it stands. Writes hidden states of every position,
+    /// or the logits of the last one when the shard has the head, into `out`.
+    pub fn forward(
+        &mut self,
+        id: u64,
+        pos: usize,
+        input: Input<'_>,
+        out: &mut Vec<f32>,
+    ) -> Result<Output, StepError> {
+        let e = self.config.n_embd;
+        let n = match (input, &self.embed) {
+            (Input::Tokens(t), Some(_)) => {
+                let vocab = self.config.vocab_size;
+                if let Some(&bad) = t.iter().find(|&&t| t as usize >= vocab) {
+                    return Err(StepError::TokenOutOfRange { id: bad, vocab });
+                }
+                t.len()
+            }
+            (Input::Hidden(h), None) => {
+                if h.len() % e != 0 {
+                    return Err(StepError::BadHiddenLen {
+                        len: h.len(),
+                        n_embd: e,
+                    });
+                }
+                h.len() / e
+            }
+            (Input::Tokens(_), None) => {
+                return Err(StepError::WrongInput {
+                    expected: "hidden states",
+                })
+            }
+            (Input::Hidden(_), Some(_)) => {
+                return Err(StepError::WrongInput {
+                    expected: "token ids",
+                })
+            }
+        };
+        if n == 0 {
+            return Err(StepError::Empty);
+        }
+        let cache = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(StepError::UnknownSession(id))?;
+        if cache.len() != pos {
+            return Err(StepError::PositionMismatch {
+                session: id,
+                expected: cache.len(),
+                got: pos,
+            });
+        }
+        if !cache.reserve(n) {
+            return Err(StepError::ContextFull {
+                session: id,
+                len: cache.len(),
+                adding: n,
+                max: cache.max_positions(),
+            });
+        }
+
+        let x = &mut self.hidden;
+        x.clear();
+        x.resize(n * e, 0.0);
+        match input {
+            Input::Tokens(tokens) => {
+                let m = self.embed.as_ref().expect("checked above");
+                for (row, &t) in x.chunks_exact_mut(e).zip(tokens) {
+                    m.dequantize_row(t as usize, row);
+                    if let Some(s) = self.config.embed_scale {
+                        row.iter_mut().for_each(|v| *v *= s);
+                    }
+                }
+            }
+            Input::Hidden(h) => x.copy_from_slice(h),
+        }
+
+        let cfg = &self.config;
+        let s = &mut self.scratch;
+        s.ensure(cfg, n);
+        for t in 0..n {
+            let rd = cfg.rope_dim;
+            ops::rope_angles(
+                pos + t,
+                cfg.rope_base,
+                rd,
+                &mut s.angles[t * rd..(t + 1) * rd],
+            );
+            ops::rope_angles(
+                pos + t,
+                cfg.rope_base_swa,
+                rd,
+                &mut s.angles_swa[t * rd..(t + 1) * rd],
+            );
+        }
+        if let Some(ff) = &self.rope_freqs {
+            for a in [&mut s.angles, &mut s.angles_swa] {
+                apply_freq_factors(cfg, ff, pos, n, a);
+            }
+        }
+        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            block.forward(cfg, x, pos, layer, s, &self.pool);
+        }
+        cache.commit(n);
+
+        match &self.head {
+            None => {
+                out.clear();
+                out.extend_from_slice(x);
+                Ok(Output::Hidden)
+            }
+            Some(head) => {
+                let last = &mut x[(n - 1) * e..];
+                ops::rms_norm(last, &head.norm, cfg.rms_eps);
+                out.clear();
+                out.resize(cfg.vocab_size, 0.0);
+                head.output.mul(last, out, &mut s.qbuf, &self.pool);
+                Ok(Output::Logits)
+            }
+        }
+    }
+}
+
+/// Recomputes the rotary angles with per-pair frequency divisors (Llama 3 `rope_freqs`).
+fn apply_freq_factors(cfg: &ModelConfig, ff: &[f32], pos: usize, n: usize, angles: &mut [f32]) {
+    let rd = cfg.rope_dim;
+    let theta_scale = cfg.rope_base.powf(-2.0 / rd as f32);
+    for t in 0..n {
+        let mut theta = (pos + t) as f32;
+        for (pair, &f) in angles[t * rd..(t + 1) * rd].chunks_exact_mut(2).zip(ff) {
+            let th = theta / f;
+            pair[0] = th.cos();
+            pair[1] = th.sin();
+            theta *= theta_scale;
+        }
+    }
+}
