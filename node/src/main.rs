@@ -1,12 +1,25 @@
 //! The `shoal` binary.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// Shoal: a peer-to-peer sharded LLM inference cluster for edge fleets.
+mod cli;
+
+/// Shoal: a peer-to-peer sharded LLM inference cluster for fleets of edge devices.
 #[derive(Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Measure prompt processing (pp128) and generation (tg64) speed, like llama-bench.
+    Bench(cli::bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Bench(args) => cli::bench::run(args),
+    }
 }

@@ -1,0 +1,80 @@
+//! The engine against llama.cpp: for every reference prompt, feeding llama.cpp's prompt ids
+//! and decoding greedily for 40 tokens gives exactly llama.cpp's ids.
+
+use sharding::gguf::GgufFile;
+use sharding::model::{Input, Output, Shard, ShardOptions, ShardSpec};
+use shoal_tests::{model_path, references};
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy ids for `prompt` with one full-model shard.
+fn greedy(shard: &mut Shard, session: u64, prompt: &[u32], n: usize) -> Vec<u32> {
+    shard.open_session(session, 0).unwrap();
+    let mut logits = Vec::new();
+    let out = shard
+        .forward(session, 0, Input::Tokens(prompt), &mut logits)
+        .unwrap();
+    assert_eq!(out, Output::Logits);
+    let mut ids = Vec::with_capacity(n);
+    let mut pos = prompt.len();
+    loop {
+        let next = argmax(&logits);
+        ids.push(next);
+        if ids.len() == n {
+            break;
+        }
+        shard
+            .forward(session, pos, Input::Tokens(&[next]), &mut logits)
+            .unwrap();
+        pos += 1;
+    }
+    shard.close_session(session);
+    ids
+}
+
+fn check_model(name: &str, threads: usize) {
+    let file = GgufFile::open(model_path(name)).unwrap();
+    let n_layers = sharding::model::ModelConfig::from_metadata(file.metadata())
+        .unwrap()
+        .n_layers;
+    let opts = ShardOptions {
+        threads,
+        ..ShardOptions::default()
+    };
+    let mut shard = Shard::load(&file, ShardSpec::full(n_layers), opts).unwrap();
+    let mut failures = Vec::new();
+    for (i, r) in references(name).iter().enumerate() {
+        let got = greedy(&mut shard, i as u64, &r.prompt_ids, r.greedy_ids.len());
+        if got != r.greedy_ids {
+            let first = got.iter().zip(&r.greedy_ids).position(|(a, b)| a != b);
+            failures.push(format!(
+                "{name} {}: first difference at {first:?}\n  got  {got:?}\n  want {:?}",
+                r.key, r.greedy_ids
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn smollm2_matches_llama_cpp() {
+    check_model("smollm2", 2);
+}
+
+#[test]
+fn qwen2_5_coder_matches_llama_cpp() {
+    check_model("qwen2.5-coder", 2);
+}
+
+#[test]
+fn gemma3_matches_llama_cpp() {
+    check_model("gemma3", 2);
+}
