@@ -19,7 +19,7 @@ pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;
 pub(crate) enum Request {
     /// The sender's current advert (if it has published one) and the peers it
     /// is connected to, so the receiver can complete the mesh.
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// An opaque application message, acknowledged when queued.
     Message(#[serde(with = "serde_bytes")] Vec<u8>),
 }

@@ -374,7 +374,7 @@ impl EventLoop {
 
     fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
         let response = match request {
-            Request::Hello(hello) => self.on_hello(peer, hello),
+            Request::Hello(hello) => self.on_hello(peer, *hello),
             Request::Message(payload) => {
                 match self.out.inbox.try_send(InboundMessage {
                     from: peer,
@@ -491,7 +491,7 @@ impl EventLoop {
             .swarm
             .behaviour_mut()
             .rpc
-            .send_request(&peer, Request::Hello(hello));
+            .send_request(&peer, Request::Hello(Box::new(hello)));
     }
 
     fn hello_all(&mut self) {

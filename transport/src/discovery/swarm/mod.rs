@@ -2,7 +2,7 @@
 //! with identify, ping, optional mDNS and a request-response protocol for
 //! adverts, peer exchange and application messages.
 //!
-//! One task owns the swarm ([`event_loop`]); cloneable [`Handle`]s talk to it
+//! One task owns the swarm (the event loop); cloneable [`Handle`]s talk to it
 //! over a bounded command channel, each command carrying a oneshot reply.
 
 mod behaviour;
