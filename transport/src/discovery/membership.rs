@@ -115,6 +115,15 @@ impl Membership {
         Ok(Some(event))
     }
 
+    /// The incarnation of `peer`'s last accepted advert, if any.
+    pub(crate) fn incarnation(&self, peer: &PeerId) -> Option<u64> {
+        self.peers
+            .get(peer)?
+            .advert
+            .as_ref()
+            .map(|(v, _)| v.incarnation)
+    }
+
     /// Removes every peer silent for longer than the liveness timeout.
     /// Returns the evicted peers (to disconnect) and the `Left` events.
     pub(crate) fn expire(&mut self, now: Instant) -> (Vec<PeerId>, Vec<MembershipEvent>) {
@@ -242,6 +251,7 @@ mod tests {
             Ok(Some(MembershipEvent::Updated(advert(p, 0))))
         );
         assert_eq!(m.apply_advert(p, v(11, 1), advert(p, 0)), Ok(None));
+        assert_eq!(m.incarnation(&p), Some(11));
         assert_eq!(m.disconnected(p, 1), None);
         assert_eq!(m.members().len(), 1);
     }

@@ -405,9 +405,16 @@ impl EventLoop {
         let Some(advert) = hello.advert else {
             return Response::Accepted;
         };
+        let known = self.membership.incarnation(&peer);
         match self.membership.apply_advert(peer, hello.version, advert) {
             Ok(Some(event)) => {
                 self.emit(event);
+                // A new incarnation (first contact or a restart behind a
+                // connection we still hold) may have missed our hello.
+                if known != Some(hello.version.incarnation) {
+                    let peers = self.membership.records_except(&peer);
+                    self.send_hello(peer, peers);
+                }
                 Response::Accepted
             }
             Ok(None) => Response::Accepted,
