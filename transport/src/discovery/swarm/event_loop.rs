@@ -304,9 +304,18 @@ impl EventLoop {
                 self.learn_addrs(peer_id, info.listen_addrs);
             }
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
                 Ok(_) => self.membership.seen(peer, now),
-                Err(error) => debug!(%peer, %error, "ping failed"),
+                Err(error) => {
+                    // Liveness is per peer, so a dead connection next to a live
+                    // one (a restart with the same identity) is closed here.
+                    debug!(%peer, %error, "ping failed; closing that connection");
+                    self.swarm.close_connection(connection);
+                }
             },
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
