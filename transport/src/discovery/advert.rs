@@ -1,0 +1,48 @@
+//! What a node tells the cluster about itself.
+
+use std::net::SocketAddr;
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// A node's self-description, published to every member and refreshed when it changes.
+///
+/// The node crate fills it; this crate only carries it. The receiver checks that
+/// `peer_id` matches the authenticated sender, so a node cannot speak for another one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Advert {
+    /// Identity of the advertising node (its libp2p peer id).
+    pub peer_id: PeerId,
+    /// Where the node accepts data-plane (activation) QUIC connections.
+    pub data_addr: SocketAddr,
+    /// Worker threads the node gives to layer execution.
+    pub threads: u32,
+    /// Bytes of memory the node is willing to spend on weights and KV cache.
+    pub memory_budget_bytes: u64,
+    /// Models held locally, as lowercase sha256 hex digests of the model files.
+    pub models: Vec<String>,
+    /// Measured cost of one transformer layer on this node; `None` until measured.
+    pub layer_cost: Option<LayerCost>,
+    /// Software version string, so mismatched builds can be kept apart.
+    pub version: String,
+    /// Coordination state owned by the layer above (plan epoch, readiness).
+    pub state: AdvertState,
+}
+
+/// Measured per-layer cost. Opaque to transport: the scheduler interprets it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerCost {
+    /// Milliseconds to run one layer for one decode step.
+    pub decode_ms: f64,
+    /// Milliseconds per prompt token to run one layer during prefill.
+    pub prefill_ms_per_token: f64,
+}
+
+/// Small free-form coordination state carried in every advert.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertState {
+    /// Epoch of the plan this node currently runs (0 = none).
+    pub epoch: u64,
+    /// Whether the node has loaded its shard and can serve its stage.
+    pub ready: bool,
+}
