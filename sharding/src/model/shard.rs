@@ -237,6 +237,52 @@ impl Shard {
         self.sessions.len()
     }
 
+    /// Looks up (and scales) the embeddings of `tokens` into `out` (`n × n_embd`), without
+    /// running any layer: the head of a pipeline embeds, then sends the rows to stage 1.
+    pub fn embed(&self, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), StepError> {
+        let m = self.embed.as_ref().ok_or(StepError::WrongInput {
+            expected: "hidden states (this shard has no embedding)",
+        })?;
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(StepError::TokenOutOfRange { id: bad, vocab });
+        }
+        let e = self.config.n_embd;
+        out.clear();
+        out.resize(tokens.len() * e, 0.0);
+        for (row, &t) in out.chunks_exact_mut(e).zip(tokens) {
+            m.dequantize_row(t as usize, row);
+            if let Some(s) = self.config.embed_scale {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the final norm and output head to the last row of `hidden`, writing
+    /// `vocab_size` logits into `out`: the head of a pipeline turns the last stage's hidden
+    /// state into the next token.
+    pub fn logits(&mut self, hidden: &[f32], out: &mut Vec<f32>) -> Result<(), StepError> {
+        let e = self.config.n_embd;
+        if hidden.is_empty() || hidden.len() % e != 0 {
+            return Err(StepError::BadHiddenLen {
+                len: hidden.len(),
+                n_embd: e,
+            });
+        }
+        let head = self.head.as_ref().ok_or(StepError::WrongInput {
+            expected: "token ids or hidden states for its layers (this shard has no head)",
+        })?;
+        let last = &mut self.hidden;
+        last.clear();
+        last.extend_from_slice(&hidden[hidden.len() - e..]);
+        ops::rms_norm(last, &head.norm, self.config.rms_eps);
+        out.clear();
+        out.resize(self.config.vocab_size, 0.0);
+        head.output.mul(last, out, &mut self.scratch.qbuf, &self.pool);
+        Ok(())
+    }
+
     /// Runs the shard on `input` for positions `pos..pos + n` of session `id`, which must
     /// continue the session exactly where it stands. Writes hidden states of every position,
     /// or the logits of the last one when the shard has the head, into `out`.
@@ -299,21 +345,18 @@ impl Shard {
             });
         }
 
-        let x = &mut self.hidden;
-        x.clear();
-        x.resize(n * e, 0.0);
+        let mut x = std::mem::take(&mut self.hidden);
         match input {
-            Input::Tokens(tokens) => {
-                let m = self.embed.as_ref().expect("checked above");
-                for (row, &t) in x.chunks_exact_mut(e).zip(tokens) {
-                    m.dequantize_row(t as usize, row);
-                    if let Some(s) = self.config.embed_scale {
-                        row.iter_mut().for_each(|v| *v *= s);
-                    }
-                }
+            Input::Tokens(tokens) => self.embed(tokens, &mut x)?,
+            Input::Hidden(h) => {
+                x.clear();
+                x.extend_from_slice(h);
             }
-            Input::Hidden(h) => x.copy_from_slice(h),
         }
+        let cache = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(StepError::UnknownSession(id))?;
 
         let cfg = &self.config;
         let s = &mut self.scratch;
@@ -339,15 +382,15 @@ impl Shard {
             }
         }
         for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            block.forward(cfg, x, pos, layer, s, &self.pool);
+            block.forward(cfg, &mut x, pos, layer, s, &self.pool);
         }
         cache.commit(n);
 
-        match &self.head {
+        let result = match &self.head {
             None => {
                 out.clear();
-                out.extend_from_slice(x);
-                Ok(Output::Hidden)
+                out.extend_from_slice(&x);
+                Output::Hidden
             }
             Some(head) => {
                 let last = &mut x[(n - 1) * e..];
@@ -355,9 +398,11 @@ impl Shard {
                 out.clear();
                 out.resize(cfg.vocab_size, 0.0);
                 head.output.mul(last, out, &mut s.qbuf, &self.pool);
-                Ok(Output::Logits)
+                Output::Logits
             }
-        }
+        };
+        self.hidden = x;
+        Ok(result)
     }
 }
 
