@@ -170,6 +170,10 @@ pub type VecDotFn = fn(n: usize, weights: &[u8], activations: &[u8]) -> f32;
 pub type QuantizeFn = fn(x: &[f32], out: &mut [u8]);
 /// Converts a row of blocks back to `f32`; `out.len()` is the element count.
 pub type DequantizeFn = fn(row: &[u8], out: &mut [f32]);
+/// One weight row against four activation rows at once (prefill): `out[i]` is the dot
+/// product with `activations[i]`. Reusing the unpacked weights for four rows saves most of
+/// the unpacking work.
+pub type VecDot4Fn = fn(n: usize, weights: &[u8], activations: [&[u8]; 4], out: &mut [f32; 4]);
 
 /// The kernels for one weight type, as picked for this CPU.
 #[derive(Clone, Copy, Debug)]
@@ -182,6 +186,9 @@ pub struct TypeKernels {
     pub quantize_activations: QuantizeFn,
     /// Row of `ty` to f32 (embedding lookup, tests).
     pub dequantize: DequantizeFn,
+    /// Four-activation-row variant of `vec_dot`, where a kernel exists for this CPU;
+    /// results equal four `vec_dot` calls up to float rounding.
+    pub vec_dot_4: Option<VecDot4Fn>,
     /// Name of the instruction set the kernels use ("avx512", "avx2", "neon", "scalar").
     pub isa: &'static str,
 }
