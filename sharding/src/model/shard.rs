@@ -279,7 +279,8 @@ impl Shard {
         ops::rms_norm(last, &head.norm, self.config.rms_eps);
         out.clear();
         out.resize(self.config.vocab_size, 0.0);
-        head.output.mul(last, out, &mut self.scratch.qbuf, &self.pool);
+        head.output
+            .mul(last, out, &mut self.scratch.qbuf, &self.pool);
         Ok(())
     }
 

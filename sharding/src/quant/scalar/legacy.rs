@@ -92,14 +92,6 @@ fn q8_values(qs: &[u8]) -> [i32; QK] {
     std::array::from_fn(|j| i32::from(qs[j] as i8))
 }
 
-/// Σ (w_j - offset) · a_j over one block, exactly.
-fn dot_block(w: &[u8; QK], offset: i32, a: &[i32; QK]) -> i32 {
-    w.iter()
-        .zip(a)
-        .map(|(&w, &a)| (i32::from(w) - offset) * a)
-        .sum()
-}
-
 /// The blocks of `n` elements in `row`.
 ///
 /// # Panics
@@ -114,50 +106,100 @@ fn blocks(row: &[u8], n: usize, block_bytes: usize) -> std::slice::ChunksExact<'
     row[..nb * block_bytes].chunks_exact(block_bytes)
 }
 
-fn vec_dot_q4_0_q8_0(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
-    for (w, a) in blocks(weights, n, Q4_0_BYTES).zip(blocks(activations, n, Q8_0_BYTES)) {
-        let sumi = dot_block(&nibbles(&w[2..]), 8, &q8_values(&a[2..]));
-        sum += sumi as f32 * (f16_at(w, 0) * f16_at(a, 0));
+/// ggml's AVX2 accumulation, which llama.cpp runs on x86 and which our SIMD kernels share:
+/// per block, eight lanes each hold the exact integer dot of 4 consecutive elements; every
+/// lane accumulates `fma(d_w·d_a, lane, acc)` over the blocks; the lanes are then summed as
+/// `hsum_float_8` does. The min term of Q4_1/Q5_1 accumulates as `fma(m_w, s_a, sum)` (GCC
+/// contracts ggml's `summs += m*s`). Reproducing this order makes our logits bit-identical.
+struct LaneAcc {
+    lanes: [f32; 8],
+    mins: f32,
+}
+
+impl LaneAcc {
+    fn new() -> Self {
+        LaneAcc {
+            lanes: [0.0; 8],
+            mins: 0.0,
+        }
     }
-    sum
+
+    /// Adds one block: weight values `w` (offset already removed), activation values `a`.
+    fn block(&mut self, w: &[i32; QK], a: &[i32; QK], d: f32) {
+        for (l, acc) in self.lanes.iter_mut().enumerate() {
+            let p: i32 = (4 * l..4 * l + 4).map(|j| w[j] * a[j]).sum();
+            *acc = d.mul_add(p as f32, *acc);
+        }
+    }
+
+    fn min(&mut self, m: f32, s: f32) {
+        self.mins = m.mul_add(s, self.mins);
+    }
+
+    fn finish(self) -> f32 {
+        let x = self.lanes;
+        let r = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
+        ((r[0] + r[2]) + (r[1] + r[3])) + self.mins
+    }
+}
+
+fn values(q: &[u8; QK], offset: i32) -> [i32; QK] {
+    std::array::from_fn(|j| i32::from(q[j]) - offset)
+}
+
+fn vec_dot_q4_0_q8_0(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+    let mut acc = LaneAcc::new();
+    for (w, a) in blocks(weights, n, Q4_0_BYTES).zip(blocks(activations, n, Q8_0_BYTES)) {
+        let d = f16_at(w, 0) * f16_at(a, 0);
+        acc.block(&values(&nibbles(&w[2..]), 8), &q8_values(&a[2..]), d);
+    }
+    acc.finish()
 }
 
 fn vec_dot_q4_1_q8_1(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = LaneAcc::new();
     for (w, a) in blocks(weights, n, Q4_1_BYTES).zip(blocks(activations, n, Q8_1_BYTES)) {
-        let sumi = dot_block(&nibbles(&w[4..]), 0, &q8_values(&a[4..]));
-        sum += (f16_at(w, 0) * f16_at(a, 0)) * sumi as f32 + f16_at(w, 2) * f16_at(a, 2);
+        acc.min(f16_at(w, 2), f16_at(a, 2));
+        let d = f16_at(w, 0) * f16_at(a, 0);
+        acc.block(&values(&nibbles(&w[4..]), 0), &q8_values(&a[4..]), d);
     }
-    sum
+    acc.finish()
 }
 
 fn vec_dot_q5_0_q8_0(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = LaneAcc::new();
     for (w, a) in blocks(weights, n, Q5_0_BYTES).zip(blocks(activations, n, Q8_0_BYTES)) {
-        let sumi = dot_block(&five_bits(&w[2..6], &w[6..]), 16, &q8_values(&a[2..]));
-        sum += sumi as f32 * (f16_at(w, 0) * f16_at(a, 0));
+        let d = f16_at(w, 0) * f16_at(a, 0);
+        acc.block(
+            &values(&five_bits(&w[2..6], &w[6..]), 16),
+            &q8_values(&a[2..]),
+            d,
+        );
     }
-    sum
+    acc.finish()
 }
 
 fn vec_dot_q5_1_q8_1(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = LaneAcc::new();
     for (w, a) in blocks(weights, n, Q5_1_BYTES).zip(blocks(activations, n, Q8_1_BYTES)) {
-        let sumi = dot_block(&five_bits(&w[4..8], &w[8..]), 0, &q8_values(&a[4..]));
-        sum += (f16_at(w, 0) * f16_at(a, 0)) * sumi as f32 + f16_at(w, 2) * f16_at(a, 2);
+        acc.min(f16_at(w, 2), f16_at(a, 2));
+        let d = f16_at(w, 0) * f16_at(a, 0);
+        acc.block(
+            &values(&five_bits(&w[4..8], &w[8..]), 0),
+            &q8_values(&a[4..]),
+            d,
+        );
     }
-    sum
+    acc.finish()
 }
 
 fn vec_dot_q8_0_q8_0(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
+    let mut acc = LaneAcc::new();
     for (w, a) in blocks(weights, n, Q8_0_BYTES).zip(blocks(activations, n, Q8_0_BYTES)) {
-        let (wq, aq) = (q8_values(&w[2..]), q8_values(&a[2..]));
-        let sumi: i32 = wq.iter().zip(&aq).map(|(x, y)| x * y).sum();
-        sum += sumi as f32 * (f16_at(w, 0) * f16_at(a, 0));
+        let d = f16_at(w, 0) * f16_at(a, 0);
+        acc.block(&q8_values(&w[2..]), &q8_values(&a[2..]), d);
     }
-    sum
+    acc.finish()
 }
 
 /// Float rows: products are exact in f64, and the f64 sum (as ggml's scalar `ggml_float`

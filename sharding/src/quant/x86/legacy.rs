@@ -250,11 +250,11 @@ macro_rules! block_kernels {
                 _mm256_loadu_si256(ab.add(at).cast())
             }
 
-            /// `[d_w·d_a, m_w·s_a, ..]` of a block pair from one F16C conversion each (lane 1
-            /// is meaningful only for formats with a min).
+            /// `[d_w, m_w, ..]` and `[d_a, s_a, ..]` of a block pair from one F16C conversion
+            /// each (lane 1 is meaningful only for formats with a min).
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn scales<const F: u8>(wb: *const u8, ab: *const u8) -> __m128 {
+            unsafe fn scales<const F: u8>(wb: *const u8, ab: *const u8) -> (__m128, __m128) {
                 let word = |p: *const u8| {
                     if has_min(F) {
                         p.cast::<i32>().read_unaligned()
@@ -264,7 +264,7 @@ macro_rules! block_kernels {
                 };
                 let w = _mm_cvtph_ps(_mm_cvtsi32_si128(word(wb)));
                 let a = _mm_cvtph_ps(_mm_cvtsi32_si128(word(ab)));
-                _mm_mul_ps(w, a)
+                (w, a)
             }
 
             /// Adds block `i` of the rows to `acc` (scaled integer lanes) and `mins`.
@@ -280,10 +280,11 @@ macro_rules! block_kernels {
                 let wb = w.add(i * weight_bytes(F));
                 let ab = a.add(i * activation_bytes(F));
                 let l = lanes::<F>(weight_quants::<F>(wb), activation_quants::<F>(ab));
-                let s = scales::<F>(wb, ab);
+                let (sw, sa) = scales::<F>(wb, ab);
+                let s = _mm_mul_ps(sw, sa);
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), _mm256_broadcastss_ps(s), *acc);
                 if has_min(F) {
-                    *mins = _mm_add_ps(*mins, s);
+                    *mins = _mm_fmadd_ps(sw, sa, *mins);
                 }
             }
 
@@ -303,19 +304,14 @@ macro_rules! block_kernels {
             /// CPU has `$features`; `w` and `a` hold `nb` blocks.
             #[target_feature(enable = $features)]
             unsafe fn dot_blocks<const F: u8>(nb: usize, w: *const u8, a: *const u8) -> f32 {
-                // Two accumulators so consecutive blocks do not wait on one FMA chain.
-                let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let (mut mins0, mut mins1) = (_mm_setzero_ps(), _mm_setzero_ps());
-                let mut i = 0;
-                while i + 2 <= nb {
-                    step::<F>(i, w, a, &mut acc0, &mut mins0);
-                    step::<F>(i + 1, w, a, &mut acc1, &mut mins1);
-                    i += 2;
+                // One accumulator chain, in block order: the order is part of the numerics
+                // (it is ggml's, see scalar::legacy::LaneAcc).
+                let mut acc = _mm256_setzero_ps();
+                let mut mins = _mm_setzero_ps();
+                for i in 0..nb {
+                    step::<F>(i, w, a, &mut acc, &mut mins);
                 }
-                if i < nb {
-                    step::<F>(i, w, a, &mut acc0, &mut mins0);
-                }
-                finish::<F>(_mm256_add_ps(acc0, acc1), _mm_add_ps(mins0, mins1))
+                finish::<F>(acc, mins)
             }
 
             /// # Safety
@@ -335,14 +331,15 @@ macro_rules! block_kernels {
                     for r in 0..4 {
                         let ab = a[r].add(i * activation_bytes(F));
                         let l = lanes::<F>(q, activation_quants::<F>(ab));
-                        let s = scales::<F>(wb, ab);
+                        let (sw, sa) = scales::<F>(wb, ab);
+                        let s = _mm_mul_ps(sw, sa);
                         acc[r] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(l),
                             _mm256_broadcastss_ps(s),
                             acc[r],
                         );
                         if has_min(F) {
-                            mins[r] = _mm_add_ps(mins[r], s);
+                            mins[r] = _mm_fmadd_ps(sw, sa, mins[r]);
                         }
                     }
                 }
@@ -763,8 +760,13 @@ mod tests {
                     let a = quantize(&simd, x);
                     let want = (reference(ty).vec_dot)(n, &w, &a);
                     let got = (simd.vec_dot)(n, &w, &a);
-                    let tol = magnitude(ty, &w, &a, n) * 1e-6 + f32::MIN_POSITIVE;
-                    prop_assert!((got - want).abs() <= tol, "{} {:?}: {} vs {} (tol {})", ty, level, got, want, tol);
+                    if ty.block_len() > 1 {
+                        // Same lanes, same order as the reference: bit-identical, not just close.
+                        prop_assert_eq!(got.to_bits(), want.to_bits(), "{} {:?}: {} vs {}", ty, level, got, want);
+                    } else {
+                        let tol = magnitude(ty, &w, &a, n) * 1e-6 + f32::MIN_POSITIVE;
+                        prop_assert!((got - want).abs() <= tol, "{} {:?}: {} vs {} (tol {})", ty, level, got, want, tol);
+                    }
                     if let Some(dot4) = simd.vec_dot_4 {
                         // Four different activation rows: rotations of x.
                         let rows: Vec<Vec<u8>> = (0..4)
@@ -778,8 +780,7 @@ mod tests {
                         dot4(n, &w, [&rows[0], &rows[1], &rows[2], &rows[3]], &mut out);
                         for (r, row) in rows.iter().enumerate() {
                             let want = (reference(ty).vec_dot)(n, &w, row);
-                            let tol = magnitude(ty, &w, row, n) * 1e-6 + f32::MIN_POSITIVE;
-                            prop_assert!((out[r] - want).abs() <= tol, "{} {:?} row {}: {} vs {}", ty, level, r, out[r], want);
+                            prop_assert_eq!(out[r].to_bits(), want.to_bits(), "{} {:?} row {}: {} vs {}", ty, level, r, out[r], want);
                         }
                     }
                 }
