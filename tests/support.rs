@@ -95,3 +95,118 @@ pub fn references(name: &str) -> Vec<Reference> {
     out.sort_by(|a, b| a.key.cmp(&b.key));
     out
 }
+
+/// Writes a tiny random Llama-architecture GGUF (Q8_0 matrices, F32 norms) to `path`:
+/// 4 layers, hidden 64, 4 heads / 2 KV heads, feed-forward 128, vocabulary 96. The weights are
+/// random but the file is a well-formed model every code path can load.
+pub fn write_tiny_llama(path: &Path, seed: u64) {
+    use sharding::gguf::write::GgufWriter;
+    use sharding::gguf::{Array, Value};
+    use sharding::quant::{kernels, GgmlType};
+
+    let (n_embd, n_ff, n_head, n_kv, n_layer, vocab) = (64u64, 128u64, 4u64, 2u64, 4u32, 96u64);
+    let head_dim = n_embd / n_head;
+    let mut state = seed | 1;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
+    };
+    let q8 = kernels(GgmlType::Q8_0).expect("Q8_0 kernels");
+    let mut matrix = |rows: u64, cols: u64, scale: f32| -> Vec<u8> {
+        let x: Vec<f32> = (0..rows * cols).map(|_| rand() * scale).collect();
+        let mut out = vec![0u8; GgmlType::Q8_0.row_bytes((rows * cols) as usize).unwrap()];
+        (q8.quantize_activations)(&x, &mut out);
+        out
+    };
+    let ones = |n: u64| -> Vec<u8> { (0..n).flat_map(|_| 1.0f32.to_le_bytes()).collect() };
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", Value::String("llama".into()))
+        .meta("llama.block_count", Value::U32(n_layer))
+        .meta("llama.context_length", Value::U32(256))
+        .meta("llama.embedding_length", Value::U32(n_embd as u32))
+        .meta("llama.feed_forward_length", Value::U32(n_ff as u32))
+        .meta("llama.attention.head_count", Value::U32(n_head as u32))
+        .meta("llama.attention.head_count_kv", Value::U32(n_kv as u32))
+        .meta("llama.rope.freq_base", Value::F32(10000.0))
+        .meta("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+        .meta("llama.vocab_size", Value::U32(vocab as u32))
+        .meta(
+            "tokenizer.ggml.tokens",
+            Value::Array(Array::String((0..vocab).map(|i| format!("t{i}")).collect())),
+        );
+    w.tensor(
+        "token_embd.weight",
+        &[n_embd, vocab],
+        GgmlType::Q8_0,
+        matrix(vocab, n_embd, 1.0),
+    );
+    w.tensor("output_norm.weight", &[n_embd], GgmlType::F32, ones(n_embd));
+    for il in 0..n_layer {
+        let n = |s: &str| format!("blk.{il}.{s}");
+        let s = 0.3;
+        w.tensor(
+            &n("attn_norm.weight"),
+            &[n_embd],
+            GgmlType::F32,
+            ones(n_embd),
+        );
+        w.tensor(
+            &n("ffn_norm.weight"),
+            &[n_embd],
+            GgmlType::F32,
+            ones(n_embd),
+        );
+        w.tensor(
+            &n("attn_q.weight"),
+            &[n_embd, n_embd],
+            GgmlType::Q8_0,
+            matrix(n_embd, n_embd, s),
+        );
+        w.tensor(
+            &n("attn_k.weight"),
+            &[n_embd, n_kv * head_dim],
+            GgmlType::Q8_0,
+            matrix(n_kv * head_dim, n_embd, s),
+        );
+        w.tensor(
+            &n("attn_v.weight"),
+            &[n_embd, n_kv * head_dim],
+            GgmlType::Q8_0,
+            matrix(n_kv * head_dim, n_embd, s),
+        );
+        w.tensor(
+            &n("attn_output.weight"),
+            &[n_embd, n_embd],
+            GgmlType::Q8_0,
+            matrix(n_embd, n_embd, s),
+        );
+        w.tensor(
+            &n("ffn_gate.weight"),
+            &[n_embd, n_ff],
+            GgmlType::Q8_0,
+            matrix(n_ff, n_embd, s),
+        );
+        w.tensor(
+            &n("ffn_up.weight"),
+            &[n_embd, n_ff],
+            GgmlType::Q8_0,
+            matrix(n_ff, n_embd, s),
+        );
+        w.tensor(
+            &n("ffn_down.weight"),
+            &[n_ff, n_embd],
+            GgmlType::Q8_0,
+            matrix(n_embd, n_ff, s),
+        );
+    }
+    std::fs::write(path, w.to_bytes()).expect("write tiny model");
+}
+
+/// A fresh directory under the system temp dir for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shoal-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}

@@ -168,7 +168,7 @@ fn validate_tensor(
     let Some(elements) = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)) else {
         return Err(bad(name, dims, "element count overflows"));
     };
-    if offset % alignment != 0 {
+    if !offset.is_multiple_of(alignment) {
         return Err(GgufError::Misaligned {
             name,
             offset,
@@ -179,7 +179,7 @@ fn validate_tensor(
     let len = match ty {
         None => 0,
         Some(t) => {
-            if dims[0] % t.block_len() as u64 != 0 {
+            if !dims[0].is_multiple_of(t.block_len() as u64) {
                 return Err(bad(
                     name,
                     dims,

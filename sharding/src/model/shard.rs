@@ -264,7 +264,7 @@ impl Shard {
     /// state into the next token.
     pub fn logits(&mut self, hidden: &[f32], out: &mut Vec<f32>) -> Result<(), StepError> {
         let e = self.config.n_embd;
-        if hidden.is_empty() || hidden.len() % e != 0 {
+        if hidden.is_empty() || !hidden.len().is_multiple_of(e) {
             return Err(StepError::BadHiddenLen {
                 len: hidden.len(),
                 n_embd: e,
