@@ -84,6 +84,19 @@ impl Block {
         })
     }
 
+    /// The block's weight matrices, for relocation into the shard's arena.
+    pub(crate) fn matrices_mut(&mut self) -> [&mut QMatrix; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+
     /// Bytes of weights this block reads per token.
     pub(crate) fn weight_bytes(&self) -> usize {
         [

@@ -58,6 +58,12 @@ pub enum LoadError {
         /// Layers in the model.
         n_layers: usize,
     },
+    /// Memory for the weights could not be allocated.
+    #[error("cannot allocate memory for the weights: {why}")]
+    Memory {
+        /// The reason.
+        why: String,
+    },
     /// The worker threads could not be started.
     #[error("cannot start {threads} worker threads: {why}")]
     Threads {

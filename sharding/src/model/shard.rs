@@ -112,12 +112,12 @@ impl Shard {
         } else {
             None
         };
-        let blocks = spec
+        let mut blocks = spec
             .layers
             .clone()
             .map(|il| Block::load(&w, &config, il))
             .collect::<Result<Vec<_>, _>>()?;
-        let head = if spec.head {
+        let mut head = if spec.head {
             let output = if file.has_tensor("output.weight") {
                 w.matrix("output.weight", config.vocab_size, e)?
             } else {
@@ -131,6 +131,19 @@ impl Shard {
             None
         };
         let rope_freqs = w.opt_vector("rope_freqs.weight", config.rope_dim / 2)?;
+        // Matrices read whole every token move to anonymous memory; the embedding of a shard
+        // without the head stays mapped (only the looked-up rows are ever touched).
+        let mut hot: Vec<&mut QMatrix> = blocks.iter_mut().flat_map(Block::matrices_mut).collect();
+        if let Some(h) = head.as_mut() {
+            hot.push(&mut h.output);
+        }
+        QMatrix::relocate(&mut hot).map_err(|e| LoadError::Memory { why: e.to_string() })?;
+        let tied = !file.has_tensor("output.weight");
+        let embed = match (embed, &head) {
+            // Tied embeddings: look rows up in the head's copy instead of the file.
+            (Some(_), Some(h)) if tied => Some(h.output.clone()),
+            (e, _) => e,
+        };
         let threads = opts.threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
