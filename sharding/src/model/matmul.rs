@@ -153,17 +153,38 @@ impl QMatrix {
         let tasks = rows.div_ceil(ROWS_PER_TASK);
         let out_ptr = SyncPtr(out.as_mut_ptr());
         debug_assert_eq!(out.len(), n * rows);
+        let vec_dot_4 = self.kernels.vec_dot_4;
+        let act = |t: usize| &xq[t * rb..(t + 1) * rb];
+        // SAFETY (both writers): each task writes a disjoint set of (t, r) cells of `out`,
+        // whose length is n * rows (checked by the caller's debug assertion).
+        let put = |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * rows + r) = v };
         let work = |task: usize| {
             let r0 = task * ROWS_PER_TASK;
             let r1 = (r0 + ROWS_PER_TASK).min(rows);
-            for t in 0..n {
-                let xr = &xq[t * rb..(t + 1) * rb];
+            let mut t = 0;
+            // Prefill: one weight row against four positions at a time reuses the unpacked
+            // weights; the kernel's per-row results are bit-identical to `vec_dot`.
+            if let Some(dot4) = vec_dot_4 {
+                while t + 4 <= n {
+                    for r in r0..r1 {
+                        let mut v = [0.0f32; 4];
+                        dot4(
+                            cols,
+                            self.row(r),
+                            [act(t), act(t + 1), act(t + 2), act(t + 3)],
+                            &mut v,
+                        );
+                        for (i, &x) in v.iter().enumerate() {
+                            put(t + i, r, x);
+                        }
+                    }
+                    t += 4;
+                }
+            }
+            for t in t..n {
                 for r in r0..r1 {
                     self.prefetch_ahead(r);
-                    let v = vec_dot(cols, self.row(r), xr);
-                    // SAFETY: each task writes a disjoint set of (t, r) cells of `out`, whose
-                    // length is n * rows (checked by the caller's debug assertion).
-                    unsafe { *out_ptr.get().add(t * rows + r) = v };
+                    put(t, r, vec_dot(cols, self.row(r), act(t)));
                 }
             }
         };

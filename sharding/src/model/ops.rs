@@ -77,7 +77,8 @@ pub(crate) fn v_expf(x: f32) -> f32 {
         return if n > 0.0 { f32::INFINITY } else { 0.0 };
     }
     // j · 2ⁿ with one rounding, as `vscalefps` does.
-    (f64::from(j) * 2f64.powi(n as i32)) as f32
+    let two_n = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (f64::from(j) * two_n) as f32
 }
 
 /// `gate = gelu(gate) * up`, with gelu evaluated as ggml's f16 table does: on the input
