@@ -395,26 +395,32 @@ impl Shard {
                 apply_freq_factors(cfg, ff, pos, n, a);
             }
         }
-        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            block.forward(cfg, &mut x, pos, layer, s, &self.pool);
-        }
-        cache.commit(n);
-
-        let result = match &self.head {
-            None => {
-                out.clear();
-                out.extend_from_slice(&x);
-                Output::Hidden
+        let pool = &self.pool;
+        let blocks = &self.blocks;
+        let head = &self.head;
+        // Run the whole step on a pool thread: the matrix products inside then split their
+        // rows among the workers without waking the calling thread for each of them.
+        let result = pool.install(|| {
+            for (block, layer) in blocks.iter().zip(cache.layers.iter_mut()) {
+                block.forward(cfg, &mut x, pos, layer, s, pool);
             }
-            Some(head) => {
-                let last = &mut x[(n - 1) * e..];
-                ops::rms_norm(last, &head.norm, cfg.rms_eps);
-                out.clear();
-                out.resize(cfg.vocab_size, 0.0);
-                head.output.mul(last, out, &mut s.qbuf, &self.pool);
-                Output::Logits
+            cache.commit(n);
+            match head {
+                None => {
+                    out.clear();
+                    out.extend_from_slice(&x);
+                    Output::Hidden
+                }
+                Some(head) => {
+                    let last = &mut x[(n - 1) * e..];
+                    ops::rms_norm(last, &head.norm, cfg.rms_eps);
+                    out.clear();
+                    out.resize(cfg.vocab_size, 0.0);
+                    head.output.mul(last, out, &mut s.qbuf, pool);
+                    Output::Logits
+                }
             }
-        };
+        });
         self.hidden = x;
         Ok(result)
     }
