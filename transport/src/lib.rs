@@ -1,1 +1,3 @@
 //! transport crate.
+
+pub mod quic;
