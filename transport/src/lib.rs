@@ -1,3 +1,10 @@
-//! transport crate.
+//! Bytes between Shoal nodes.
+//!
+//! - [`discovery`]: the libp2p swarm (mDNS, static peers, identify, adverts, membership),
+//!   behind a small trait with an in-memory implementation for tests.
+//! - [`quic`]: the data plane: long-lived QUIC links carrying activation frames.
+//!
+//! This crate does no model math and knows nothing of the scheduler.
 
 pub mod discovery;
+pub mod quic;

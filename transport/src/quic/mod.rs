@@ -1,0 +1,24 @@
+//! QUIC data plane: moves activation frames between adjacent pipeline stages.
+//!
+//! - [`frame`]: the wire format, a pure codec over byte slices (fuzzable, no I/O).
+//! - [`payload`]: f32 / f16 / block-q8 payload codecs.
+//! - [`stream`]: frame reader and writer over any tokio byte stream, and [`LinkError`].
+//! - [`tls`]: node identity and the [`PeerVerifier`] authentication seam.
+//! - [`Endpoint`] and [`Link`]: a quinn endpoint per node, one long-lived stream per hop.
+//!
+//! Bytes only: nothing here knows about layers, models or schedules.
+
+mod endpoint;
+pub mod frame;
+mod link;
+pub mod payload;
+pub mod stream;
+pub mod tls;
+
+pub use endpoint::{Endpoint, EndpointConfig, EndpointError};
+pub use frame::{Dtype, ErrorCode, Frame, FrameError, FrameHeader, FrameKind, Limits};
+pub use link::{Link, LinkReceiver, LinkSender};
+pub use stream::{FrameReader, FrameWriter, LinkError};
+pub use tls::{
+    CertFingerprint, Identity, InsecureAcceptAny, PeerVerifier, PinnedCert, VerifyError,
+};
