@@ -14,12 +14,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a layer range as one stage of a pipeline.
+    Stage(cli::stage::Args),
     /// Measure prompt processing (pp128) and generation (tg64) speed, like llama-bench.
     Bench(cli::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Bench(args) => cli::bench::run(args),
+        Command::Stage(args) => cli::stage::run(args),
     }
 }

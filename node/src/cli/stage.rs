@@ -1,0 +1,73 @@
+//! `shoal stage`: serve a layer range as one stage of a static pipeline.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharding::model::{ShardOptions, ShardSpec};
+use shoal::pipeline::{Stage, StageConfig};
+use transport::quic::{EndpointConfig, Identity, InsecureAcceptAny};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// GGUF model file.
+    #[arg(long, env = "SHOAL_MODEL")]
+    model: PathBuf,
+    /// Layers this stage runs, `a..b`.
+    #[arg(long, value_parser = super::parse_range)]
+    layers: Range<usize>,
+    /// Address to accept the upstream link on.
+    #[arg(long, env = "SHOAL_LISTEN")]
+    listen: SocketAddr,
+    /// The next stage, or the head for the last stage.
+    #[arg(long, env = "SHOAL_NEXT")]
+    next: SocketAddr,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1, env = "SHOAL_THREADS")]
+    threads: usize,
+    /// Sessions open at once.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
+    /// Positions one session may hold.
+    #[arg(long, default_value_t = 4096)]
+    max_context: usize,
+    /// Seconds after which an idle session is closed.
+    #[arg(long, default_value_t = 120)]
+    session_timeout: u64,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let cfg = StageConfig {
+            model: args.model,
+            spec: ShardSpec {
+                layers: args.layers,
+                embed: false,
+                head: false,
+            },
+            options: ShardOptions {
+                threads: args.threads,
+                max_sessions: args.max_sessions,
+                max_context: args.max_context,
+            },
+            listen: args.listen,
+            next: args.next,
+            session_timeout: Duration::from_secs(args.session_timeout),
+        };
+        let endpoint = EndpointConfig::new(Identity::generate()?, Arc::new(InsecureAcceptAny));
+        let stage = Stage::start(cfg, endpoint).await?;
+        println!("stage listening on {}", stage.local_addr());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = stage.stopped() => {}
+        }
+        stage.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,58 @@
+//! How pipeline messages map onto transport frames.
+
+use transport::quic::{Dtype, FrameHeader, FrameKind};
+
+/// Largest number of positions sent in one prefill frame; longer prompts are chunked.
+pub const PREFILL_CHUNK: usize = 64;
+
+/// Header of a frame carrying `rows` hidden-state rows for positions `pos..pos + rows`.
+pub fn hidden(
+    kind: FrameKind,
+    session: u64,
+    seq: u64,
+    pos: usize,
+    rows: usize,
+    n_embd: usize,
+) -> FrameHeader {
+    FrameHeader {
+        kind,
+        session,
+        seq,
+        pos: pos as u32,
+        n_pos: rows as u32,
+        dtype: Dtype::F32,
+        rows: rows as u32,
+        cols: n_embd as u32,
+    }
+}
+
+/// Header of an `Open` reserving `positions` positions of context.
+pub fn open(session: u64, positions: usize) -> FrameHeader {
+    FrameHeader {
+        n_pos: positions as u32,
+        ..FrameHeader::empty(FrameKind::Open, session, 0)
+    }
+}
+
+/// Appends `values` as little-endian bytes.
+pub fn f32_bytes(values: &[f32], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Reads little-endian f32s; `None` when the length is not a multiple of 4.
+pub fn f32_values(bytes: &[u8], out: &mut Vec<f32>) -> Option<()> {
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    Some(())
+}

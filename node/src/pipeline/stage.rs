@@ -1,0 +1,367 @@
+//! A stage: accepts hidden states from upstream, runs its layers, forwards downstream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sharding::gguf::GgufFile;
+use sharding::model::{Input, Shard, ShardOptions, ShardSpec, StepError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError, LinkSender};
+
+use super::protocol;
+
+/// Frames queued between the network tasks and the compute thread, each way. Bounded, so a
+/// flood from upstream slows the sender down instead of growing memory.
+const QUEUE: usize = 64;
+
+/// What a stage runs and where it sits in the ring.
+#[derive(Clone, Debug)]
+pub struct StageConfig {
+    /// GGUF model file.
+    pub model: PathBuf,
+    /// Layers (and embedding/head, normally neither) this stage runs.
+    pub spec: ShardSpec,
+    /// Threads and limits of the shard.
+    pub options: ShardOptions,
+    /// Address to accept the upstream link on.
+    pub listen: SocketAddr,
+    /// The next stage, or the head for the last stage.
+    pub next: SocketAddr,
+    /// Sessions idle this long are closed and their cache freed.
+    pub session_timeout: Duration,
+}
+
+/// A running stage. Dropping it does not stop it; call [`Stage::shutdown`].
+pub struct Stage {
+    endpoint: Arc<Endpoint>,
+    local: SocketAddr,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    forwarded: Arc<AtomicU64>,
+}
+
+enum Job {
+    Frame(FrameHeader, Vec<u8>),
+    Sweep,
+}
+
+impl Stage {
+    /// Loads the shard and starts serving.
+    pub async fn start(
+        cfg: StageConfig,
+        identity: transport::quic::EndpointConfig,
+    ) -> anyhow::Result<Stage> {
+        let spec = cfg.spec.clone();
+        let (model, options) = (cfg.model.clone(), cfg.options.clone());
+        let shard = tokio::task::spawn_blocking(move || -> anyhow::Result<Shard> {
+            let file = GgufFile::open(&model)?;
+            Ok(Shard::load(&file, spec, options)?)
+        })
+        .await??;
+        let endpoint =
+            Arc::new(Endpoint::bind(cfg.listen, identity).context("binding the stage endpoint")?);
+        let local = endpoint.local_addr()?;
+        info!(layers = ?cfg.spec.layers, %local, next = %cfg.next, "stage ready");
+
+        let cancel = CancellationToken::new();
+        let (job_tx, job_rx) = mpsc::channel::<Job>(QUEUE);
+        let (out_tx, out_rx) = mpsc::channel::<(FrameHeader, Vec<u8>)>(QUEUE);
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let timeout = cfg.session_timeout;
+        let compute_out = out_tx.clone();
+        std::thread::Builder::new()
+            .name("shoal-stage-compute".into())
+            .spawn(move || compute(shard, job_rx, compute_out, timeout))?;
+
+        tasks.spawn(downstream(
+            endpoint.clone(),
+            cfg.next,
+            out_rx,
+            forwarded.clone(),
+            cancel.clone(),
+        ));
+        let sweep_tx = job_tx.clone();
+        let sweep_cancel = cancel.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = sweep_cancel.cancelled() => break,
+                    _ = tick.tick() => if sweep_tx.send(Job::Sweep).await.is_err() { break },
+                }
+            }
+        });
+        tasks.spawn(accept_loop(
+            endpoint.clone(),
+            job_tx,
+            out_tx,
+            cancel.clone(),
+        ));
+        Ok(Stage {
+            endpoint,
+            local,
+            cancel,
+            tasks,
+            forwarded,
+        })
+    }
+
+    /// The address the stage accepts its upstream link on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Frames this stage has sent downstream.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the stage is told to stop (a signal, or [`Stage::shutdown`] elsewhere).
+    pub async fn stopped(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// A token that stops the stage when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops accepting, closes the links and waits for the tasks.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.endpoint.close();
+        while self.tasks.join_next().await.is_some() {}
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn accept_loop(
+    endpoint: Arc<Endpoint>,
+    jobs: mpsc::Sender<Job>,
+    out: mpsc::Sender<(FrameHeader, Vec<u8>)>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => return,
+            i = endpoint.accept() => i,
+        };
+        let Some(result) = incoming else { return };
+        let mut link = match result {
+            Ok(link) => link,
+            Err(e) => {
+                warn!(error = %e, "upstream handshake failed");
+                continue;
+            }
+        };
+        let peer = link.remote_address();
+        let (jobs, out, cancel) = (jobs.clone(), out.clone(), cancel.clone());
+        tokio::spawn(
+            async move {
+                loop {
+                    let frame = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        f = link.recv() => f,
+                    };
+                    match frame {
+                        Ok(Some(f)) => {
+                            let job = Job::Frame(f.header, f.payload.to_vec());
+                            if jobs.send(job).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(LinkError::Rejected { error, header }) => {
+                            // The stream is still usable; tell the head which session failed.
+                            warn!(%error, "rejected a frame from upstream");
+                            let session = header.map_or(0, |h| h.session);
+                            let _ = out
+                                .send(error_frame(
+                                    ErrorCode::Malformed,
+                                    session,
+                                    &error.to_string(),
+                                ))
+                                .await;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "upstream link ended");
+                            return;
+                        }
+                    }
+                }
+            }
+            .instrument(info_span!("upstream", %peer)),
+        );
+    }
+}
+
+/// Sends frames to the next hop, connecting (and reconnecting) as needed.
+async fn downstream(
+    endpoint: Arc<Endpoint>,
+    next: SocketAddr,
+    mut frames: mpsc::Receiver<(FrameHeader, Vec<u8>)>,
+    forwarded: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let mut link: Option<LinkSender> = None;
+    loop {
+        let (header, payload) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            f = frames.recv() => match f { Some(f) => f, None => return },
+        };
+        for attempt in 0..3u64 {
+            if link.is_none() {
+                match endpoint.connect(next).await {
+                    Ok(l) => {
+                        let (send, _recv) = l.split();
+                        link = Some(send);
+                    }
+                    Err(e) => {
+                        warn!(%next, error = %e, attempt, "cannot reach the next hop");
+                        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                        continue;
+                    }
+                }
+            }
+            let sender = link.as_mut().expect("connected above");
+            match sender.send(&header, &payload).await {
+                Ok(()) => {
+                    forwarded.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    warn!(%next, error = %e, "send to the next hop failed");
+                    link = None;
+                }
+            }
+        }
+    }
+}
+
+/// An `Error` frame for `session` carrying `message`.
+pub(crate) fn error_frame(code: ErrorCode, session: u64, message: &str) -> (FrameHeader, Vec<u8>) {
+    let bytes = message.as_bytes().to_vec();
+    let header = FrameHeader::bytes(FrameKind::Error(code), session, 0, bytes.len())
+        .unwrap_or_else(|_| FrameHeader::empty(FrameKind::Error(code), session, 0));
+    let bytes = if header.cols == 0 { Vec::new() } else { bytes };
+    (header, bytes)
+}
+
+/// The compute thread: owns the shard, runs one frame at a time in arrival order.
+fn compute(
+    mut shard: Shard,
+    mut jobs: mpsc::Receiver<Job>,
+    out: mpsc::Sender<(FrameHeader, Vec<u8>)>,
+    timeout: Duration,
+) {
+    let n_embd = shard.config().n_embd;
+    let mut hidden = Vec::new();
+    let mut result = Vec::new();
+    let mut last_seen: HashMap<u64, Instant> = HashMap::new();
+    while let Some(job) = jobs.blocking_recv() {
+        let (header, payload) = match job {
+            Job::Sweep => {
+                let now = Instant::now();
+                last_seen.retain(|&session, &mut seen| {
+                    let alive = now.duration_since(seen) < timeout;
+                    if !alive && shard.close_session(session) {
+                        info!(session, "closed an abandoned session");
+                    }
+                    alive
+                });
+                continue;
+            }
+            Job::Frame(h, p) => (h, p),
+        };
+        let session = header.session;
+        let reply = match header.kind {
+            FrameKind::Open => {
+                last_seen.insert(session, Instant::now());
+                shard
+                    .open_session(session, header.n_pos as usize)
+                    .map(|()| (header, Vec::new()))
+            }
+            FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
+                last_seen.insert(session, Instant::now());
+                step(
+                    &mut shard,
+                    header,
+                    &payload,
+                    n_embd,
+                    &mut hidden,
+                    &mut result,
+                )
+            }
+            FrameKind::Close => {
+                last_seen.remove(&session);
+                shard.close_session(session);
+                Ok((header, Vec::new()))
+            }
+            FrameKind::Error(_) => {
+                last_seen.remove(&session);
+                shard.close_session(session);
+                Ok((header, payload))
+            }
+            _ => Ok((header, payload)),
+        };
+        let frame = match reply {
+            Ok(frame) => frame,
+            Err(e) => {
+                // The session cannot continue here; free it and tell the head why.
+                warn!(session, error = %e, "step refused");
+                last_seen.remove(&session);
+                shard.close_session(session);
+                error_frame(ErrorCode::Protocol, session, &e.to_string())
+            }
+        };
+        if out.blocking_send(frame).is_err() {
+            return;
+        }
+    }
+}
+
+fn step(
+    shard: &mut Shard,
+    header: FrameHeader,
+    payload: &[u8],
+    n_embd: usize,
+    hidden: &mut Vec<f32>,
+    result: &mut Vec<f32>,
+) -> Result<(FrameHeader, Vec<u8>), StepError> {
+    if header.dtype != transport::quic::Dtype::F32 || header.cols as usize != n_embd {
+        return Err(StepError::WrongInput {
+            expected: "f32 hidden states of the model's width",
+        });
+    }
+    protocol::f32_values(payload, hidden).ok_or(StepError::BadHiddenLen {
+        len: payload.len(),
+        n_embd,
+    })?;
+    shard.forward(
+        header.session,
+        header.pos as usize,
+        Input::Hidden(hidden),
+        result,
+    )?;
+    let rows = result.len() / n_embd;
+    let mut bytes = Vec::new();
+    protocol::f32_bytes(result, &mut bytes);
+    let out = protocol::hidden(
+        header.kind,
+        header.session,
+        header.seq,
+        header.pos as usize,
+        rows,
+        n_embd,
+    );
+    Ok((out, bytes))
+}

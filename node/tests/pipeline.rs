@@ -1,0 +1,184 @@
+//! Stages in separate processes act as one model: greedy ids through a 3-stage pipeline on
+//! loopback equal llama.cpp's (and so the single node's), concurrent sessions each equal
+//! their solo run, one hop per stage per token, and a dead stage fails only its request.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharding::model::{ShardOptions, ShardSpec};
+use shoal::pipeline::{Head, HeadConfig, PipelineError, Stage, StageConfig};
+use shoal_tests::{model_path, references};
+use transport::quic::{EndpointConfig, Identity, InsecureAcceptAny};
+
+fn free_addr() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+fn endpoint() -> EndpointConfig {
+    EndpointConfig::new(Identity::generate().unwrap(), Arc::new(InsecureAcceptAny))
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A stage process; killed on drop.
+struct StageProcess(Child);
+
+impl StageProcess {
+    fn spawn(layers: &str, listen: SocketAddr, next: SocketAddr) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["stage", "--layers", layers, "--threads", "1"])
+            .arg("--model")
+            .arg(model_path("smollm2"))
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--next")
+            .arg(next.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shoal stage");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening"), "stage said {line:?}");
+        StageProcess(child)
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn head(first: SocketAddr, listen: SocketAddr, timeout: Duration) -> Head {
+    let cfg = HeadConfig {
+        model: model_path("smollm2"),
+        threads: 1,
+        listen,
+        first,
+        reply_timeout: timeout,
+    };
+    Head::start(cfg, endpoint()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_stage_processes_match_llama_cpp_and_overlap() {
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let head_addr = addrs[3];
+    let _stages = [
+        StageProcess::spawn("0..10", addrs[0], addrs[1]),
+        StageProcess::spawn("10..20", addrs[1], addrs[2]),
+        StageProcess::spawn("20..30", addrs[2], head_addr),
+    ];
+    let head = head(addrs[0], head_addr, Duration::from_secs(30)).await;
+    let refs = references("smollm2");
+    for r in &refs {
+        let got = head
+            .generate(&r.prompt_ids, r.greedy_ids.len(), argmax, |_| true)
+            .await
+            .unwrap();
+        assert_eq!(got, r.greedy_ids, "prompt {}", r.key);
+    }
+    // Four sessions at once interleave on the stages; each still gets its solo answer.
+    let runs = refs.iter().take(4).map(|r| {
+        let head = head.clone();
+        let prompt = r.prompt_ids.clone();
+        tokio::spawn(async move { head.generate(&prompt, 40, argmax, |_| true).await })
+    });
+    let results = futures::future::join_all(runs).await;
+    for (r, got) in refs.iter().zip(results) {
+        assert_eq!(got.unwrap().unwrap(), r.greedy_ids, "concurrent {}", r.key);
+    }
+    head.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_per_hop_per_token() {
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let mut stages = Vec::new();
+    for (i, layers) in [0..10, 10..20, 20..30].into_iter().enumerate() {
+        let cfg = StageConfig {
+            model: model_path("smollm2"),
+            spec: ShardSpec {
+                layers,
+                embed: false,
+                head: false,
+            },
+            options: ShardOptions::default(),
+            listen: addrs[i],
+            next: addrs[i + 1],
+            session_timeout: Duration::from_secs(60),
+        };
+        stages.push(Stage::start(cfg, endpoint()).await.unwrap());
+    }
+    let head = head(addrs[0], addrs[3], Duration::from_secs(30)).await;
+    let prompt = [504, 3575, 282, 4649, 314];
+    let warm = head.generate(&prompt, 2, argmax, |_| true).await.unwrap();
+    assert_eq!(warm.len(), 2);
+    let before: Vec<u64> = stages.iter().map(Stage::forwarded).collect();
+    let (sent0, recv0) = head.message_counts();
+    let n = 20;
+    head.generate(&prompt, n, argmax, |_| true).await.unwrap();
+    // Let the Close frames travel round the ring.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent1, recv1) = head.message_counts();
+    // Open, one prefill, n - 1 decode steps, close: n + 2 frames each hop.
+    let per_hop = n as u64 + 2;
+    assert_eq!(sent1 - sent0, per_hop, "head -> stage 1");
+    for (s, b) in stages.iter().zip(before) {
+        assert_eq!(s.forwarded() - b, per_hop, "stage -> next");
+    }
+    assert_eq!(recv1 - recv0, per_hop, "last stage -> head");
+    head.shutdown();
+    for s in stages {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_stage_fails_the_request_and_the_head_recovers() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let first = StageProcess::spawn("0..15", addrs[0], addrs[1]);
+    let mut second = Some(StageProcess::spawn("15..30", addrs[1], addrs[2]));
+    let head = head(addrs[0], addrs[2], Duration::from_secs(3)).await;
+    let prompt = [504, 3575, 282, 4649, 314];
+    let mut seen = 0;
+    let started = std::time::Instant::now();
+    let result = head
+        .generate(&prompt, 60, argmax, |_| {
+            seen += 1;
+            if seen == 10 {
+                // Kill the second stage mid-request.
+                second.take();
+            }
+            true
+        })
+        .await;
+    assert!(
+        matches!(result, Err(PipelineError::Timeout(_))),
+        "expected a timeout, got {result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "no hang");
+    // The stage comes back; the head serves the next request without a restart.
+    let _second = StageProcess::spawn("15..30", addrs[1], addrs[2]);
+    let ids = head.generate(&prompt, 5, argmax, |_| true).await.unwrap();
+    assert_eq!(ids, [7042, 30, 198, 198, 504]);
+    drop(first);
+    head.shutdown();
+}
