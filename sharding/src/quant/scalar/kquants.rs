@@ -124,7 +124,7 @@ fn nearest_int(v: f32) -> i32 {
 ///
 /// The element of largest magnitude (the first, on ties) maps to exactly -127; an all-zero
 /// block gets `d = 0` and zero quants and sums.
-pub(crate) fn quantize_block_q8k(x: &[f32], out: &mut [u8]) {
+fn quantize_block_q8k(x: &[f32], out: &mut [u8]) {
     let mut amax = 0.0_f32;
     let mut max = 0.0_f32;
     for &v in x {
@@ -142,8 +142,6 @@ pub(crate) fn quantize_block_q8k(x: &[f32], out: &mut [u8]) {
 }
 
 /// Writes quants, block sums and `d` of a Q8_K block quantized with `iscale`.
-///
-/// Shared with the SIMD modules' tail paths so the quants always come from one definition.
 fn write_q8k_block(x: &[f32], iscale: f32, out: &mut [u8]) {
     for (q, &v) in out[Q8K_QS..Q8K_QS + QK_K].iter_mut().zip(x) {
         // `as i8` keeps the low byte, as ggml's store to `int8_t` does.
@@ -154,7 +152,7 @@ fn write_q8k_block(x: &[f32], iscale: f32, out: &mut [u8]) {
 }
 
 /// Fills the 16 per-16-element sums of a Q8_K block whose quants are already written.
-pub(crate) fn fill_q8k_bsums(out: &mut [u8]) {
+fn fill_q8k_bsums(out: &mut [u8]) {
     for k in 0..QK_K / 16 {
         let sum: i32 = out[Q8K_QS + 16 * k..Q8K_QS + 16 * k + 16]
             .iter()
@@ -170,7 +168,7 @@ pub(crate) fn fill_q8k_bsums(out: &mut [u8]) {
 ///
 /// # Panics
 /// When `x` is not a whole number of super-blocks or `out` is not exactly their Q8_K size.
-pub(crate) fn quantize_q8k(x: &[f32], out: &mut [u8]) {
+fn quantize_q8k(x: &[f32], out: &mut [u8]) {
     check_row(GgmlType::Q8_K, x.len(), out.len());
     for (xb, ob) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q8K_BYTES)) {
         quantize_block_q8k(xb, ob);
@@ -329,57 +327,6 @@ fn dequantize_q6k(row: &[u8], out: &mut [f32]) {
             // ggml computes `d * sc * q` left to right.
             *o = d * sc * q;
         }
-    }
-}
-
-/// Test support shared with the SIMD modules' tests.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-
-    /// Sum of the absolute values of every integer term the dot product of `ty` weights with
-    /// Q8_K activations scales and adds: the yardstick for comparing two float accumulation
-    /// orders of the same exact integer sums.
-    pub(crate) fn abs_contributions(ty: GgmlType, weights: &[u8], activations: &[u8]) -> f32 {
-        let bytes = ty.block_bytes();
-        let mut total = 0.0_f32;
-        for (w, a) in weights
-            .chunks_exact(bytes)
-            .zip(activations.chunks_exact(Q8K_BYTES))
-        {
-            let y = Q8K { bytes: a };
-            if ty == GgmlType::Q6_K {
-                let (ql, qh) = (&w[Q6K_QL..Q6K_QH], &w[Q6K_QH..Q6K_SCALES]);
-                let mut isum = 0_i64;
-                for e in 0..QK_K {
-                    let sc = i64::from(w[Q6K_SCALES + e / 16] as i8);
-                    let q = i64::from(q6k_quant(ql, qh, e)) - 32;
-                    isum += (sc * q * i64::from(y.q(e))).abs();
-                }
-                total += (f16_at(w, Q6K_D) * y.d()).abs() * isum as f32;
-                continue;
-            }
-            let (scales, d, dmin) = (&w[4..16], f16_at(w, 0), f16_at(w, 2));
-            let mut row = vec![0.0_f32; QK_K];
-            // Dequantizing with d = 1, dmin = 0 recovers scale * quant exactly.
-            let mut unit = w.to_vec();
-            unit[0..4].copy_from_slice(&[0x00, 0x3C, 0x00, 0x00]);
-            (if ty == GgmlType::Q4_K {
-                dequantize_q4k
-            } else {
-                dequantize_q5k
-            })(&unit, &mut row);
-            let (mut isum, mut msum) = (0.0_f32, 0.0_f32);
-            for (e, &sq) in row.iter().enumerate() {
-                isum += (sq * y.q(e) as f32).abs();
-            }
-            for j in 0..8 {
-                let (_, m) = scale_min_k4(j, scales);
-                msum += f32::from(m) * (y.bsum(2 * j) + y.bsum(2 * j + 1)).abs() as f32;
-            }
-            total += (d * y.d()).abs() * isum + (dmin * y.d()).abs() * msum;
-        }
-        total
     }
 }
 
