@@ -25,7 +25,7 @@ const Q8K_BSUMS: usize = 260;
 
 /// The x86 kernels for `ty` if it is a K-quant weight type and the CPU has AVX2 and FMA.
 pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
-    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+    if !has_avx2() {
         return None;
     }
     let reference = scalar::kernels(ty)?;
@@ -46,6 +46,13 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         dequantize: reference.dequantize,
         isa,
     })
+}
+
+/// Whether AVX2, FMA and F16C (every AVX2 CPU has the latter two) are present.
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 /// Whether the AVX-512 subsets the VNNI kernels use are present.
@@ -75,12 +82,26 @@ fn super_blocks(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> u
     n / QK_K
 }
 
-/// The `f32` value of the little-endian `f16` at `p`.
+/// The `f32` value of the little-endian `f16` at `p` (a Q6_K block's `d`).
 ///
 /// # Safety
-/// `p` must be valid for reading 2 bytes.
+/// `p` must be valid for reading 2 bytes; F16C must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_at(p: *const u8) -> f32 {
-    f16::from_bits(u16::from_le_bytes(p.cast::<[u8; 2]>().read())).to_f32()
+    let bits = u16::from_le_bytes(p.cast::<[u8; 2]>().read());
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// The two little-endian `f16`s at `p` (a K-quant block's `d` and `dmin`) as `f32`s.
+///
+/// # Safety
+/// `p` must be valid for reading 4 bytes; F16C must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_pair_at(p: *const u8) -> (f32, f32) {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
 /// The Q8_K scale at the start of the block at `p`.
@@ -92,8 +113,10 @@ unsafe fn q8k_d(p: *const u8) -> f32 {
 }
 
 /// Unpacks the 12 bytes of 6-bit scales and mins of a Q4_K/Q5_K block into 8 scales and 8
-/// mins (ggml's `get_scale_min_k4` for all eight sub-blocks at once).
-fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+/// mins, byte `j` of each word for sub-block `j` (ggml's `get_scale_min_k4` for all eight
+/// sub-blocks at once). Words, not arrays, so they go to a vector register without a
+/// store-to-load round trip.
+fn scales_mins_k4(q: &[u8; 12]) -> (u64, u64) {
     let word = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
     let (w0, w1, w2) = (word(0), word(4), word(8));
     const LOW6: u32 = 0x3F3F_3F3F;
@@ -105,7 +128,7 @@ fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     // or bytes 4..8 (mins), moved to bits 4..6.
     let sc_hi = (w2 & LOW4) | ((w0 & TOP2) >> 2);
     let mn_hi = ((w2 >> 4) & LOW4) | ((w1 & TOP2) >> 2);
-    let join = |a: u32, b: u32| (u64::from(a) | (u64::from(b) << 32)).to_le_bytes();
+    let join = |a: u32, b: u32| u64::from(a) | (u64::from(b) << 32);
     (join(sc_lo, sc_hi), join(mn_lo, mn_hi))
 }
 
@@ -123,12 +146,12 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 /// # Safety
 /// `bsums` must be valid for reading 32 bytes; AVX2 must be available.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn mins_dot(bsums: *const u8, mins: &[u8; 8]) -> __m128i {
+unsafe fn mins_dot(bsums: *const u8, mins: u64) -> __m128i {
     let lo = _mm_loadu_si128(bsums.cast());
     let hi = _mm_loadu_si128(bsums.add(16).cast());
     // Pair sums are at most 2 * 16 * 128 in magnitude: no i16 overflow.
     let pairs = _mm_hadd_epi16(lo, hi);
-    let m = _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr().cast()));
+    let m = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64));
     _mm_madd_epi16(pairs, m)
 }
 
@@ -140,13 +163,13 @@ unsafe fn word_broadcast_mask(k: i16) -> __m256i {
 
 fn vec_dot_q4k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q4_K, n, weights, activations);
-    // SAFETY: `kernels` hands this out only with AVX2 + FMA detected; lengths checked above.
+    // SAFETY: `kernels` hands this out only with AVX2 + FMA + F16C detected; lengths checked above.
     unsafe { q4k_avx2(nb, weights.as_ptr(), activations.as_ptr()) }
 }
 
 /// # Safety
-/// `w` and `a` must hold `nb` Q4_K and Q8_K blocks; AVX2 and FMA must be available.
-#[target_feature(enable = "avx2,fma")]
+/// `w` and `a` must hold `nb` Q4_K and Q8_K blocks; AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let nibble = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
@@ -154,14 +177,13 @@ unsafe fn q4k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     for i in 0..nb {
         let (wb, ab) = (w.add(i * Q4K_BYTES), a.add(i * Q8K_BYTES));
         let dy = q8k_d(ab);
-        let d = f16_at(wb) * dy;
-        let dmin = f16_at(wb.add(2)) * dy;
+        let (d, dmin) = f16_pair_at(wb);
+        let (d, dmin) = (d * dy, dmin * dy);
         let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-        let m = mins_dot(ab.add(Q8K_BSUMS), &mn);
+        let m = mins_dot(ab.add(Q8K_BSUMS), mn);
         acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_min);
 
-        let scales =
-            _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr().cast())));
+        let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
         let mut isum = _mm256_setzero_si256();
         for j in 0..4 {
             let q4 = _mm256_loadu_si256(wb.add(16 + 32 * j).cast());
@@ -184,13 +206,13 @@ unsafe fn q4k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
 
 fn vec_dot_q5k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q5_K, n, weights, activations);
-    // SAFETY: `kernels` hands this out only with AVX2 + FMA detected; lengths checked above.
+    // SAFETY: `kernels` hands this out only with AVX2 + FMA + F16C detected; lengths checked above.
     unsafe { q5k_avx2(nb, weights.as_ptr(), activations.as_ptr()) }
 }
 
 /// # Safety
-/// `w` and `a` must hold `nb` Q5_K and Q8_K blocks; AVX2 and FMA must be available.
-#[target_feature(enable = "avx2,fma")]
+/// `w` and `a` must hold `nb` Q5_K and Q8_K blocks; AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let nibble = _mm256_set1_epi8(0x0F);
     let one = _mm256_set1_epi8(1);
@@ -199,14 +221,13 @@ unsafe fn q5k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     for i in 0..nb {
         let (wb, ab) = (w.add(i * Q5K_BYTES), a.add(i * Q8K_BYTES));
         let dy = q8k_d(ab);
-        let d = f16_at(wb) * dy;
-        let dmin = f16_at(wb.add(2)) * dy;
+        let (d, dmin) = f16_pair_at(wb);
+        let (d, dmin) = (d * dy, dmin * dy);
         let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-        let m = mins_dot(ab.add(Q8K_BSUMS), &mn);
+        let m = mins_dot(ab.add(Q8K_BSUMS), mn);
         acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_min);
 
-        let scales =
-            _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr().cast())));
+        let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
         // Bit j of byte l is the fifth bit of element 32 j + l; consumed two bits per step.
         let mut hbits = _mm256_loadu_si256(wb.add(16).cast());
         let mut isum = _mm256_setzero_si256();
@@ -269,13 +290,13 @@ unsafe fn q6k_offset(scales: *const u8, bsums: *const u8) -> __m256i {
 
 fn vec_dot_q6k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q6_K, n, weights, activations);
-    // SAFETY: `kernels` hands this out only with AVX2 + FMA detected; lengths checked above.
+    // SAFETY: `kernels` hands this out only with AVX2 + FMA + F16C detected; lengths checked above.
     unsafe { q6k_avx2(nb, weights.as_ptr(), activations.as_ptr()) }
 }
 
 /// # Safety
 /// `w` and `a` must hold `nb` Q6_K and Q8_K blocks; AVX2 and FMA must be available.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for i in 0..nb {
@@ -318,9 +339,9 @@ fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
 /// applied to the i32 sums.
 ///
 /// # Safety
-/// `w` and `a` must hold `nb` Q4_K and Q8_K blocks; AVX-512 F/BW/VL/VNNI and FMA must be
-/// available.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+/// `w` and `a` must hold `nb` Q4_K and Q8_K blocks; AVX-512 F/BW/VL/VNNI, FMA and F16C
+/// must be available.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let nibble = _mm512_set1_epi8(0x0F);
     // Lanes 0..8 of a 64-element group belong to sub-block 2j, lanes 8..16 to 2j + 1.
@@ -330,13 +351,13 @@ unsafe fn q4k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
     for i in 0..nb {
         let (wb, ab) = (w.add(i * Q4K_BYTES), a.add(i * Q8K_BYTES));
         let dy = q8k_d(ab);
-        let d = f16_at(wb) * dy;
-        let dmin = f16_at(wb.add(2)) * dy;
+        let (d, dmin) = f16_pair_at(wb);
+        let (d, dmin) = (d * dy, dmin * dy);
         let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-        let m = mins_dot(ab.add(Q8K_BSUMS), &mn);
+        let m = mins_dot(ab.add(Q8K_BSUMS), mn);
         acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_min);
 
-        let scales = _mm512_cvtepu8_epi32(_mm_loadl_epi64(sc.as_ptr().cast()));
+        let scales = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
         let mut isum = _mm512_setzero_si512();
         for j in 0..4 {
             let q4 = _mm256_loadu_si256(wb.add(16 + 32 * j).cast());
@@ -366,7 +387,7 @@ fn vec_dot_q6k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
 /// # Safety
 /// `w` and `a` must hold `nb` Q6_K and Q8_K blocks; AVX-512 F/BW/VL/VNNI and FMA must be
 /// available.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q6k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
     // Lanes 4k..4k+4 of a 64-element group belong to scale group k.
     let lane_group = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -544,7 +565,11 @@ mod tests {
                     (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
                 )
             };
-            assert_eq!((sc[j], mn[j]), expected, "sub-block {j}");
+            assert_eq!(
+                (sc.to_le_bytes()[j], mn.to_le_bytes()[j]),
+                expected,
+                "sub-block {j}"
+            );
         }
     }
 
@@ -638,7 +663,7 @@ mod tests {
     }
 
     fn avx2() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        has_avx2()
     }
 
     proptest! {
