@@ -10,8 +10,6 @@
 
 use std::arch::x86_64::*;
 
-use half::f16;
-
 use crate::quant::blocks::QK_K;
 use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDotFn};
 
@@ -524,6 +522,7 @@ fn fill_bsums(out: &mut [u8]) {
 mod tests {
     use super::*;
     use crate::quant::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+    use half::f16;
     use proptest::prelude::*;
     use std::mem::{offset_of, size_of};
 
