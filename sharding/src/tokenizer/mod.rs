@@ -2,7 +2,9 @@
 //!
 //! Two vocabulary types are supported, chosen by `tokenizer.ggml.model`:
 //! - `gpt2`: byte-level BPE with ranked merges, after a pre-tokenizer chosen by
-//!   `tokenizer.ggml.pre` (see [`pretokenize`] for the supported names);
+//!   `tokenizer.ggml.pre`: `default`, the GPT-2 family (`gpt-2`, ...), the SmolLM /
+//!   StarCoder family (`smollm`, ...), the Qwen2 family (`qwen2`, ...) and the Llama-3
+//!   family (`llama3`, `llama-bpe`, ...);
 //! - `llama`: SentencePiece-style BPE over scores with `<0xXX>` byte fallback.
 //!
 //! Encoding first splits special tokens out of the text (control tokens only when asked
