@@ -5,7 +5,10 @@
 //! ([`model`]), the tokenizer, chat template and sampling. It is synchronous and does no
 //! networking: the node crate moves the bytes, this crate does the math.
 
+pub mod chat;
 pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod quant;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,0 +1,346 @@
+//! Choosing the next token from logits, in llama.cpp's sampler order.
+//!
+//! With `temperature <= 0` the sampler is greedy: repetition penalties, then argmax (ties go
+//! to the lowest id, as llama.cpp's greedy sampler does). Otherwise the chain is penalties
+//! -> top-k -> top-p -> min-p -> temperature -> a draw from the softmax, using a seeded
+//! xoshiro256++ generator, so the same seed and inputs give the same tokens. The random
+//! stream is not llama.cpp's (`std::mt19937`), so seeded runs are reproducible here but
+//! do not replay llama.cpp's choices.
+//!
+//! Buffers are kept between calls: after the first token, sampling allocates nothing.
+
+use std::collections::VecDeque;
+
+/// Why a sampler could not be built or could not sample.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SamplingError {
+    /// A configuration value is outside its domain.
+    #[error("invalid sampler setting {name} = {value}: {why}")]
+    InvalidConfig {
+        /// The field.
+        name: &'static str,
+        /// Its value.
+        value: f32,
+        /// The allowed domain.
+        why: &'static str,
+    },
+    /// The logits slice is empty.
+    #[error("no logits to sample from")]
+    EmptyLogits,
+    /// The vocabulary has more entries than 32-bit ids can name.
+    #[error("{0} logits do not fit u32 token ids")]
+    TooManyLogits(usize),
+}
+
+/// Sampler settings. The defaults are llama.cpp's command-line defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerConfig {
+    /// Softmax temperature; `<= 0` means greedy.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p`; 1 disables.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 disables.
+    pub min_p: f32,
+    /// Divide positive (multiply negative) logits of recently seen tokens; 1 disables.
+    pub repetition_penalty: f32,
+    /// Subtract `count * frequency_penalty` from a seen token's logit; 0 disables.
+    pub frequency_penalty: f32,
+    /// Subtract `presence_penalty` from a seen token's logit; 0 disables.
+    pub presence_penalty: f32,
+    /// How many of the latest tokens the penalties look at; 0 disables penalties.
+    pub penalty_last_n: usize,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Greedy decoding (argmax, no penalties).
+    pub fn greedy() -> Self {
+        SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), SamplingError> {
+        let check = |name, value: f32, ok: bool, why| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SamplingError::InvalidConfig { name, value, why })
+            }
+        };
+        let t = self.temperature;
+        check(
+            "temperature",
+            t,
+            t.is_finite() || t == f32::NEG_INFINITY,
+            "must not be NaN or +inf",
+        )?;
+        check(
+            "top_p",
+            self.top_p,
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "must be in (0, 1]",
+        )?;
+        check(
+            "min_p",
+            self.min_p,
+            (0.0..=1.0).contains(&self.min_p),
+            "must be in [0, 1]",
+        )?;
+        let r = self.repetition_penalty;
+        check(
+            "repetition_penalty",
+            r,
+            r.is_finite() && r > 0.0,
+            "must be positive and finite",
+        )?;
+        let f = self.frequency_penalty;
+        check("frequency_penalty", f, f.is_finite(), "must be finite")?;
+        let p = self.presence_penalty;
+        check("presence_penalty", p, p.is_finite(), "must be finite")
+    }
+
+    fn penalties_active(&self) -> bool {
+        self.penalty_last_n > 0
+            && (self.repetition_penalty != 1.0
+                || self.frequency_penalty != 0.0
+                || self.presence_penalty != 0.0)
+    }
+}
+
+/// A stateful sampler: configuration, random generator and the recent-token window.
+#[derive(Debug)]
+pub struct Sampler {
+    config: SamplerConfig,
+    rng: Xoshiro256,
+    history: VecDeque<u32>,
+    /// Scratch: `(id, logit)` candidates.
+    candidates: Vec<(u32, f32)>,
+    /// Scratch: the history, sorted, for counting.
+    window: Vec<u32>,
+}
+
+impl Sampler {
+    /// A sampler with `config`, or an error naming the first invalid setting.
+    pub fn new(config: SamplerConfig) -> Result<Self, SamplingError> {
+        config.validate()?;
+        Ok(Sampler {
+            rng: Xoshiro256::seed(config.seed),
+            history: VecDeque::with_capacity(config.penalty_last_n),
+            candidates: Vec::new(),
+            window: Vec::with_capacity(config.penalty_last_n),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// Records `id` in the penalty window (use for prompt tokens; [`Sampler::sample`]
+    /// records its own choices).
+    pub fn accept(&mut self, id: u32) {
+        let n = self.config.penalty_last_n;
+        if n == 0 {
+            return;
+        }
+        if self.history.len() == n {
+            self.history.pop_front();
+        }
+        self.history.push_back(id);
+    }
+
+    /// Forgets the penalty window and reseeds the generator.
+    pub fn reset(&mut self) {
+        self.history.clear();
+        self.rng = Xoshiro256::seed(self.config.seed);
+    }
+
+    /// Picks the next token from `logits` (one per vocabulary id) and records it.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32, SamplingError> {
+        if logits.is_empty() {
+            return Err(SamplingError::EmptyLogits);
+        }
+        u32::try_from(logits.len()).map_err(|_| SamplingError::TooManyLogits(logits.len()))?;
+        self.candidates.clear();
+        // NaN would poison every comparison; it is as unlikely as a token can be.
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, if l.is_nan() { f32::NEG_INFINITY } else { l })),
+        );
+        self.apply_penalties();
+        let id = if self.config.temperature <= 0.0 {
+            argmax(&self.candidates)
+        } else {
+            self.sample_filtered()
+        };
+        self.accept(id);
+        Ok(id)
+    }
+
+    fn apply_penalties(&mut self) {
+        if !self.config.penalties_active() || self.history.is_empty() {
+            return;
+        }
+        self.window.clear();
+        self.window.extend(self.history.iter().copied());
+        self.window.sort_unstable();
+        let c = &self.config;
+        let mut i = 0;
+        while i < self.window.len() {
+            let id = self.window[i];
+            let mut j = i;
+            while j < self.window.len() && self.window[j] == id {
+                j += 1;
+            }
+            let count = (j - i) as f32;
+            // Candidates are still indexed by id here.
+            if let Some((_, logit)) = self.candidates.get_mut(id as usize) {
+                if *logit <= 0.0 {
+                    *logit *= c.repetition_penalty;
+                } else {
+                    *logit /= c.repetition_penalty;
+                }
+                *logit -= count * c.frequency_penalty + c.presence_penalty;
+            }
+            i = j;
+        }
+    }
+
+    fn sample_filtered(&mut self) -> u32 {
+        let c = &self.config;
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let cands = &mut self.candidates;
+        if c.top_k > 0 && c.top_k < cands.len() {
+            cands.select_nth_unstable_by(c.top_k - 1, by_logit);
+            cands.truncate(c.top_k);
+        }
+        cands.sort_unstable_by(by_logit);
+        // cands is non-empty: sample() rejects empty logits and top_k keeps at least one.
+        let max = cands[0].1;
+        if c.top_p < 1.0 {
+            let total: f64 = cands.iter().map(|&(_, l)| f64::from(l - max).exp()).sum();
+            let mut cum = 0.0;
+            let mut keep = cands.len();
+            for (i, &(_, l)) in cands.iter().enumerate() {
+                cum += f64::from(l - max).exp() / total;
+                if cum >= f64::from(c.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cands.truncate(keep.max(1));
+        }
+        if c.min_p > 0.0 {
+            let threshold = max + c.min_p.ln();
+            let keep = cands.iter().take_while(|&&(_, l)| l >= threshold).count();
+            cands.truncate(keep.max(1));
+        }
+        let inv_t = 1.0 / c.temperature;
+        let total: f64 = cands
+            .iter()
+            .map(|&(_, l)| f64::from((l - max) * inv_t).exp())
+            .sum();
+        if !(total > 0.0 && total.is_finite()) {
+            return cands[0].0;
+        }
+        let target = self.rng.next_f64() * total;
+        let mut cum = 0.0;
+        for &(id, l) in cands.iter() {
+            cum += f64::from((l - max) * inv_t).exp();
+            if target < cum {
+                return id;
+            }
+        }
+        // Rounding left `target` at the very top: the last candidate.
+        cands[cands.len() - 1].0
+    }
+}
+
+/// The id of the largest logit; the first (lowest id) on ties.
+fn argmax(candidates: &[(u32, f32)]) -> u32 {
+    let mut best = candidates[0];
+    for &c in &candidates[1..] {
+        if c.1 > best.1 {
+            best = c;
+        }
+    }
+    best.0
+}
+
+/// xoshiro256++ (Blackman & Vigna), seeded through SplitMix64.
+#[derive(Clone, Debug)]
+struct Xoshiro256 {
+    s: [u64; 4],
+}
+
+impl Xoshiro256 {
+    fn seed(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Xoshiro256 {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xoshiro_matches_reference_vector() {
+        // First outputs of xoshiro256++ for state [1, 2, 3, 4] (reference C code).
+        let mut r = Xoshiro256 { s: [1, 2, 3, 4] };
+        assert_eq!(r.next_u64(), 41_943_041);
+        assert_eq!(r.next_u64(), 58_720_359);
+        assert_eq!(r.next_u64(), 3_588_806_011_781_223);
+    }
+}
