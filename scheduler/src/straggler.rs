@@ -2,10 +2,11 @@
 //! or healthy again. Pure: the caller passes time in and acts on the returned decisions.
 //!
 //! Per device the monitor knows the nominal decode step time the plan predicted (with any
-//! slowdown it asked for divided back out). A stage is a straggler when the median of its
-//! step times over the last `window_ms` (at least `min_samples` of them) reaches
-//! `slow_factor` × nominal; it is recovered only after staying under `recover_factor` ×
-//! nominal for `recover_hold_ms` (hysteresis: 2x to flag, 1.3x to clear). A device whose last
+//! slowdown it asked for divided back out). A stage is a straggler when its step times over
+//! the last `window_ms` (at least `min_samples` of them) are mostly slow: the lower quartile
+//! reaches `slow_factor` × nominal; the median is reported as its slowdown. It is recovered
+//! only after the upper quartile stays under `recover_factor` × nominal for
+//! `recover_hold_ms` (hysteresis: 2x to flag, 1.3x to clear; quartiles ignore short spikes). A device whose last
 //! step or heartbeat is older than `heartbeat_timeout_ms` is dead.
 //!
 //! Decisions: [`Decision::Rebalance`] (replan with the device's cost × slowdown, see
@@ -26,9 +27,11 @@ use crate::planner::PlanRequest;
 /// Thresholds of the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
-    /// Median step time / nominal at or above which a stage is a straggler.
+    /// Step time / nominal that most of the window (its lower quartile) must reach to flag a
+    /// straggler.
     pub slow_factor: f64,
-    /// Ratio a straggler must stay under to count as recovering.
+    /// Step time / nominal that most of the window (its upper quartile) must stay under for a
+    /// straggler to count as recovering.
     pub recover_factor: f64,
     /// Sliding window of step samples, in milliseconds.
     pub window_ms: u64,
@@ -202,7 +205,10 @@ impl Monitor {
             let horizon = now_ms.saturating_sub(c.window_ms);
             t.samples.retain(|&(at, _)| at >= horizon);
             let alive = now_ms.saturating_sub(t.last_seen_ms) <= c.heartbeat_timeout_ms;
-            let ratio = ratio(t, c.min_samples);
+            let r = ratios(t, c.min_samples);
+            // Flag only when most of the window is slow, clear only when most of it is fast.
+            let slow = r.filter(|r| r.low >= c.slow_factor).map(|r| r.median);
+            let fast = r.is_some_and(|r| r.high < c.recover_factor);
             let held = |since: u64| now_ms.saturating_sub(since) >= c.recover_hold_ms;
             let (next, decision) = match t.health {
                 Health::Dead { .. } if alive => (Health::Returning { since_ms: now_ms }, None),
@@ -217,22 +223,20 @@ impl Monitor {
                     let evict = Decision::Evict { device: id.clone() };
                     (Health::Dead { since_ms: now_ms }, Some(evict))
                 }
-                Health::Healthy => match ratio {
-                    Some(r) if r >= c.slow_factor => {
-                        (Health::Straggling { slowdown: r }, Some(rebalance(id, r)))
-                    }
-                    _ => (Health::Healthy, None),
+                Health::Healthy => match slow {
+                    Some(m) => (Health::Straggling { slowdown: m }, Some(rebalance(id, m))),
+                    None => (Health::Healthy, None),
                 },
-                Health::Straggling { slowdown } => match ratio {
-                    Some(r) if r < c.recover_factor => (
+                Health::Straggling { slowdown } => match slow {
+                    _ if fast => (
                         Health::Recovering {
                             slowdown,
                             since_ms: now_ms,
                         },
                         None,
                     ),
-                    Some(r) if r >= c.slow_factor && changed(r, slowdown, c) => {
-                        (Health::Straggling { slowdown: r }, Some(rebalance(id, r)))
+                    Some(m) if changed(m, slowdown, c) => {
+                        (Health::Straggling { slowdown: m }, Some(rebalance(id, m)))
                     }
                     // Planned out entirely: nothing to measure, give it another chance.
                     None if t.nominal_ms.is_none() => (
@@ -244,12 +248,12 @@ impl Monitor {
                     ),
                     _ => (Health::Straggling { slowdown }, None),
                 },
-                Health::Recovering { slowdown, since_ms } => match ratio {
-                    Some(r) if r >= c.slow_factor && changed(r, slowdown, c) => {
-                        (Health::Straggling { slowdown: r }, Some(rebalance(id, r)))
+                Health::Recovering { slowdown, since_ms } => match slow {
+                    Some(m) if changed(m, slowdown, c) => {
+                        (Health::Straggling { slowdown: m }, Some(rebalance(id, m)))
                     }
-                    Some(r) if r >= c.recover_factor => (Health::Straggling { slowdown }, None),
-                    _ if held(since_ms) && (ratio.is_some() || t.nominal_ms.is_none()) => {
+                    _ if r.is_some() && !fast => (Health::Straggling { slowdown }, None),
+                    _ if held(since_ms) && (r.is_some() || t.nominal_ms.is_none()) => {
                         (Health::Healthy, Some(restore(id)))
                     }
                     _ => (Health::Recovering { slowdown, since_ms }, None),
@@ -292,21 +296,29 @@ impl Monitor {
     }
 }
 
-/// Median step time in the window over nominal, if there is enough evidence.
-fn ratio(t: &Tracked, min_samples: usize) -> Option<f64> {
+/// Step times in the window relative to nominal: lower quartile, median, upper quartile.
+#[derive(Debug, Clone, Copy)]
+struct Ratios {
+    low: f64,
+    median: f64,
+    high: f64,
+}
+
+/// Quartiles of the window's step times over nominal, if there is enough evidence.
+fn ratios(t: &Tracked, min_samples: usize) -> Option<Ratios> {
     let nominal = t.nominal_ms.filter(|n| *n > 0.0)?;
     if t.samples.len() < min_samples.max(1) {
         return None;
     }
     let mut v: Vec<f64> = t.samples.iter().map(|s| s.1).collect();
     v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    let median = if v.len() % 2 == 0 {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    };
-    Some(median / nominal)
+    // Nearest-rank quantile; `v` is non-empty.
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] / nominal;
+    Some(Ratios {
+        low: q(0.25),
+        median: q(0.5),
+        high: q(0.75),
+    })
 }
 
 fn changed(new: f64, old: f64, c: &Config) -> bool {
