@@ -152,7 +152,7 @@ pub fn plan(graph: &DeviceGraph, request: &PlanRequest) -> Result<Plan, PlanErro
         let problem = Problem::new(graph, request, usable);
         search::exact(&problem).map(|s| problem.build_plan(&s.order, &s.split.counts))
     } else {
-        usable = candidate_pool(request, usable);
+        usable = candidate_pool(graph, request, usable);
         let problem = Problem::new(graph, request, usable);
         search::heuristic(&problem, request.config.search_budget)
             .map(|s| problem.build_plan(&s.order, &s.split.counts))
@@ -233,11 +233,17 @@ fn resolve<'g, 's>(
     Ok(out)
 }
 
-/// Picks the devices the large-fleet heuristic considers, best first: ranked by effective
+/// Picks the devices the large-fleet heuristic considers: the best-ranked by effective
 /// per-layer cost (then more memory, then id for determinism), enough to hold the model
-/// with room to spare, enough for one layer per stage, plus the head node if eligible.
-fn candidate_pool<'g>(request: &PlanRequest, mut devices: Vec<&'g Device>) -> Vec<&'g Device> {
+/// with room to spare and to give one layer per stage; then the head node and its nearest
+/// neighbours, since hops to and from the head node are paid on every token.
+fn candidate_pool<'g>(
+    graph: &DeviceGraph,
+    request: &PlanRequest,
+    mut devices: Vec<&'g Device>,
+) -> Vec<&'g Device> {
     const SPARE: usize = 16;
+    const NEAR_HEAD: usize = 32;
     let slow = |d: &Device| request.slowdown.get(&d.id).copied().unwrap_or(1.0);
     devices.sort_by(|a, b| {
         (a.decode_ms_per_layer * slow(a))
@@ -260,12 +266,24 @@ fn candidate_pool<'g>(request: &PlanRequest, mut devices: Vec<&'g Device>) -> Ve
         }
     }
     let size = to_fit.max(n_layers).saturating_add(SPARE);
-    let head = request.head_node.as_deref();
-    let head_pos = devices.iter().position(|d| Some(d.id.as_str()) == head);
-    if let Some(pos) = head_pos.filter(|&p| p >= size) {
-        let head = devices.remove(pos);
-        devices.insert(0, head);
+    let (mut pool, rest) = if devices.len() > size {
+        let rest = devices.split_off(size);
+        (devices, rest)
+    } else {
+        (devices, Vec::new())
+    };
+    if let Some(head) = request.head_node.as_deref() {
+        let mut near: Vec<(f64, &'g Device)> = rest
+            .iter()
+            .filter_map(|d| {
+                if d.id == head {
+                    return Some((-1.0, *d));
+                }
+                graph.link(head, &d.id).map(|l| (l.rtt_ms, *d))
+            })
+            .collect();
+        near.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pool.extend(near.into_iter().take(NEAR_HEAD + 1).map(|(_, d)| d));
     }
-    devices.truncate(size);
-    devices
+    pool
 }

@@ -80,11 +80,9 @@ pub(crate) fn layer_capacity(device: &Device, req: &PlanRequest, role: Role) -> 
         return 0;
     };
     let per_layer = req.model.layer_memory_bytes();
-    let fit = if per_layer == 0 {
-        u64::from(req.model.n_layers)
-    } else {
-        free / per_layer
-    };
+    let fit = free
+        .checked_div(per_layer)
+        .unwrap_or(u64::from(req.model.n_layers));
     u32::try_from(fit.min(u64::from(req.model.n_layers))).unwrap_or(req.model.n_layers)
 }
 
@@ -243,6 +241,11 @@ impl<'a> Problem<'a> {
     /// Entry latency (for ordering heuristics).
     pub(crate) fn entry_latency(&self, c: usize) -> f64 {
         self.entry_lat[c]
+    }
+
+    /// Exit latency (for ordering heuristics).
+    pub(crate) fn exit_latency(&self, c: usize) -> f64 {
+        self.exit_lat[c]
     }
 
     /// The split-independent part of an order's objective: all hops (INF if unreachable).

@@ -89,30 +89,44 @@ impl Exact<'_, '_> {
 
 /// Heuristic for many candidates, which arrive ranked best-first.
 ///
-/// 1. For each stage count `k`, take the `k` best-ranked candidates, chain them by nearest
-///    neighbour from the head node and split them with the DP; keep the best. The scan
-///    stops after `patience` counts without improvement.
-/// 2. Improve the best order with first-improvement local search (adjacent swap, removal,
-///    replacement or insertion of a not-yet-used candidate), within `budget` DP evaluations.
+/// 1. Two seed rankings: as given (speed), and by closeness to the head node (then speed).
+///    For each stage count `k`, take the first `k` of a ranking, chain them by nearest
+///    neighbour from the head node (and try the reverse chain), split them with the DP; keep
+///    the best. A scan stops after `PATIENCE` counts without improvement.
+/// 2. Improve the best order with first-improvement local search (adjacent swap, relocation,
+///    removal, replacement or insertion of an unused candidate), within `budget` DP
+///    evaluations.
 pub(crate) fn heuristic(p: &Problem<'_>, budget: usize) -> Option<Solution> {
     const PATIENCE: usize = 8;
     let max_k = p.cands.len().min(p.n_layers as usize);
+    let by_speed: Vec<usize> = (0..p.cands.len()).collect();
+    let mut by_head = by_speed.clone();
+    by_head.sort_by(|&a, &b| {
+        (p.entry_latency(a) + p.exit_latency(a))
+            .total_cmp(&(p.entry_latency(b) + p.exit_latency(b)))
+    });
     let mut best: Option<Solution> = None;
-    let mut since_best = 0;
-    for k in 1..=max_k {
-        let members: Vec<usize> = (0..k).collect();
-        let order = nearest_neighbour_chain(p, &members);
-        if let Some(split) = best_split(p, &order) {
-            if best.as_ref().is_none_or(|b| split.value < b.split.value) {
-                best = Some(Solution { order, split });
-                since_best = 0;
-                continue;
+    for ranking in [&by_speed, &by_head] {
+        let mut since_best = 0;
+        for k in 1..=max_k {
+            let chain = nearest_neighbour_chain(p, &ranking[..k]);
+            let reversed: Vec<usize> = chain.iter().rev().copied().collect();
+            let mut improved = false;
+            for order in [chain, reversed] {
+                if let Some(split) = best_split(p, &order) {
+                    if best.as_ref().is_none_or(|b| split.value < b.split.value) {
+                        best = Some(Solution { order, split });
+                        improved = true;
+                    }
+                }
             }
-        }
-        if best.is_some() {
-            since_best += 1;
-            if since_best >= PATIENCE {
-                break;
+            if improved {
+                since_best = 0;
+            } else if best.is_some() {
+                since_best += 1;
+                if since_best >= PATIENCE {
+                    break;
+                }
             }
         }
     }
@@ -162,19 +176,31 @@ fn improve(p: &Problem<'_>, mut best: Solution, budget: usize) -> Solution {
     best
 }
 
-/// Orders one local move away from `order`: adjacent swaps, removals, and for the first
-/// `replacements` unused candidates a replacement at every position and a cheapest insertion.
+/// Orders one local move away from `order`: adjacent swaps, relocations (short orders
+/// only), removals; for each position, replacement by the first `replacements` unused
+/// candidates by rank and by the unused ones nearest its predecessor; cheapest insertion of
+/// those unused candidates.
 fn neighbourhood(p: &Problem<'_>, order: &[usize], replacements: usize) -> Vec<Vec<usize>> {
+    const RELOCATE_UP_TO: usize = 24;
     let k = order.len();
-    let unused: Vec<usize> = (0..p.cands.len())
-        .filter(|c| !order.contains(c))
-        .take(replacements)
-        .collect();
+    let unused: Vec<usize> = (0..p.cands.len()).filter(|c| !order.contains(c)).collect();
     let mut moves: Vec<Vec<usize>> = Vec::new();
     for i in 0..k.saturating_sub(1) {
         let mut o = order.to_vec();
         o.swap(i, i + 1);
         moves.push(o);
+    }
+    if k <= RELOCATE_UP_TO {
+        for i in 0..k {
+            for j in 0..k {
+                if j != i && j != i + 1 {
+                    let mut o = order.to_vec();
+                    let x = o.remove(i);
+                    o.insert(if j > i { j - 1 } else { j }, x);
+                    moves.push(o);
+                }
+            }
+        }
     }
     if k > 1 {
         for i in 0..k {
@@ -183,14 +209,28 @@ fn neighbourhood(p: &Problem<'_>, order: &[usize], replacements: usize) -> Vec<V
             moves.push(o);
         }
     }
-    for &u in &unused {
-        for i in 0..k {
+    let mut inserted = Vec::new();
+    for i in 0..k {
+        let from = |c: usize| match i {
+            0 => p.entry_latency(c),
+            _ => p.hop_latency(order[i - 1], c),
+        };
+        let mut near = unused.clone();
+        near.sort_by(|&a, &b| from(a).total_cmp(&from(b)));
+        let ranked = unused.iter().take(replacements);
+        let mut options: Vec<usize> = ranked
+            .chain(near.iter().take(replacements / 2))
+            .copied()
+            .collect();
+        options.dedup();
+        for u in options {
             let mut o = order.to_vec();
             o[i] = u;
             moves.push(o);
-        }
-        if k < p.n_layers as usize {
-            moves.push(cheapest_insertion(p, order, u));
+            if k < p.n_layers as usize && !inserted.contains(&u) {
+                inserted.push(u);
+                moves.push(cheapest_insertion(p, order, u));
+            }
         }
     }
     moves
