@@ -1,6 +1,7 @@
 //! Searches over device orders: exact branch-and-bound for few candidates, a ranked scan plus
 //! local improvement for many.
 
+use crate::plan::Objective;
 use crate::planner::dp::{best_split, empty_table, extend, Split};
 use crate::planner::problem::{combine, Problem, INF};
 use crate::profile::Role;
@@ -15,15 +16,19 @@ pub(crate) struct Solution {
 /// Exact search over every ordered subset of the candidates.
 ///
 /// Depth-first over prefixes, sharing the split DP of a prefix among all its extensions.
-/// A prefix is pruned when its cost so far already reaches the best complete plan: adding
-/// stages never lowers a sum or a max of non-negative costs.
+/// The heuristic's answer seeds the bound. A prefix is pruned when its cost so far plus a
+/// lower bound on the layers still unplaced reaches the best complete plan: adding stages
+/// never lowers a sum or a max of non-negative costs, the remaining layers cost at least the
+/// fastest unused device's rate (latency), and no stage can beat an even spread of the
+/// remaining work over the unused devices' combined speed (throughput).
 pub(crate) fn exact(p: &Problem<'_>) -> Option<Solution> {
+    let seed = heuristic(p, p.cands.len() * 16);
     let mut state = Exact {
         p,
         used: vec![false; p.cands.len()],
         prefix: Vec::new(),
-        best_value: INF,
-        best_order: None,
+        best_value: seed.as_ref().map_or(INF, |s| s.split.value),
+        best_order: seed.map(|s| s.order),
     };
     state.dfs(&empty_table(p.n_layers), 0.0);
     let order = state.best_order?;
@@ -58,6 +63,7 @@ impl Exact<'_, '_> {
                 continue;
             }
             let network = combine(obj, network, hop);
+            let prefix_network = network;
             let embed = depth == 0;
             // Close the pipeline with `c` as the last stage.
             let (closed, _) = extend(p, table, c, Role { embed, head: true }, 0);
@@ -74,13 +80,33 @@ impl Exact<'_, '_> {
                 continue;
             }
             let (open, _) = extend(p, table, c, Role { embed, head: false }, 1);
-            let lower = open[..n_layers].iter().copied().fold(INF, f64::min);
+            // Some unused device follows `c` (one hop) and some unused device is last (exit).
+            let (mut fastest, mut speed, mut next_hop, mut exit) = (INF, 0.0, INF, INF);
+            for u in (0..p.cands.len()).filter(|&u| u != c && !self.used[u]) {
+                fastest = fastest.min(p.cands[u].unit_ms);
+                speed += 1.0 / p.cands[u].unit_ms;
+                next_hop = next_hop.min(p.hop(c, u));
+                exit = exit.min(p.exit(u));
+            }
+            let network = combine(obj, network, combine(obj, next_hop, exit));
+            let lower = open[..n_layers]
+                .iter()
+                .enumerate()
+                .map(|(l, &f)| {
+                    let left = (n_layers - l) as f64;
+                    match obj {
+                        Objective::Latency => f + left * fastest,
+                        // speed is infinite when an unused device costs nothing.
+                        Objective::Throughput => f.max(left / speed),
+                    }
+                })
+                .fold(INF, f64::min);
             if combine(obj, lower, network) >= self.best_value {
                 continue;
             }
             self.used[c] = true;
             self.prefix.push(c);
-            self.dfs(&open, network);
+            self.dfs(&open, prefix_network);
             self.prefix.pop();
             self.used[c] = false;
         }
