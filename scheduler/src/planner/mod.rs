@@ -13,9 +13,9 @@
 //! stage) + head weights (last stage; the embedding table again when tied and the last
 //! stage is not the first) + a fixed overhead.
 //!
-//! Search: DP over split points for each order ([`dp`]); exact branch-and-bound over all
+//! Search: DP over split points for each order (`dp.rs`); exact branch-and-bound over all
 //! ordered subsets up to [`PlannerConfig::exact_limit`] eligible devices, a ranked scan with
-//! local improvement above ([`search`]).
+//! local improvement above (`search.rs`).
 
 mod baseline;
 mod dp;
