@@ -1,0 +1,190 @@
+//! Straggler policy driven step by step with explicit timestamps.
+
+use scheduler::straggler::{Config, Decision, Health, Monitor};
+use scheduler::{Device, DeviceGraph, Link, ModelProfile, Objective, PlanRequest};
+
+fn setup() -> (DeviceGraph, PlanRequest) {
+    let mut g = DeviceGraph::new();
+    for id in ["a", "b", "c"] {
+        g.upsert_device(Device {
+            id: id.into(),
+            memory_bytes: 1 << 30,
+            threads: 1,
+            decode_ms_per_layer: 1.0,
+            prefill_ms_per_layer: 0.1,
+            model_sha256: Some("m".into()),
+        })
+        .unwrap();
+    }
+    let lan = Link {
+        rtt_ms: 0.1,
+        bandwidth_bytes_per_s: 1e9,
+    };
+    g.set_link("a", "b", lan).unwrap();
+    g.set_link("b", "c", lan).unwrap();
+    let mut r = PlanRequest::new(ModelProfile {
+        sha256: "m".into(),
+        n_layers: 12,
+        bytes_per_layer: 1_000_000,
+        embedding_bytes: 1_000_000,
+        head_bytes: Some(0),
+        head_cost_layers: 0.0,
+        kv_bytes_per_token_per_layer: 0,
+        context_tokens: 0,
+        hidden_bytes_per_token: 1_000,
+        vocab_size: 100,
+    });
+    r.objective = Objective::Throughput;
+    (g, r)
+}
+
+const ORDER: [&str; 3] = ["a", "b", "c"];
+
+/// Feeds one step per 100 ms for every stage from `from` to `to` (exclusive), `b` taking
+/// `b_factor` times its expected time; evaluates after every step and returns decisions.
+fn drive(
+    m: &mut Monitor,
+    expected: &[(String, f64)],
+    from: u64,
+    to: u64,
+    b_factor: f64,
+) -> Vec<(u64, Decision)> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while t < to {
+        for (id, ms) in expected {
+            let f = if id == "b" { b_factor } else { 1.0 };
+            m.record_step(id, t, ms * f).unwrap();
+        }
+        out.extend(m.evaluate(t).into_iter().map(|d| (t, d)));
+        t += 100;
+    }
+    out
+}
+
+fn expected(plan: &scheduler::Plan) -> Vec<(String, f64)> {
+    plan.stages
+        .iter()
+        .map(|s| (s.device.clone(), s.compute_ms / s.slowdown))
+        .collect()
+}
+
+#[test]
+fn slow_stage_triggers_one_rebalance_and_layers_move_off_it() {
+    let (g, mut r) = setup();
+    let plan = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    assert_eq!(plan.stages[1].layers.len(), 4);
+    let mut m = Monitor::new(Config::default(), &plan, 0);
+    let exp = expected(&plan);
+    // Healthy for 2 s, then b runs 3x slower for 5 s.
+    assert!(drive(&mut m, &exp, 0, 2_000, 1.0).is_empty());
+    let decisions = drive(&mut m, &exp, 2_000, 7_000, 3.0);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    let (at, Decision::Rebalance { device, slowdown }) = &decisions[0] else {
+        panic!("{decisions:?}");
+    };
+    assert_eq!(device, "b");
+    assert!((slowdown - 3.0).abs() < 1e-9);
+    // Needs a median over the window: not on the first slow sample.
+    assert!(*at > 2_000);
+    m.apply(&mut r);
+    assert_eq!(r.slowdown.get("b"), Some(&3.0));
+    let replanned = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    assert!(replanned.stages[1].layers.len() < 4, "{replanned}");
+}
+
+#[test]
+fn hysteresis_prevents_flapping_and_restores_after_hold() {
+    let (g, mut r) = setup();
+    let plan = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    let config = Config::default();
+    let mut m = Monitor::new(config.clone(), &plan, 0);
+    let exp = expected(&plan);
+    let d = drive(&mut m, &exp, 0, 3_000, 2.5);
+    assert_eq!(d.len(), 1);
+    // Replan with the slowdown; the monitor judges against nominal speed.
+    m.apply(&mut r);
+    let plan2 = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    m.set_plan(&plan2, 3_000);
+    let exp2 = expected(&plan2);
+    // Hovering at 1.6x (between 1.3x and 2x) for a long time: no restore, no new rebalance.
+    assert!(drive(&mut m, &exp2, 3_000, 30_000, 1.6).is_empty());
+    assert!(matches!(m.health("b"), Some(Health::Straggling { .. })));
+    // Back to 1.0x: recovering, restored only after the hold period.
+    let d = drive(&mut m, &exp2, 30_000, 60_000, 1.0);
+    assert_eq!(d.len(), 1, "{d:?}");
+    let (at, Decision::Restore { device }) = &d[0] else {
+        panic!("{d:?}")
+    };
+    assert_eq!(device, "b");
+    assert!(*at >= 30_000 + config.recover_hold_ms, "restored at {at}");
+    m.apply(&mut r);
+    assert!(r.slowdown.is_empty());
+}
+
+#[test]
+fn short_spike_does_not_trigger() {
+    let (g, r) = setup();
+    let plan = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    let mut m = Monitor::new(Config::default(), &plan, 0);
+    let exp = expected(&plan);
+    drive(&mut m, &exp, 0, 5_000, 1.0);
+    // Two slow steps among many normal ones leave the median alone.
+    m.record_step("b", 5_000, 100.0).unwrap();
+    m.record_step("b", 5_050, 100.0).unwrap();
+    assert!(drive(&mut m, &exp, 5_100, 8_000, 1.0).is_empty());
+    assert_eq!(m.health("b"), Some(Health::Healthy));
+}
+
+#[test]
+fn silent_stage_is_evicted_then_restored_when_back() {
+    let (g, mut r) = setup();
+    let plan = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    let config = Config::default();
+    let mut m = Monitor::new(config.clone(), &plan, 0);
+    for t in (0..=10_000).step_by(500) {
+        m.record_heartbeat("a", t).unwrap();
+        m.record_heartbeat("b", t).unwrap();
+        if t <= 2_000 {
+            m.record_heartbeat("c", t).unwrap();
+        }
+        let d = m.evaluate(t);
+        if t <= 2_000 + config.heartbeat_timeout_ms {
+            assert!(d.is_empty(), "at {t}: {d:?}");
+        } else if t == 5_500 {
+            assert_eq!(d, vec![Decision::Evict { device: "c".into() }]);
+        } else {
+            assert!(d.is_empty(), "at {t}: {d:?}");
+        }
+    }
+    m.apply(&mut r);
+    assert!(r.exclude.contains("c"));
+    let replanned = scheduler::planner::plan(&g, &r).unwrap();
+    assert!(replanned.stages.iter().all(|s| s.device != "c"));
+    // c comes back; restored once it has stayed alive for the hold period.
+    let mut restored = None;
+    for t in (10_500..=30_000).step_by(500) {
+        for id in ["a", "b", "c"] {
+            m.record_heartbeat(id, t).unwrap();
+        }
+        if let Some(d) = m.evaluate(t).into_iter().next() {
+            restored = Some((t, d));
+            break;
+        }
+    }
+    let (t, d) = restored.expect("restored");
+    assert_eq!(d, Decision::Restore { device: "c".into() });
+    assert_eq!(t, 10_500 + config.recover_hold_ms);
+    m.apply(&mut r);
+    assert!(r.exclude.is_empty());
+}
+
+#[test]
+fn rejects_bad_input() {
+    let (g, r) = setup();
+    let plan = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    let mut m = Monitor::new(Config::default(), &plan, 0);
+    assert!(m.record_step("zz", 0, 1.0).is_err());
+    assert!(m.record_step("a", 0, f64::NAN).is_err());
+    assert!(m.record_heartbeat("zz", 0).is_err());
+}
