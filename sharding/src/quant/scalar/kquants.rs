@@ -54,6 +54,7 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         vec_dot,
         quantize_activations: quantize_q8k,
         dequantize,
+        vec_dot_4: None,
         isa: "scalar",
     })
 }

@@ -42,6 +42,7 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         vec_dot,
         quantize_activations,
         dequantize: reference.dequantize,
+        vec_dot_4: None,
         isa,
     })
 }
