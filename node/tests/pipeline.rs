@@ -19,7 +19,7 @@ fn free_addr() -> SocketAddr {
 }
 
 fn endpoint() -> EndpointConfig {
-    EndpointConfig::new(Identity::generate().unwrap(), Arc::new(InsecureAcceptAny))
+    shoal::pipeline::endpoint_config(Identity::generate().unwrap(), Arc::new(InsecureAcceptAny))
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -131,6 +131,8 @@ async fn one_message_per_hop_per_token() {
     let prompt = [504, 3575, 282, 4649, 314];
     let warm = head.generate(&prompt, 2, argmax, |_| true).await.unwrap();
     assert_eq!(warm.len(), 2);
+    // Let the warm-up's Close frames travel round the ring before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before: Vec<u64> = stages.iter().map(Stage::forwarded).collect();
     let (sent0, recv0) = head.message_counts();
     let n = 20;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sharding::model::{ShardOptions, ShardSpec};
 use shoal::pipeline::{Stage, StageConfig};
-use transport::quic::{EndpointConfig, Identity, InsecureAcceptAny};
+use transport::quic::{Identity, InsecureAcceptAny};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -60,7 +60,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             next: args.next,
             session_timeout: Duration::from_secs(args.session_timeout),
         };
-        let endpoint = EndpointConfig::new(Identity::generate()?, Arc::new(InsecureAcceptAny));
+        let endpoint =
+            shoal::pipeline::endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
         let stage = Stage::start(cfg, endpoint).await?;
         println!("stage listening on {}", stage.local_addr());
         tokio::select! {

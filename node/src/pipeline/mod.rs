@@ -17,5 +17,21 @@ pub mod head;
 pub mod protocol;
 pub mod stage;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use transport::quic::{EndpointConfig, Identity, PeerVerifier};
+
 pub use head::{Head, HeadConfig, PipelineError};
 pub use stage::{Stage, StageConfig};
+
+/// Link settings for pipeline hops: a peer that stops answering is declared dead after two
+/// seconds (keep-alives every half second), so a stage notices a dead or restarted
+/// neighbour quickly and reconnects, instead of sending into a connection nobody reads.
+pub fn endpoint_config(identity: Identity, verifier: Arc<dyn PeerVerifier>) -> EndpointConfig {
+    EndpointConfig {
+        idle_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_millis(500),
+        ..EndpointConfig::new(identity, verifier)
+    }
+}
