@@ -101,7 +101,8 @@ pub(crate) fn geglu(gate: &mut [f32], up: &[f32]) {
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+    // `1 + a·x·x` is contracted to a fused multiply-add in llama.cpp's build.
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
 /// Rotary angles of one position: `cos` and `sin` for each rotated pair, computed as ggml
