@@ -180,9 +180,6 @@ impl Block {
                 cfg.rope_style,
             );
         }
-        if cfg.scale_queries {
-            q.iter_mut().for_each(|v| *v *= cfg.attn_scale);
-        }
         let kc = &mut cache.k[pos0 * k_dim..(pos0 + n) * k_dim];
         for (d, &v) in kc.iter_mut().zip(k.iter()) {
             *d = half::f16::from_f32(v);
@@ -196,7 +193,7 @@ impl Block {
             n_head_kv: cfg.n_head_kv,
             head_dim: hd,
             head_dim_v: hdv,
-            scale: if cfg.scale_queries { 1.0 } else { cfg.attn_scale },
+            scale: cfg.attn_scale,
             window: if self.sliding {
                 cfg.sliding_window
             } else {

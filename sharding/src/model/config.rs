@@ -106,10 +106,7 @@ pub struct ModelConfig {
     pub embed_scale: Option<f32>,
     /// Scale of attention scores.
     pub attn_scale: f32,
-    /// Whether queries are multiplied by `attn_scale` before attention (Gemma 3, as
-    /// llama.cpp builds it) rather than the scores after the dot product. The order matters
-    /// once queries are rounded to f16.
-    pub scale_queries: bool,
+
     /// Feed-forward activation.
     pub activation: Activation,
     /// Per-head RMSNorm of Q and K (Gemma 3).
@@ -186,7 +183,6 @@ impl ModelConfig {
             swa_period: 6,
             embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            scale_queries: false,
             activation: if gemma {
                 Activation::GeGlu
             } else {
