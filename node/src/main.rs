@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt, on this node or through a pipeline of stages.
+    Generate(cli::generate::Args),
     /// Serve a layer range as one stage of a pipeline.
     Stage(cli::stage::Args),
     /// Measure prompt processing (pp128) and generation (tg64) speed, like llama-bench.
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Bench(args) => cli::bench::run(args),
+        Command::Generate(args) => cli::generate::run(args),
         Command::Stage(args) => cli::stage::run(args),
     }
 }

@@ -34,25 +34,15 @@ pub fn open(session: u64, positions: usize) -> FrameHeader {
     }
 }
 
-/// Appends `values` as little-endian bytes.
+/// Replaces `out` with `values` as little-endian bytes.
 pub fn f32_bytes(values: &[f32], out: &mut Vec<u8>) {
     out.clear();
-    out.reserve(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    transport::quic::payload::f32_to_bytes(values, out);
 }
 
-/// Reads little-endian f32s; `None` when the length is not a multiple of 4.
+/// Replaces `out` with the little-endian f32s of `bytes`; `None` when the length is not a
+/// multiple of 4.
 pub fn f32_values(bytes: &[u8], out: &mut Vec<f32>) -> Option<()> {
-    if bytes.len() % 4 != 0 {
-        return None;
-    }
     out.clear();
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
-    Some(())
+    transport::quic::payload::f32_from_bytes(bytes, out).ok()
 }

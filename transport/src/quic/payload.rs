@@ -36,7 +36,7 @@ pub fn f32_to_bytes(values: &[f32], out: &mut Vec<u8>) {
 
 /// Appends the f32 values held in little-endian `bytes` to `out`.
 pub fn f32_from_bytes(bytes: &[u8], out: &mut Vec<f32>) -> Result<(), PayloadError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(PayloadError::BadLength {
             codec: "f32",
             len: bytes.len(),
@@ -62,7 +62,7 @@ pub fn f32_to_f16_bytes(values: &[f32], out: &mut Vec<u8>) {
 
 /// Appends the f16 values held in little-endian `bytes`, widened to f32, to `out`.
 pub fn f32_from_f16_bytes(bytes: &[u8], out: &mut Vec<f32>) -> Result<(), PayloadError> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(PayloadError::BadLength {
             codec: "f16",
             len: bytes.len(),
