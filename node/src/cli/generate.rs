@@ -87,7 +87,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut decoder = tokenizer.decoder();
     let mut stdout = std::io::stdout().lock();
+    // Time of the first and the latest token: decode speed excludes loading and the prompt.
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
     let mut emit = |id: u32| -> bool {
+        last = Instant::now();
+        first.get_or_insert(last);
         if !args.ignore_eos && tokenizer.is_eog(id) {
             return false;
         }
@@ -95,7 +100,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let _ = stdout.flush();
         true
     };
-    let start = Instant::now();
     let generated = match args.pipeline {
         None => local(&file, &args, &prompt, &mut sampler, &mut emit)?,
         Some(first) => {
@@ -127,11 +131,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     };
     print!("{}", decoder.finish());
     println!();
-    let secs = start.elapsed().as_secs_f64();
+    let decode = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     eprintln!(
-        "\n{} prompt tokens, {generated} generated in {secs:.2} s ({:.1} tok/s)",
+        "\n{} prompt tokens, {generated} generated; decode {:.1} tok/s",
         prompt.len(),
-        generated as f64 / secs
+        generated.saturating_sub(1) as f64 / decode.max(1e-9)
     );
     Ok(())
 }
