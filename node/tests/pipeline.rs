@@ -105,7 +105,7 @@ async fn three_stage_processes_match_llama_cpp_and_overlap() {
     for (r, got) in refs.iter().zip(results) {
         assert_eq!(got.unwrap().unwrap(), r.greedy_ids, "concurrent {}", r.key);
     }
-    head.shutdown();
+    head.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +147,7 @@ async fn one_message_per_hop_per_token() {
         assert_eq!(s.forwarded() - b, per_hop, "stage -> next");
     }
     assert_eq!(recv1 - recv0, per_hop, "last stage -> head");
-    head.shutdown();
+    head.shutdown().await;
     for s in stages {
         s.shutdown().await;
     }
@@ -182,5 +182,5 @@ async fn a_dead_stage_fails_the_request_and_the_head_recovers() {
     let ids = head.generate(&prompt, 5, argmax, |_| true).await.unwrap();
     assert_eq!(ids, [7042, 30, 198, 198, 504]);
     drop(first);
-    head.shutdown();
+    head.shutdown().await;
 }

@@ -124,7 +124,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 let ids = head
                     .generate(&prompt, args.max_tokens, pick, &mut emit)
                     .await;
-                head.shutdown();
+                head.shutdown().await;
                 anyhow::Ok(ids?.len())
             })?
         }

@@ -314,10 +314,12 @@ impl Head {
         .map_err(|e| PipelineError::Head(e.to_string()))?
     }
 
-    /// Stops the link tasks and closes the endpoint.
-    pub fn shutdown(&self) {
+    /// Stops the link tasks and closes the endpoint, telling the stages (bounded wait), so
+    /// the last stage drops its link at once instead of sending into it until it times out.
+    pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.endpoint.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
 
