@@ -1,0 +1,96 @@
+//! Pipeline throughput on loopback: one stream against several concurrent streams through the
+//! same stages (each stage runs one compute thread, as a one-core device would).
+//!
+//! `cargo run --release -p shoal --example pipeline_bench -- MODEL STAGES STREAMS TOKENS`
+//! e.g. `... models/SmolLM2-135M-Instruct.Q4_1.gguf 2 2 64`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sharding::gguf::GgufFile;
+use sharding::model::{ModelConfig, ShardOptions, ShardSpec};
+use shoal::pipeline::{endpoint_config, Head, HeadConfig, Stage, StageConfig};
+use transport::quic::{Identity, InsecureAcceptAny};
+
+fn free_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let model = std::path::PathBuf::from(&args[1]);
+    let n_stages: usize = args.get(2).map_or(Ok(2), |s| s.parse())?;
+    let streams: usize = args.get(3).map_or(Ok(2), |s| s.parse())?;
+    let tokens: usize = args.get(4).map_or(Ok(64), |s| s.parse())?;
+    let n_layers = ModelConfig::from_metadata(GgufFile::open(&model)?.metadata())?.n_layers;
+    let addrs: Vec<SocketAddr> = (0..=n_stages).map(|_| free_addr()).collect();
+    let mut stages = Vec::new();
+    for i in 0..n_stages {
+        let layers = i * n_layers / n_stages..(i + 1) * n_layers / n_stages;
+        let cfg = StageConfig {
+            model: model.clone(),
+            spec: ShardSpec {
+                layers,
+                embed: false,
+                head: false,
+            },
+            options: ShardOptions::default(),
+            listen: addrs[i],
+            next: addrs[i + 1],
+            session_timeout: Duration::from_secs(60),
+        };
+        let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
+        stages.push(Stage::start(cfg, ep).await?);
+    }
+    let cfg = HeadConfig {
+        model,
+        threads: 1,
+        listen: addrs[n_stages],
+        first: addrs[0],
+        reply_timeout: Duration::from_secs(30),
+    };
+    let head = Head::start(
+        cfg,
+        endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny)),
+    )
+    .await?;
+    let prompt = [504u32, 3575, 282, 4649, 314];
+    head.generate(&prompt, 4, argmax, |_| true).await?;
+
+    for concurrent in [1, streams] {
+        let start = Instant::now();
+        let runs = (0..concurrent).map(|_| {
+            let head = head.clone();
+            tokio::spawn(async move { head.generate(&prompt, tokens, argmax, |_| true).await })
+        });
+        let mut total = 0;
+        for r in futures::future::join_all(runs).await {
+            total += r??.len();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{n_stages} stages, {concurrent} stream(s): {total} tokens in {secs:.2} s = {:.1} tok/s aggregate",
+            total as f64 / secs
+        );
+    }
+    head.shutdown().await;
+    for s in stages {
+        s.shutdown().await;
+    }
+    Ok(())
+}
