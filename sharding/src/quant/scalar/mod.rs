@@ -3,6 +3,9 @@
 mod kquants;
 mod legacy;
 
+#[cfg(test)]
+pub(crate) use kquants::testing as kquant_testing;
+
 use super::{GgmlType, TypeKernels};
 
 /// The scalar kernels for weight type `ty`, if this module has them.

@@ -523,7 +523,6 @@ fn fill_bsums(out: &mut [u8]) {
 mod tests {
     use super::*;
     use crate::quant::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
-    use half::f16;
     use proptest::prelude::*;
     use std::mem::{offset_of, size_of};
 
@@ -573,94 +572,7 @@ mod tests {
         }
     }
 
-    /// Random weight blocks with finite `f16` scales, and Q8_K activations quantized from
-    /// random floats by the scalar reference.
-    fn case(ty: GgmlType) -> impl Strategy<Value = (usize, Vec<u8>, Vec<u8>)> {
-        (1_usize..4).prop_flat_map(move |nb| {
-            let bytes = nb * ty.block_bytes();
-            (
-                Just(nb * QK_K),
-                prop::collection::vec(any::<u8>(), bytes),
-                prop::collection::vec(prop::collection::vec(-1.0e3_f32..1.0e3, QK_K), nb),
-                prop::collection::vec(-8.0_f32..8.0, 2 * nb),
-            )
-                .prop_map(move |(n, mut w, x, scales)| {
-                    for (b, s) in w.chunks_exact_mut(ty.block_bytes()).zip(scales.chunks(2)) {
-                        let d = f16::from_f32(s[0]).to_le_bytes();
-                        let dmin = f16::from_f32(s[1]).to_le_bytes();
-                        if ty == GgmlType::Q6_K {
-                            b[208..210].copy_from_slice(&d);
-                        } else {
-                            b[0..2].copy_from_slice(&d);
-                            b[2..4].copy_from_slice(&dmin);
-                        }
-                    }
-                    let x: Vec<f32> = x.concat();
-                    let mut a = vec![0_u8; n / QK_K * Q8K_BYTES];
-                    (scalar::kernels(GgmlType::Q4_K)
-                        .expect("scalar")
-                        .quantize_activations)(&x, &mut a);
-                    (n, w, a)
-                })
-        })
-    }
-
-    /// Sum of the magnitudes of every term of the dot product (`|d scale q y|` and
-    /// `|dmin min y|` per element), the yardstick for two float accumulation orders of the
-    /// same exact integer sums. Built from the scalar dequantizer with `d`/`dmin` set to 0 or
-    /// 1, which yields the integer `scale * q` and `-min` exactly.
-    fn abs_contributions(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
-        let deq = scalar::kernels(ty).expect("scalar").dequantize;
-        let n = w.len() / ty.block_bytes() * QK_K;
-        let (one, zero) = (f16::ONE.to_le_bytes(), [0_u8; 2]);
-        let unit = |d: [u8; 2], dmin: [u8; 2]| {
-            let mut u = w.to_vec();
-            for b in u.chunks_exact_mut(ty.block_bytes()) {
-                if ty == GgmlType::Q6_K {
-                    b[208..210].copy_from_slice(&d);
-                } else {
-                    b[0..2].copy_from_slice(&d);
-                    b[2..4].copy_from_slice(&dmin);
-                }
-            }
-            let mut out = vec![0.0_f32; n];
-            deq(&u, &mut out);
-            out
-        };
-        let (sq, mins) = (unit(one, zero), unit(zero, one));
-        let mut total = 0.0_f32;
-        for (b, (wb, ab)) in w
-            .chunks_exact(ty.block_bytes())
-            .zip(a.chunks_exact(Q8K_BYTES))
-            .enumerate()
-        {
-            let dy = f32::from_le_bytes([ab[0], ab[1], ab[2], ab[3]]);
-            let (d, dmin) = if ty == GgmlType::Q6_K {
-                (f16::from_le_bytes([wb[208], wb[209]]).to_f32(), 0.0)
-            } else {
-                (
-                    f16::from_le_bytes([wb[0], wb[1]]).to_f32(),
-                    f16::from_le_bytes([wb[2], wb[3]]).to_f32(),
-                )
-            };
-            for e in 0..QK_K {
-                let y = f32::from(ab[Q8K_QS + e] as i8);
-                let i = b * QK_K + e;
-                total += (d * dy * sq[i] * y).abs() + (dmin * dy * mins[i] * y).abs();
-            }
-        }
-        total
-    }
-
-    fn check_dot(ty: GgmlType, f: VecDotFn, (n, w, a): &(usize, Vec<u8>, Vec<u8>)) {
-        let reference = (scalar::kernels(ty).expect("scalar").vec_dot)(*n, w, a);
-        let got = f(*n, w, a);
-        let tol = 1e-5 * abs_contributions(ty, w, a) + f32::MIN_POSITIVE;
-        assert!(
-            (got - reference).abs() <= tol,
-            "{ty}: {got} vs {reference} (tol {tol})"
-        );
-    }
+    use crate::quant::scalar::kquant_testing::{case, check_dot};
 
     fn avx2() -> bool {
         has_avx2()
