@@ -108,6 +108,19 @@ async fn three_stage_processes_match_llama_cpp_and_overlap() {
     head.shutdown().await;
 }
 
+/// Waits (at most 10 s) until the last stage has forwarded `frames` frames in all, so that
+/// Close frames still in flight are counted; a slow CI machine only makes it wait longer.
+async fn settle(head: &Head, stages: &[Stage], frames: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let last = stages.last().map_or(0, Stage::forwarded);
+        if last >= frames && head.message_counts().1 >= frames {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_per_hop_per_token() {
     let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
@@ -131,14 +144,13 @@ async fn one_message_per_hop_per_token() {
     let prompt = [504, 3575, 282, 4649, 314];
     let warm = head.generate(&prompt, 2, argmax, |_| true).await.unwrap();
     assert_eq!(warm.len(), 2);
-    // Let the warm-up's Close frames travel round the ring before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the warm-up's frames (2 + 2 per hop) travel round the ring before counting.
+    settle(&head, &stages, 4).await;
     let before: Vec<u64> = stages.iter().map(Stage::forwarded).collect();
     let (sent0, recv0) = head.message_counts();
     let n = 20;
     head.generate(&prompt, n, argmax, |_| true).await.unwrap();
-    // Let the Close frames travel round the ring.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settle(&head, &stages, 4 + n as u64 + 2).await;
     let (sent1, recv1) = head.message_counts();
     // Open, one prefill, n - 1 decode steps, close: n + 2 frames each hop.
     let per_hop = n as u64 + 2;
