@@ -4,4 +4,6 @@
 //! Async code lives here and in `transport`; the model math runs on dedicated threads so the
 //! tokio workers only ever move bytes.
 
+pub mod backend;
+pub mod cluster;
 pub mod pipeline;

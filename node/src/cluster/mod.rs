@@ -1,0 +1,8 @@
+//! The self-forming cluster: discovery, adverts, the coordinator's plan, and the stages and
+//! head each node runs for it.
+
+pub mod view;
+
+pub use view::{
+    ClusterState, ClusterView, MemberState, MemberView, ModelSummary, PlanView, StageView,
+};
