@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sharding::gguf::GgufFile;
 use sharding::model::{ModelConfig, ShardOptions, ShardSpec};
-use shoal::pipeline::{endpoint_config, Head, HeadConfig, Stage, StageConfig};
+use shoal::pipeline::{endpoint_config, Head, HeadConfig, Route, Stage, StageConfig};
 use transport::quic::{Identity, InsecureAcceptAny};
 
 fn free_addr() -> SocketAddr {
@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
             },
             options: ShardOptions::default(),
             listen: addrs[i],
-            next: addrs[i + 1],
+            route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
         };
         let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
@@ -61,7 +61,8 @@ async fn main() -> anyhow::Result<()> {
         model,
         threads: 1,
         listen: addrs[n_stages],
-        first: addrs[0],
+        first: Some(addrs[0]),
+        reply_addr: None,
         reply_timeout: Duration::from_secs(30),
     };
     let head = Head::start(

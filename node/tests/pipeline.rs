@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sharding::model::{ShardOptions, ShardSpec};
-use shoal::pipeline::{Head, HeadConfig, PipelineError, Stage, StageConfig};
+use shoal::pipeline::{Head, HeadConfig, PipelineError, Route, Stage, StageConfig};
 use shoal_tests::{model_path, references};
 use transport::quic::{EndpointConfig, Identity, InsecureAcceptAny};
 
@@ -71,7 +71,8 @@ async fn head(first: SocketAddr, listen: SocketAddr, timeout: Duration) -> Head 
         model: model_path("smollm2"),
         threads: 1,
         listen,
-        first,
+        first: Some(first),
+        reply_addr: None,
         reply_timeout: timeout,
     };
     Head::start(cfg, endpoint()).await.unwrap()
@@ -135,7 +136,7 @@ async fn one_message_per_hop_per_token() {
             },
             options: ShardOptions::default(),
             listen: addrs[i],
-            next: addrs[i + 1],
+            route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
         };
         stages.push(Stage::start(cfg, endpoint()).await.unwrap());

@@ -58,6 +58,7 @@ fn advert(peer: PeerId, epoch: u64) -> Advert {
         state: AdvertState {
             epoch,
             ready: epoch > 0,
+            stage_addr: None,
         },
     }
 }

@@ -112,7 +112,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     model: args.model.clone(),
                     threads: args.threads,
                     listen: args.listen,
-                    first,
+                    first: Some(first),
+                    reply_addr: None,
                     reply_timeout: Duration::from_secs(30),
                 };
                 let endpoint = shoal::pipeline::endpoint_config(

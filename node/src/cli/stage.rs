@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sharding::model::{ShardOptions, ShardSpec};
-use shoal::pipeline::{Stage, StageConfig};
+use shoal::pipeline::{Route, Stage, StageConfig};
 use transport::quic::{Identity, InsecureAcceptAny};
 
 #[derive(clap::Args)]
@@ -57,7 +57,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 max_context: args.max_context,
             },
             listen: args.listen,
-            next: args.next,
+            route: Route::To(args.next),
             session_timeout: Duration::from_secs(args.session_timeout),
         };
         let endpoint =

@@ -27,8 +27,12 @@ pub struct HeadConfig {
     pub threads: usize,
     /// Address the last stage connects back to.
     pub listen: SocketAddr,
-    /// The first stage.
-    pub first: SocketAddr,
+    /// The first stage, for a static pipeline; in a cluster each request names its first
+    /// stage (see [`Head::via`]).
+    pub first: Option<SocketAddr>,
+    /// The address the last stage should answer this head at, sent in every `Open` (needed
+    /// when the last stage answers many heads; `None`: the last stage knows its next hop).
+    pub reply_addr: Option<SocketAddr>,
     /// How long to wait for any reply before failing a request.
     pub reply_timeout: Duration,
 }
@@ -50,6 +54,9 @@ pub enum PipelineError {
     Head(String),
 }
 
+/// A frame for the first stage at an address, and where its session's events go.
+type Outgoing = (SocketAddr, FrameHeader, Vec<u8>, mpsc::Sender<Event>);
+
 enum Event {
     Opened,
     Hidden(Vec<f32>),
@@ -59,7 +66,9 @@ enum Event {
 struct Inner {
     shard: Mutex<Shard>,
     n_embd: usize,
-    to_first: mpsc::Sender<(FrameHeader, Vec<u8>, mpsc::Sender<Event>)>,
+    to_first: mpsc::Sender<Outgoing>,
+    first: Option<SocketAddr>,
+    reply_addr: Option<SocketAddr>,
     sessions: Mutex<HashMap<u64, mpsc::Sender<Event>>>,
     next_session: AtomicU64,
     sent: AtomicU64,
@@ -71,6 +80,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Head {
     inner: Arc<Inner>,
+    /// First stage of this handle's requests (overrides the configured one).
+    route: Option<SocketAddr>,
     endpoint: Arc<Endpoint>,
     cancel: CancellationToken,
 }
@@ -103,6 +114,8 @@ impl Head {
             shard: Mutex::new(shard),
             n_embd,
             to_first,
+            first: cfg.first,
+            reply_addr: cfg.reply_addr,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(u64::from(std::process::id()) << 32),
             sent: AtomicU64::new(0),
@@ -111,7 +124,6 @@ impl Head {
         });
         tokio::spawn(send_loop(
             endpoint.clone(),
-            cfg.first,
             rx,
             inner.clone(),
             cancel.clone(),
@@ -123,9 +135,24 @@ impl Head {
         ));
         Ok(Head {
             inner,
+            route: None,
             endpoint,
             cancel,
         })
+    }
+
+    /// A handle whose requests enter the pipeline at `first` (requests already running keep
+    /// their own route).
+    pub fn via(&self, first: SocketAddr) -> Head {
+        Head {
+            route: Some(first),
+            ..self.clone()
+        }
+    }
+
+    /// Requests running through this head now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.sessions.lock().expect("sessions lock").len()
     }
 
     /// The address the last stage must send to.
@@ -155,6 +182,9 @@ impl Head {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
+        let Some(first) = self.route.or(inner.first) else {
+            return Err(PipelineError::Unreachable("no pipeline to send to".into()));
+        };
         let session = inner.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(4);
         inner
@@ -164,6 +194,7 @@ impl Head {
             .insert(session, tx.clone());
         let result = self
             .run(
+                first,
                 session,
                 prompt,
                 max_tokens,
@@ -177,6 +208,7 @@ impl Head {
         let _ = inner
             .to_first
             .send((
+                first,
                 FrameHeader::empty(FrameKind::Close, session, 0),
                 Vec::new(),
                 tx,
@@ -193,6 +225,7 @@ impl Head {
     #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
+        first: SocketAddr,
         session: u64,
         prompt: &[u32],
         max_tokens: usize,
@@ -203,8 +236,17 @@ impl Head {
     ) -> Result<Vec<u32>, PipelineError> {
         let inner = &self.inner;
         let positions = prompt.len() + max_tokens;
-        self.send(protocol::open(session, positions), Vec::new(), tx)
-            .await?;
+        let reply = inner
+            .reply_addr
+            .map(|a| a.to_string().into_bytes())
+            .unwrap_or_default();
+        self.send(
+            first,
+            protocol::open(session, positions, reply.len()),
+            reply,
+            tx,
+        )
+        .await?;
         match self.wait(rx).await? {
             Event::Opened => {}
             Event::Hidden(_) => {
@@ -225,7 +267,7 @@ impl Head {
                 chunk.len(),
                 inner.n_embd,
             );
-            self.send(header, bytes, tx).await?;
+            self.send(first, header, bytes, tx).await?;
             hidden = self.expect_hidden(rx).await?;
         }
         let mut tokens = Vec::with_capacity(max_tokens);
@@ -240,7 +282,7 @@ impl Head {
             let bytes = self.embed(&[next]).await?;
             let header =
                 protocol::hidden(FrameKind::Decode, session, pos as u64, pos, 1, inner.n_embd);
-            self.send(header, bytes, tx).await?;
+            self.send(first, header, bytes, tx).await?;
             hidden = self.expect_hidden(rx).await?;
             pos += 1;
         }
@@ -248,13 +290,14 @@ impl Head {
 
     async fn send(
         &self,
+        first: SocketAddr,
         header: FrameHeader,
         payload: Vec<u8>,
         tx: &mpsc::Sender<Event>,
     ) -> Result<(), PipelineError> {
         self.inner
             .to_first
-            .send((header, payload, tx.clone()))
+            .send((first, header, payload, tx.clone()))
             .await
             .map_err(|_| PipelineError::Unreachable("head is shutting down".into()))
     }
@@ -323,26 +366,28 @@ impl Head {
     }
 }
 
-/// Sends frames to the first stage; a frame that cannot be delivered fails its request.
+/// Sends frames to first stages (one link per address: requests of different plans may
+/// enter at different stages); a frame that cannot be delivered fails its request.
 async fn send_loop(
     endpoint: Arc<Endpoint>,
-    first: SocketAddr,
-    mut frames: mpsc::Receiver<(FrameHeader, Vec<u8>, mpsc::Sender<Event>)>,
+    mut frames: mpsc::Receiver<Outgoing>,
     inner: Arc<Inner>,
     cancel: CancellationToken,
 ) {
-    let mut link: Option<LinkSender> = None;
+    let mut links: HashMap<SocketAddr, LinkSender> = HashMap::new();
     loop {
-        let (header, payload, reply) = tokio::select! {
+        let (first, header, payload, reply) = tokio::select! {
             _ = cancel.cancelled() => return,
             f = frames.recv() => match f { Some(f) => f, None => return },
         };
         let mut delivered = false;
         let mut last_error = String::new();
         for attempt in 0..2u64 {
-            if link.is_none() {
+            if !links.contains_key(&first) {
                 match endpoint.connect(first).await {
-                    Ok(l) => link = Some(l.split().0),
+                    Ok(l) => {
+                        links.insert(first, l.split().0);
+                    }
                     Err(e) => {
                         last_error = e.to_string();
                         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
@@ -350,12 +395,8 @@ async fn send_loop(
                     }
                 }
             }
-            match link
-                .as_mut()
-                .expect("connected")
-                .send(&header, &payload)
-                .await
-            {
+            let link = links.get_mut(&first).expect("connected above");
+            match link.send(&header, &payload).await {
                 Ok(()) => {
                     delivered = true;
                     inner.sent.fetch_add(1, Ordering::Relaxed);
@@ -363,7 +404,7 @@ async fn send_loop(
                 }
                 Err(e) => {
                     last_error = e.to_string();
-                    link = None;
+                    links.remove(&first);
                 }
             }
         }

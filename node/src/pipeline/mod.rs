@@ -15,6 +15,7 @@
 
 pub mod head;
 pub mod protocol;
+pub mod route;
 pub mod stage;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use transport::quic::{EndpointConfig, Identity, PeerVerifier};
 
 pub use head::{Head, HeadConfig, PipelineError};
+pub use route::Route;
 pub use stage::{Stage, StageConfig};
 
 /// Link settings for pipeline hops: a peer that stops answering is declared dead after two

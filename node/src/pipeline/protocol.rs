@@ -26,11 +26,21 @@ pub fn hidden(
     }
 }
 
-/// Header of an `Open` reserving `positions` positions of context.
-pub fn open(session: u64, positions: usize) -> FrameHeader {
+/// Header of an `Open` reserving `positions` positions of context, with a payload of
+/// `reply_len` bytes: the head's reply address as text, or nothing.
+pub fn open(session: u64, positions: usize, reply_len: usize) -> FrameHeader {
+    let header = if reply_len == 0 {
+        FrameHeader::empty(FrameKind::Open, session, 0)
+    } else {
+        FrameHeader {
+            rows: 1,
+            cols: reply_len as u32,
+            ..FrameHeader::empty(FrameKind::Open, session, 0)
+        }
+    };
     FrameHeader {
         n_pos: positions as u32,
-        ..FrameHeader::empty(FrameKind::Open, session, 0)
+        ..header
     }
 }
 

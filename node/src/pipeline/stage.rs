@@ -3,19 +3,24 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sharding::gguf::GgufFile;
 use sharding::model::{Input, Shard, ShardOptions, ShardSpec, StepError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError, LinkSender};
 
 use super::protocol;
+use super::route::{self, Route};
+
+/// A frame on its way downstream, with the head address of its session (for
+/// [`Route::ReplyToHead`]).
+type Outgoing = (FrameHeader, Vec<u8>, Option<SocketAddr>);
 
 /// Frames queued between the network tasks and the compute thread, each way. Bounded, so a
 /// flood from upstream slows the sender down instead of growing memory.
@@ -32,8 +37,8 @@ pub struct StageConfig {
     pub options: ShardOptions,
     /// Address to accept the upstream link on.
     pub listen: SocketAddr,
-    /// The next stage, or the head for the last stage.
-    pub next: SocketAddr,
+    /// Where computed frames go: the next stage, or the head.
+    pub route: Route,
     /// Sessions idle this long are closed and their cache freed.
     pub session_timeout: Duration,
 }
@@ -45,6 +50,8 @@ pub struct Stage {
     cancel: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
     forwarded: Arc<AtomicU64>,
+    sessions: Arc<AtomicUsize>,
+    route: watch::Sender<Route>,
 }
 
 enum Job {
@@ -68,23 +75,26 @@ impl Stage {
         let endpoint =
             Arc::new(Endpoint::bind(cfg.listen, identity).context("binding the stage endpoint")?);
         let local = endpoint.local_addr()?;
-        info!(layers = ?cfg.spec.layers, %local, next = %cfg.next, "stage ready");
+        info!(layers = ?cfg.spec.layers, %local, route = ?cfg.route, "stage ready");
 
         let cancel = CancellationToken::new();
         let (job_tx, job_rx) = mpsc::channel::<Job>(QUEUE);
-        let (out_tx, out_rx) = mpsc::channel::<(FrameHeader, Vec<u8>)>(QUEUE);
+        let (out_tx, out_rx) = mpsc::channel::<Outgoing>(QUEUE);
         let forwarded = Arc::new(AtomicU64::new(0));
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let (route_tx, route_rx) = watch::channel(cfg.route);
         let mut tasks = tokio::task::JoinSet::new();
 
         let timeout = cfg.session_timeout;
         let compute_out = out_tx.clone();
+        let open = sessions.clone();
         std::thread::Builder::new()
             .name("shoal-stage-compute".into())
-            .spawn(move || compute(shard, job_rx, compute_out, timeout))?;
+            .spawn(move || compute(shard, job_rx, compute_out, timeout, open))?;
 
         tasks.spawn(downstream(
             endpoint.clone(),
-            cfg.next,
+            route_rx,
             out_rx,
             forwarded.clone(),
             cancel.clone(),
@@ -112,7 +122,19 @@ impl Stage {
             cancel,
             tasks,
             forwarded,
+            sessions,
+            route: route_tx,
         })
+    }
+
+    /// Changes where computed frames go (a pending route is set once the plan is ready).
+    pub fn set_route(&self, route: Route) {
+        self.route.send_replace(route);
+    }
+
+    /// Sessions open on this stage now.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// The address the stage accepts its upstream link on.
@@ -147,7 +169,7 @@ impl Stage {
 async fn accept_loop(
     endpoint: Arc<Endpoint>,
     jobs: mpsc::Sender<Job>,
-    out: mpsc::Sender<(FrameHeader, Vec<u8>)>,
+    out: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -184,13 +206,9 @@ async fn accept_loop(
                             // The stream is still usable; tell the head which session failed.
                             warn!(%error, "rejected a frame from upstream");
                             let session = header.map_or(0, |h| h.session);
-                            let _ = out
-                                .send(error_frame(
-                                    ErrorCode::Malformed,
-                                    session,
-                                    &error.to_string(),
-                                ))
-                                .await;
+                            let (h, p) =
+                                error_frame(ErrorCode::Malformed, session, &error.to_string());
+                            let _ = out.send((h, p, None)).await;
                         }
                         Err(e) => {
                             debug!(error = %e, "upstream link ended");
@@ -204,26 +222,48 @@ async fn accept_loop(
     }
 }
 
-/// Sends frames to the next hop, connecting (and reconnecting) as needed.
+/// Sends frames to the next hop, connecting (and reconnecting) as needed. Keeps one link per
+/// destination: a last stage answering several heads holds one link to each.
 async fn downstream(
     endpoint: Arc<Endpoint>,
-    next: SocketAddr,
-    mut frames: mpsc::Receiver<(FrameHeader, Vec<u8>)>,
+    mut route: watch::Receiver<Route>,
+    mut frames: mpsc::Receiver<Outgoing>,
     forwarded: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
-    let mut link: Option<LinkSender> = None;
+    let mut links: HashMap<SocketAddr, LinkSender> = HashMap::new();
     loop {
-        let (header, payload) = tokio::select! {
+        let (header, payload, reply) = tokio::select! {
             _ = cancel.cancelled() => return,
             f = frames.recv() => match f { Some(f) => f, None => return },
         };
+        let current = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = route::resolved(&mut route) => r,
+        };
+        let next = match (current, reply) {
+            (Some(Route::To(next)), _) | (Some(Route::ReplyToHead), Some(next)) => next,
+            (Some(Route::ReplyToHead), None) => {
+                warn!(
+                    session = header.session,
+                    "no head address for this session; frame dropped"
+                );
+                continue;
+            }
+            _ => {
+                warn!(
+                    session = header.session,
+                    "next hop still unknown; frame dropped"
+                );
+                continue;
+            }
+        };
         for attempt in 0..3u64 {
-            if link.is_none() {
+            if !links.contains_key(&next) {
                 match endpoint.connect(next).await {
                     Ok(l) => {
                         let (send, _recv) = l.split();
-                        link = Some(send);
+                        links.insert(next, send);
                     }
                     Err(e) => {
                         warn!(%next, error = %e, attempt, "cannot reach the next hop");
@@ -232,7 +272,7 @@ async fn downstream(
                     }
                 }
             }
-            let sender = link.as_mut().expect("connected above");
+            let sender = links.get_mut(&next).expect("connected above");
             match sender.send(&header, &payload).await {
                 Ok(()) => {
                     forwarded.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +280,7 @@ async fn downstream(
                 }
                 Err(e) => {
                     warn!(%next, error = %e, "send to the next hop failed");
-                    link = None;
+                    links.remove(&next);
                 }
             }
         }
@@ -260,18 +300,21 @@ pub(crate) fn error_frame(code: ErrorCode, session: u64, message: &str) -> (Fram
 fn compute(
     mut shard: Shard,
     mut jobs: mpsc::Receiver<Job>,
-    out: mpsc::Sender<(FrameHeader, Vec<u8>)>,
+    out: mpsc::Sender<Outgoing>,
     timeout: Duration,
+    open: Arc<AtomicUsize>,
 ) {
     let n_embd = shard.config().n_embd;
     let mut hidden = Vec::new();
     let mut result = Vec::new();
-    let mut last_seen: HashMap<u64, Instant> = HashMap::new();
+    // Per open session: when it was last used, and the head that opened it.
+    let mut last_seen: HashMap<u64, (Instant, Option<SocketAddr>)> = HashMap::new();
     while let Some(job) = jobs.blocking_recv() {
+        open.store(last_seen.len(), Ordering::Relaxed);
         let (header, payload) = match job {
             Job::Sweep => {
                 let now = Instant::now();
-                last_seen.retain(|&session, &mut seen| {
+                last_seen.retain(|&session, &mut (seen, _)| {
                     let alive = now.duration_since(seen) < timeout;
                     if !alive && shard.close_session(session) {
                         info!(session, "closed an abandoned session");
@@ -283,15 +326,19 @@ fn compute(
             Job::Frame(h, p) => (h, p),
         };
         let session = header.session;
+        let head = last_seen.get(&session).and_then(|s| s.1);
         let reply = match header.kind {
             FrameKind::Open => {
-                last_seen.insert(session, Instant::now());
+                let head = route::parse_reply(&payload);
+                last_seen.insert(session, (Instant::now(), head));
                 shard
                     .open_session(session, header.n_pos as usize)
-                    .map(|()| (header, Vec::new()))
+                    .map(|()| (header, payload))
             }
             FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
-                last_seen.insert(session, Instant::now());
+                if let Some(seen) = last_seen.get_mut(&session) {
+                    seen.0 = Instant::now();
+                }
                 step(
                     &mut shard,
                     header,
@@ -313,6 +360,7 @@ fn compute(
             }
             _ => Ok((header, payload)),
         };
+        let head = head.or_else(|| last_seen.get(&session).and_then(|s| s.1));
         let frame = match reply {
             Ok(frame) => frame,
             Err(e) => {
@@ -323,7 +371,7 @@ fn compute(
                 error_frame(ErrorCode::Protocol, session, &e.to_string())
             }
         };
-        if out.blocking_send(frame).is_err() {
+        if out.blocking_send((frame.0, frame.1, head)).is_err() {
             return;
         }
     }

@@ -42,6 +42,9 @@ pub enum ReturnPayload {
     Logits,
     /// A sampled token id; the last stage samples with the request's parameters.
     TokenId,
+    /// The last layer's hidden state (one row of `hidden_bytes_per_token`); the head node
+    /// runs the final norm and output head itself. What Shoal's pipeline sends.
+    Hidden,
 }
 
 /// Planner knobs.

@@ -186,6 +186,7 @@ impl<'a> Problem<'a> {
         match self.req.config.return_payload {
             ReturnPayload::Logits => u64::from(self.req.model.vocab_size) * 4,
             ReturnPayload::TokenId => TOKEN_BYTES,
+            ReturnPayload::Hidden => self.req.model.hidden_bytes_per_token,
         }
     }
 

@@ -45,4 +45,8 @@ pub struct AdvertState {
     pub epoch: u64,
     /// Whether the node has loaded its shard and can serve its stage.
     pub ready: bool,
+    /// Where this node's stage for `epoch` accepts activations (each epoch binds its own
+    /// port); `None` when it runs no stage in that plan.
+    #[serde(default)]
+    pub stage_addr: Option<SocketAddr>,
 }

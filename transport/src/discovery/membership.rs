@@ -199,6 +199,7 @@ mod tests {
             state: AdvertState {
                 epoch,
                 ready: false,
+                stage_addr: None,
             },
         }
     }

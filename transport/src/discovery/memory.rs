@@ -253,7 +253,11 @@ mod tests {
             models: vec![],
             layer_cost: None,
             version: "t".into(),
-            state: AdvertState { epoch, ready: true },
+            state: AdvertState {
+                epoch,
+                ready: true,
+                stage_addr: None,
+            },
         }
     }
 
