@@ -1,12 +1,12 @@
 //! The head of a pipeline: embeds tokens, sends them around the ring, turns the returning
 //! hidden state into logits and the next token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sharding::gguf::GgufFile;
@@ -73,8 +73,14 @@ struct Inner {
     next_session: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
+    generated: AtomicU64,
+    /// Round trips of recent decode steps through the stages, milliseconds.
+    recent_ms: Mutex<VecDeque<f32>>,
     timeout: Duration,
 }
+
+/// How many recent decode round trips [`Head::recent_token_ms`] takes the median of.
+const RECENT: usize = 64;
 
 /// A running head. Cheap to clone; requests may run concurrently.
 #[derive(Clone)]
@@ -108,6 +114,14 @@ impl Head {
         let endpoint = Arc::new(
             Endpoint::bind(cfg.listen, endpoint_config).context("binding the head endpoint")?,
         );
+        // A reply address with port 0 means "the port this head bound".
+        let reply_addr = match cfg.reply_addr {
+            Some(mut a) if a.port() == 0 => {
+                a.set_port(endpoint.local_addr()?.port());
+                Some(a)
+            }
+            other => other,
+        };
         let cancel = CancellationToken::new();
         let (to_first, rx) = mpsc::channel(64);
         let inner = Arc::new(Inner {
@@ -115,11 +129,13 @@ impl Head {
             n_embd,
             to_first,
             first: cfg.first,
-            reply_addr: cfg.reply_addr,
+            reply_addr,
             sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(u64::from(std::process::id()) << 32),
+            next_session: AtomicU64::new(random_session_base()),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            generated: AtomicU64::new(0),
+            recent_ms: Mutex::new(VecDeque::with_capacity(RECENT)),
             timeout: cfg.reply_timeout,
         });
         tokio::spawn(send_loop(
@@ -148,6 +164,27 @@ impl Head {
             route: Some(first),
             ..self.clone()
         }
+    }
+
+    /// Tokens generated since start.
+    pub fn generated(&self) -> u64 {
+        self.inner.generated.load(Ordering::Relaxed)
+    }
+
+    /// Median round trip of recent decode steps through the stages, in milliseconds.
+    pub fn recent_token_ms(&self) -> Option<f64> {
+        let recent = self.inner.recent_ms.lock().expect("recent lock");
+        let mut v: Vec<f32> = recent.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f32::total_cmp);
+        Some(f64::from(v[v.len() / 2]))
+    }
+
+    /// The address stages answer this head at, when it was given one.
+    pub fn reply_addr(&self) -> Option<SocketAddr> {
+        self.inner.reply_addr
     }
 
     /// Requests running through this head now.
@@ -276,14 +313,22 @@ impl Head {
             let logits = self.logits(std::mem::take(&mut hidden)).await?;
             let next = pick(&logits);
             tokens.push(next);
+            inner.generated.fetch_add(1, Ordering::Relaxed);
             if !on_token(next) || tokens.len() == max_tokens {
                 return Ok(tokens);
             }
             let bytes = self.embed(&[next]).await?;
             let header =
                 protocol::hidden(FrameKind::Decode, session, pos as u64, pos, 1, inner.n_embd);
+            let sent = Instant::now();
             self.send(first, header, bytes, tx).await?;
             hidden = self.expect_hidden(rx).await?;
+            let mut recent = inner.recent_ms.lock().expect("recent lock");
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(sent.elapsed().as_secs_f32() * 1e3);
+            drop(recent);
             pos += 1;
         }
     }
@@ -484,4 +529,18 @@ async fn receive_loop(endpoint: Arc<Endpoint>, inner: Arc<Inner>, cancel: Cancel
             }
         });
     }
+}
+
+/// A random start for session ids: heads in one process, or in containers that all run as
+/// pid 1, must not hand the same id to a shared stage.
+fn random_session_base() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    // Leave room below for the counter.
+    h.finish() & !0xffff_ffff
 }

@@ -29,6 +29,7 @@ pub use config::Config;
 pub use error::{DiscoveryError, RejectReason, SendError, StartError};
 pub use event::{BroadcastReport, InboundMessage, Inbox, MembershipEvent};
 pub use libp2p::identity::Keypair;
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 
 /// A cloneable handle on a running discovery service.

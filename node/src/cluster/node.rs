@@ -1,0 +1,272 @@
+//! A cluster node: joins discovery, advertises what it can do, keeps a head for its own API
+//! requests, and runs whatever stages the coordinator assigns it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use sharding::chat::ChatTemplate;
+use sharding::gguf::GgufFile;
+use sharding::model::ModelConfig;
+use sharding::tokenizer::Tokenizer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use transport::discovery::{
+    swarm, Advert, AdvertState, Config as DiscoveryConfig, Discovery, Keypair, Multiaddr, PeerId,
+    Protocol,
+};
+use transport::quic::{Identity, InsecureAcceptAny};
+
+use super::agent::{Agent, AgentConfig};
+use super::state::State;
+use super::view::{ClusterView, ModelSummary};
+use super::{measure, profile, snapshot};
+use crate::backend::{Backend, ModelInfo};
+use crate::pipeline::{self, Head, HeadConfig};
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// GGUF model file.
+    pub model: PathBuf,
+    /// Discovery settings (listen addresses, static peers, mDNS).
+    pub discovery: DiscoveryConfig,
+    /// Address of this node's data plane (its head listens here; stages bind fresh ports on
+    /// the same IP, one per plan epoch).
+    pub data_listen: SocketAddr,
+    /// IP other nodes reach this node's data plane at; found from the listen addresses when
+    /// `None`.
+    pub advertise_ip: Option<IpAddr>,
+    /// Worker threads for layers.
+    pub threads: usize,
+    /// Bytes this node offers for weights and KV cache.
+    pub memory_budget: u64,
+    /// Positions one session may hold.
+    pub max_context: usize,
+    /// Sessions open at once per stage.
+    pub max_sessions: usize,
+    /// Idle sessions are closed after this long.
+    pub session_timeout: Duration,
+    /// Quiet time after a join or leave before the coordinator replans.
+    pub replan_delay: Duration,
+    /// How long a request waits for the pipeline's next reply.
+    pub reply_timeout: Duration,
+}
+
+/// Everything the API and the agent share.
+pub(crate) struct Shared {
+    pub(crate) local: PeerId,
+    pub(crate) model: ModelInfo,
+    pub(crate) summary: ModelSummary,
+    pub(crate) head: Head,
+    pub(crate) discovery: swarm::Handle,
+    pub(crate) state: Mutex<State>,
+}
+
+/// A running node.
+pub struct Node {
+    shared: Arc<Shared>,
+    service: swarm::Service,
+    cancel: CancellationToken,
+    agent: JoinHandle<()>,
+}
+
+impl Node {
+    /// Measures this node, joins the cluster and starts serving.
+    pub async fn start(cfg: NodeConfig, keypair: Keypair) -> anyhow::Result<Node> {
+        let path = cfg.model.clone();
+        let (threads, context) = (cfg.threads, cfg.max_context);
+        let loaded = tokio::task::spawn_blocking(move || load_model(&path, threads, context))
+            .await
+            .context("model loading task")??;
+        info!(
+            model = %loaded.summary.name,
+            sha256 = %loaded.summary.sha256,
+            decode_ms_per_layer = loaded.cost.decode_ms,
+            prefill_ms_per_layer = loaded.cost.prefill_ms_per_token,
+            "measured this node"
+        );
+        let cancel = CancellationToken::new();
+        let (handle, inbox, service) =
+            swarm::spawn(cfg.discovery.clone(), keypair, cancel.child_token())
+                .await
+                .context("starting discovery")?;
+        let ip = match cfg.advertise_ip {
+            Some(ip) => ip,
+            None if !cfg.data_listen.ip().is_unspecified() => cfg.data_listen.ip(),
+            None => outward_ip(&handle.listen_addrs().await.unwrap_or_default()),
+        };
+        let endpoint =
+            pipeline::endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
+        let head = Head::start(
+            HeadConfig {
+                model: cfg.model.clone(),
+                threads: cfg.threads,
+                listen: cfg.data_listen,
+                first: None,
+                reply_addr: Some(SocketAddr::new(ip, 0)),
+                reply_timeout: cfg.reply_timeout,
+            },
+            endpoint.clone(),
+        )
+        .await
+        .context("starting this node's head")?;
+        let data_addr = head.reply_addr().expect("given above");
+        let local = handle.local_peer_id();
+        let advert = Advert {
+            peer_id: local,
+            data_addr,
+            threads: cfg.threads as u32,
+            memory_budget_bytes: cfg.memory_budget,
+            models: vec![loaded.summary.sha256.clone()],
+            layer_cost: Some(loaded.cost),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            state: AdvertState::default(),
+        };
+        handle
+            .publish(advert.clone())
+            .await
+            .context("publishing the advert")?;
+        info!(peer = %local, %data_addr, "joined");
+        let shared = Arc::new(Shared {
+            local,
+            model: loaded.info,
+            summary: loaded.summary,
+            head,
+            discovery: handle,
+            state: Mutex::new(State::new(advert)),
+        });
+        let agent = Agent::new(
+            shared.clone(),
+            AgentConfig {
+                model: cfg.model,
+                profile: loaded.profile,
+                head_reserve: loaded.head_bytes,
+                bind_ip: cfg.data_listen.ip(),
+                advertise_ip: ip,
+                threads: cfg.threads,
+                max_sessions: cfg.max_sessions,
+                max_context: cfg.max_context,
+                session_timeout: cfg.session_timeout,
+                replan_delay: cfg.replan_delay,
+                endpoint,
+            },
+            inbox,
+        );
+        let agent = tokio::spawn(agent.run(cancel.clone()));
+        Ok(Node {
+            shared,
+            service,
+            cancel,
+            agent,
+        })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.local
+    }
+
+    /// The addresses discovery listens on (for other nodes' `--peer`).
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.shared
+            .discovery
+            .listen_addrs()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The API's view of this node.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(NodeBackend(self.shared.clone()))
+    }
+
+    /// Leaves the cluster: stops the stages, the head and discovery.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.agent.await;
+        self.shared.head.shutdown().await;
+        self.service.shutdown().await;
+    }
+}
+
+struct NodeBackend(Arc<Shared>);
+
+impl Backend for NodeBackend {
+    fn model(&self) -> &ModelInfo {
+        &self.0.model
+    }
+
+    fn head(&self) -> Result<Head, String> {
+        let state = self.0.state.lock().expect("state lock");
+        match &state.active {
+            Some(active) => Ok(self.0.head.via(active.first)),
+            None => Err(snapshot::why_not_serving(&state)),
+        }
+    }
+
+    fn view(&self) -> ClusterView {
+        snapshot::view(&self.0)
+    }
+}
+
+struct Loaded {
+    info: ModelInfo,
+    summary: ModelSummary,
+    profile: scheduler::ModelProfile,
+    cost: transport::discovery::LayerCost,
+    head_bytes: u64,
+}
+
+/// Reads, hashes, profiles and measures the model (blocking).
+fn load_model(path: &std::path::Path, threads: usize, context: usize) -> anyhow::Result<Loaded> {
+    let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let meta = file.metadata();
+    let n_layers = ModelConfig::from_metadata(meta)?.n_layers as u32;
+    let sha256 =
+        profile::model_sha256(path).with_context(|| format!("hashing {}", path.display()))?;
+    let mut model_profile = profile::model_profile(&file, context as u32)?;
+    model_profile.sha256 = sha256.clone();
+    let head_bytes = model_profile.embedding_bytes + model_profile.head_bytes.unwrap_or(0);
+    let cost = measure::measure_layer_cost(&file, threads)?;
+    let name = meta
+        .str("general.name")
+        .map(str::to_owned)
+        .ok()
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned())
+        });
+    let info = ModelInfo {
+        name: name.clone(),
+        tokenizer: Tokenizer::from_gguf(meta)?,
+        template: ChatTemplate::from_gguf(meta)?,
+        context,
+    };
+    Ok(Loaded {
+        info,
+        summary: ModelSummary {
+            name,
+            sha256,
+            n_layers,
+        },
+        profile: model_profile,
+        cost,
+        head_bytes,
+    })
+}
+
+/// The first non-loopback IPv4 among the listen addresses, else loopback.
+fn outward_ip(addrs: &[Multiaddr]) -> IpAddr {
+    addrs
+        .iter()
+        .flat_map(|a| a.iter())
+        .find_map(|p| match p {
+            Protocol::Ip4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(IpAddr::V4(ip)),
+            _ => None,
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}

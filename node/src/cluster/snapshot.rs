@@ -1,0 +1,127 @@
+//! Builds the [`ClusterView`] a node reports from its state and its discovery view.
+
+use std::collections::BTreeMap;
+
+use transport::discovery::{Advert, Discovery};
+
+use super::node::Shared;
+use super::state::State;
+use super::view::{ClusterState, ClusterView, MemberState, MemberView, PlanView, StageView};
+use super::Assignment;
+
+/// Why requests cannot run now (no active plan), in words.
+pub(crate) fn why_not_serving(state: &State) -> String {
+    if let Some(reason) = &state.unplaceable {
+        return format!("the model cannot be placed on this cluster: {reason}");
+    }
+    if let Some(e) = &state.load_error {
+        return e.clone();
+    }
+    match &state.pending {
+        Some(p) => format!(
+            "plan {} is loading on {} stage(s); retry shortly",
+            p.epoch,
+            p.stages.len()
+        ),
+        None => "no plan yet: the cluster is forming".to_owned(),
+    }
+}
+
+pub(crate) fn view(shared: &Shared) -> ClusterView {
+    let members = shared.discovery.members();
+    let state = shared.state.lock().expect("state lock");
+    let mut adverts: BTreeMap<String, &Advert> =
+        members.iter().map(|a| (a.peer_id.to_string(), a)).collect();
+    adverts.insert(shared.local.to_string(), &state.advert);
+    let active = state.active.as_ref().map(|a| &a.assignment);
+    let sha = &shared.summary.sha256;
+    let layers_in = |plan: Option<&Assignment>, peer: &str| {
+        plan.and_then(|p| p.stages.iter().find(|s| s.peer == peer))
+            .map(|s| s.layers)
+    };
+    let mut rows: Vec<MemberView> = adverts
+        .iter()
+        .map(|(id, a)| {
+            let layers = layers_in(active, id);
+            let loading = layers_in(state.pending.as_ref(), id).is_some() && !a.state.ready;
+            MemberView {
+                peer_id: id.clone(),
+                data_addr: a.data_addr.to_string(),
+                api_addr: None,
+                threads: a.threads,
+                memory_budget_bytes: a.memory_budget_bytes,
+                holds_model: a.models.iter().any(|m| m == sha),
+                decode_ms_per_layer: a.layer_cost.map(|c| c.decode_ms),
+                epoch: a.state.epoch,
+                ready: a.state.ready,
+                layers,
+                state: if loading {
+                    MemberState::Loading
+                } else if layers.is_some() {
+                    MemberState::Serving
+                } else {
+                    MemberState::Idle
+                },
+                version: a.version.clone(),
+            }
+        })
+        .collect();
+    // Stages of the active plan whose node is no longer a member.
+    let mut gone = Vec::new();
+    for s in active.map(|a| a.stages.as_slice()).unwrap_or_default() {
+        if !adverts.contains_key(&s.peer) {
+            gone.push(format!(
+                "the node running layers {}..{} ({}) is gone",
+                s.layers[0], s.layers[1], s.peer
+            ));
+            rows.push(MemberView {
+                peer_id: s.peer.clone(),
+                data_addr: String::new(),
+                api_addr: None,
+                threads: 0,
+                memory_budget_bytes: 0,
+                holds_model: true,
+                decode_ms_per_layer: None,
+                epoch: 0,
+                ready: false,
+                layers: Some(s.layers),
+                state: MemberState::Gone,
+                version: String::new(),
+            });
+        }
+    }
+    let (cluster_state, problem) = match (&state.active, gone.is_empty()) {
+        (None, _) if state.unplaceable.is_some() => {
+            (ClusterState::Unplaceable, Some(why_not_serving(&state)))
+        }
+        (None, _) => (ClusterState::Forming, Some(why_not_serving(&state))),
+        (Some(_), false) => (ClusterState::Degraded, Some(gone.join("; "))),
+        (Some(_), true) => (ClusterState::Ready, None),
+    };
+    let all: Vec<Advert> = adverts.values().map(|a| (*a).clone()).collect();
+    ClusterView {
+        node: shared.local.to_string(),
+        model: shared.summary.clone(),
+        coordinator: super::coordinator::coordinator(&all, sha, env!("CARGO_PKG_VERSION")),
+        state: cluster_state,
+        problem,
+        members: rows,
+        plan: active.map(|a| PlanView {
+            epoch: a.epoch,
+            head: shared.local.to_string(),
+            stages: a
+                .stages
+                .iter()
+                .map(|s| StageView {
+                    peer_id: s.peer.clone(),
+                    layers: s.layers,
+                    predicted_ms: s.predicted_ms,
+                })
+                .collect(),
+            predicted_ms_per_token: a.predicted_ms_per_token,
+            measured_ms_per_token: shared.head.recent_token_ms(),
+        }),
+        tokens_per_s: state.tokens_per_s(),
+        replans: state.replans,
+    }
+}

@@ -1,0 +1,152 @@
+//! A self-forming cluster in one process on loopback (static peers, mDNS off): nodes agree
+//! on one plan, serve greedy tokens equal to llama.cpp's through any node, and replan when
+//! a node joins and when one leaves, without restarting anybody.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shoal::backend::Backend;
+use shoal::cluster::{ClusterState, ClusterView, Node, NodeConfig};
+use shoal_tests::{model_path, references};
+use transport::discovery::{Config, Keypair, Multiaddr};
+
+/// Too little for the whole model (weights ~110 MB with KV): the plan needs several nodes.
+const BUDGET: u64 = 100 << 20;
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+async fn start(bootstrap: Vec<Multiaddr>) -> Node {
+    let cfg = NodeConfig {
+        model: model_path("smollm2"),
+        discovery: Config::loopback(bootstrap, Duration::from_secs(2)),
+        data_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise_ip: None,
+        threads: 1,
+        memory_budget: BUDGET,
+        max_context: 512,
+        max_sessions: 8,
+        session_timeout: Duration::from_secs(60),
+        replan_delay: Duration::from_millis(300),
+        reply_timeout: Duration::from_secs(20),
+    };
+    Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()
+}
+
+/// Waits until every backend reports `ready` on one and the same plan epoch that satisfies
+/// `want`; returns the views.
+async fn agree(
+    backends: &[std::sync::Arc<dyn Backend>],
+    want: impl Fn(&ClusterView) -> bool,
+) -> Vec<ClusterView> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<ClusterView> = backends.iter().map(|b| b.view()).collect();
+        let epochs: Vec<Option<u64>> = views
+            .iter()
+            .map(|v| v.plan.as_ref().map(|p| p.epoch))
+            .collect();
+        if views
+            .iter()
+            .all(|v| v.state == ClusterState::Ready && want(v))
+            && epochs.windows(2).all(|w| w[0] == w[1])
+        {
+            return views;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreement: {:#?}",
+            views
+                .iter()
+                .map(|v| (
+                    &v.state,
+                    &v.problem,
+                    v.plan.as_ref().map(|p| (p.epoch, &p.stages))
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn greedy(backend: &dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
+    let head = backend.head().expect("a ready cluster serves");
+    head.generate(prompt, n, argmax, |_| true).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let refs = references("smollm2");
+    let first = start(Vec::new()).await;
+    let seed = first.listen_addrs().await;
+    let mut nodes = vec![first, start(seed.clone()).await, start(seed.clone()).await];
+    let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
+    let views = agree(&backends, |v| v.members.len() == 3).await;
+    let plan = views[0].plan.clone().unwrap();
+    assert!(
+        plan.stages.len() >= 2,
+        "one node cannot hold the model: {plan:?}"
+    );
+    let covered: u32 = plan.stages.iter().map(|s| s.layers[1] - s.layers[0]).sum();
+    assert_eq!(covered, 30);
+    // Any node serves, with the same tokens as llama.cpp.
+    for (r, b) in refs.iter().zip(backends.iter().cycle()) {
+        assert_eq!(
+            greedy(b.as_ref(), &r.prompt_ids, 20).await,
+            r.greedy_ids[..20],
+            "{}",
+            r.key
+        );
+    }
+
+    // A fourth node joins: a new plan, agreed by all, without restarts.
+    nodes.push(start(seed.clone()).await);
+    let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
+    let joined = agree(&backends, |v| {
+        v.members.len() == 4 && v.plan.as_ref().is_some_and(|p| p.epoch > plan.epoch)
+    })
+    .await;
+    let after_join = joined[0].plan.clone().unwrap();
+    let r = &refs[0];
+    assert_eq!(
+        greedy(backends[3].as_ref(), &r.prompt_ids, 20).await,
+        r.greedy_ids[..20]
+    );
+
+    // A node that runs a stage leaves: the others replan without it and keep serving.
+    let leaving = after_join.stages[after_join.stages.len() - 1]
+        .peer_id
+        .clone();
+    let index = nodes
+        .iter()
+        .position(|n| n.peer_id().to_string() == leaving)
+        .unwrap();
+    nodes.remove(index).shutdown().await;
+    let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
+    let left = agree(&backends, |v| {
+        v.members.len() == 3 && v.plan.as_ref().is_some_and(|p| p.epoch > after_join.epoch)
+    })
+    .await;
+    let after_leave = left[0].plan.clone().unwrap();
+    assert!(after_leave.stages.iter().all(|s| s.peer_id != leaving));
+    for b in &backends {
+        assert_eq!(
+            greedy(b.as_ref(), &r.prompt_ids, 20).await,
+            r.greedy_ids[..20]
+        );
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
