@@ -1,5 +1,7 @@
 //! Shared helpers of the cross-crate tests: model files and reference fixtures.
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;

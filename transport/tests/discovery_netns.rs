@@ -15,83 +15,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use shoal_tests::netns::{skip_reason, Topology};
 use transport::discovery::{swarm, Advert, AdvertState, Config, Discovery, Keypair};
 
 const NODES: usize = 3;
 const FIND_WITHIN: Duration = Duration::from_secs(5);
 const CHILD_ENV: &str = "SHOAL_NETNS_CHILD";
-
-/// Namespaces and bridge made for one test run; removed on drop.
-struct Topology {
-    bridge_ns: String,
-    node_ns: Vec<String>,
-}
-
-impl Topology {
-    fn create() -> Result<Self, String> {
-        let tag = std::process::id();
-        let topo = Self {
-            bridge_ns: format!("shoal-br-{tag}"),
-            node_ns: (1..=NODES).map(|i| format!("shoal-n{i}-{tag}")).collect(),
-        };
-        let br = topo.bridge_ns.clone();
-        ip(&["netns", "add", &br])?;
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for (i, ns) in topo.node_ns.iter().enumerate() {
-            let port = format!("p{i}");
-            ip(&["netns", "add", ns])?;
-            ip(&[
-                "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port, "netns",
-                &br,
-            ])?;
-            ip(&["-n", &br, "link", "set", &port, "master", "br0"])?;
-            ip(&["-n", &br, "link", "set", &port, "up"])?;
-            let addr = format!("10.77.0.{}/24", i + 1);
-            ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
-        }
-        Ok(topo)
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the veth ends inside it.
-        for ns in self.node_ns.iter().chain([&self.bridge_ns]) {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn skip_reason() -> Option<String> {
-    let euid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
-        return Some("not root".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("`ip` (iproute2) not found".into());
-    }
-    None
-}
 
 /// Kills the children it holds when dropped, so a failing test leaves none behind.
 struct Children(Vec<Child>);
@@ -114,7 +43,7 @@ fn three_namespaces_find_each_other_by_mdns() {
         eprintln!("SKIPPED three_namespaces_find_each_other_by_mdns: {reason}");
         return;
     }
-    let topo = match Topology::create() {
+    let topo = match Topology::create("shoal-disc", 77, NODES) {
         Ok(topo) => topo,
         Err(e) => {
             eprintln!(
@@ -127,7 +56,7 @@ fn three_namespaces_find_each_other_by_mdns() {
     let (tx, rx) = mpsc::channel();
     let mut children = Children(Vec::new());
     let started = Instant::now();
-    for ns in &topo.node_ns {
+    for ns in topo.nodes() {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(&exe)
