@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             listen: addrs[i],
             next: addrs[i + 1],
             session_timeout: Duration::from_secs(60),
+            metrics: None,
         };
         let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
         stages.push(Stage::start(cfg, ep).await?);
@@ -63,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         listen: addrs[n_stages],
         first: addrs[0],
         reply_timeout: Duration::from_secs(30),
+        metrics: None,
     };
     let head = Head::start(
         cfg,

@@ -73,6 +73,7 @@ async fn head(first: SocketAddr, listen: SocketAddr, timeout: Duration) -> Head 
         listen,
         first,
         reply_timeout: timeout,
+        metrics: None,
     };
     Head::start(cfg, endpoint()).await.unwrap()
 }
@@ -137,6 +138,7 @@ async fn one_message_per_hop_per_token() {
             listen: addrs[i],
             next: addrs[i + 1],
             session_timeout: Duration::from_secs(60),
+            metrics: None,
         };
         stages.push(Stage::start(cfg, endpoint()).await.unwrap());
     }

@@ -114,6 +114,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     listen: args.listen,
                     first,
                     reply_timeout: Duration::from_secs(30),
+                    metrics: None,
                 };
                 let endpoint = shoal::pipeline::endpoint_config(
                     Identity::generate()?,

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind, LinkSender};
 
 use super::protocol;
+use crate::metrics::Metrics;
 
 /// Where the head sits and how long it waits.
 #[derive(Clone, Debug)]
@@ -31,6 +32,8 @@ pub struct HeadConfig {
     pub first: SocketAddr,
     /// How long to wait for any reply before failing a request.
     pub reply_timeout: Duration,
+    /// Where to record the hop to the first stage, if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Why a request through the pipeline failed. The head keeps serving other requests.
@@ -115,6 +118,7 @@ impl Head {
             rx,
             inner.clone(),
             cancel.clone(),
+            cfg.metrics.clone(),
         ));
         tokio::spawn(receive_loop(
             endpoint.clone(),
@@ -330,7 +334,9 @@ async fn send_loop(
     mut frames: mpsc::Receiver<(FrameHeader, Vec<u8>, mpsc::Sender<Event>)>,
     inner: Arc<Inner>,
     cancel: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
 ) {
+    let hop = first.to_string();
     let mut link: Option<LinkSender> = None;
     loop {
         let (header, payload, reply) = tokio::select! {
@@ -350,6 +356,7 @@ async fn send_loop(
                     }
                 }
             }
+            let started = std::time::Instant::now();
             match link
                 .as_mut()
                 .expect("connected")
@@ -359,6 +366,9 @@ async fn send_loop(
                 Ok(()) => {
                     delivered = true;
                     inner.sent.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = &metrics {
+                        m.hop_sent(&hop, payload.len(), started.elapsed().as_secs_f64());
+                    }
                     break;
                 }
                 Err(e) => {

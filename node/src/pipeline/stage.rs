@@ -16,6 +16,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError, LinkSender};
 
 use super::protocol;
+use crate::metrics::{Metrics, StepKind};
 
 /// Frames queued between the network tasks and the compute thread, each way. Bounded, so a
 /// flood from upstream slows the sender down instead of growing memory.
@@ -36,6 +37,8 @@ pub struct StageConfig {
     pub next: SocketAddr,
     /// Sessions idle this long are closed and their cache freed.
     pub session_timeout: Duration,
+    /// Where to record step and hop timings, if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A running stage. Dropping it does not stop it; call [`Stage::shutdown`].
@@ -80,7 +83,10 @@ impl Stage {
         let compute_out = out_tx.clone();
         std::thread::Builder::new()
             .name("shoal-stage-compute".into())
-            .spawn(move || compute(shard, job_rx, compute_out, timeout))?;
+            .spawn({
+                let timed = cfg.metrics.clone().map(|m| (m, layers_label(&cfg.spec)));
+                move || compute(shard, job_rx, compute_out, timeout, timed)
+            })?;
 
         tasks.spawn(downstream(
             endpoint.clone(),
@@ -88,6 +94,7 @@ impl Stage {
             out_rx,
             forwarded.clone(),
             cancel.clone(),
+            cfg.metrics.clone(),
         ));
         let sweep_tx = job_tx.clone();
         let sweep_cancel = cancel.clone();
@@ -211,7 +218,9 @@ async fn downstream(
     mut frames: mpsc::Receiver<(FrameHeader, Vec<u8>)>,
     forwarded: Arc<AtomicU64>,
     cancel: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
 ) {
+    let hop = next.to_string();
     let mut link: Option<LinkSender> = None;
     loop {
         let (header, payload) = tokio::select! {
@@ -233,9 +242,13 @@ async fn downstream(
                 }
             }
             let sender = link.as_mut().expect("connected above");
+            let started = Instant::now();
             match sender.send(&header, &payload).await {
                 Ok(()) => {
                     forwarded.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = &metrics {
+                        m.hop_sent(&hop, payload.len(), started.elapsed().as_secs_f64());
+                    }
                     break;
                 }
                 Err(e) => {
@@ -245,6 +258,11 @@ async fn downstream(
             }
         }
     }
+}
+
+/// A stage's layers as the metrics label them, `a..b`.
+fn layers_label(spec: &ShardSpec) -> String {
+    format!("{}..{}", spec.layers.start, spec.layers.end)
 }
 
 /// An `Error` frame for `session` carrying `message`.
@@ -262,6 +280,7 @@ fn compute(
     mut jobs: mpsc::Receiver<Job>,
     out: mpsc::Sender<(FrameHeader, Vec<u8>)>,
     timeout: Duration,
+    metrics: Option<(Arc<Metrics>, String)>,
 ) {
     let n_embd = shard.config().n_embd;
     let mut hidden = Vec::new();
@@ -291,15 +310,25 @@ fn compute(
                     .map(|()| (header, Vec::new()))
             }
             FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
-                last_seen.insert(session, Instant::now());
-                step(
+                let started = Instant::now();
+                last_seen.insert(session, started);
+                let reply = step(
                     &mut shard,
                     header,
                     &payload,
                     n_embd,
                     &mut hidden,
                     &mut result,
-                )
+                );
+                if let Some((m, layers)) = &metrics {
+                    let kind = if header.kind == FrameKind::Decode {
+                        StepKind::Decode
+                    } else {
+                        StepKind::Prefill
+                    };
+                    m.stage_step(layers, kind, started.elapsed().as_secs_f64());
+                }
+                reply
             }
             FrameKind::Close => {
                 last_seen.remove(&session);
