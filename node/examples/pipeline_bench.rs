@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             listen: addrs[i],
             route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
+            metrics: None,
         };
         let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
         stages.push(Stage::start(cfg, ep).await?);
@@ -64,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         first: Some(addrs[0]),
         reply_addr: None,
         reply_timeout: Duration::from_secs(30),
+        metrics: None,
     };
     let head = Head::start(
         cfg,

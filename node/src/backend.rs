@@ -1,6 +1,8 @@
 //! What the HTTP API needs from a node, so the API does not depend on how the node is wired.
 
+use anyhow::Context;
 use sharding::chat::ChatTemplate;
+use sharding::gguf::GgufFile;
 use sharding::tokenizer::Tokenizer;
 
 use crate::cluster::ClusterView;
@@ -16,6 +18,30 @@ pub struct ModelInfo {
     pub template: Option<ChatTemplate>,
     /// Positions one request may use (prompt plus generated tokens).
     pub context: usize,
+}
+
+impl ModelInfo {
+    /// Reads the tokenizer, chat template and name of `file`. The name is `general.name`, or
+    /// the file stem when the GGUF has none; `context` is what one request may use, which the
+    /// caller bounds by the model's trained context and the cluster's KV memory.
+    pub fn from_gguf(file: &GgufFile, context: usize) -> anyhow::Result<ModelInfo> {
+        let meta = file.metadata();
+        let tokenizer = Tokenizer::from_gguf(meta).context("reading the tokenizer")?;
+        let template = ChatTemplate::from_gguf(meta).context("compiling the chat template")?;
+        let name = match meta.opt_str("general.name")? {
+            Some(name) if !name.trim().is_empty() => name.to_owned(),
+            _ => file
+                .path()
+                .file_stem()
+                .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned()),
+        };
+        Ok(ModelInfo {
+            name,
+            tokenizer,
+            template,
+            context,
+        })
+    }
 }
 
 /// The node behind the API.

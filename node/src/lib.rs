@@ -4,6 +4,8 @@
 //! Async code lives here and in `transport`; the model math runs on dedicated threads so the
 //! tokio workers only ever move bytes.
 
+pub mod api;
 pub mod backend;
 pub mod cluster;
+pub mod metrics;
 pub mod pipeline;

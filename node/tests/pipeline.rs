@@ -74,6 +74,7 @@ async fn head(first: SocketAddr, listen: SocketAddr, timeout: Duration) -> Head 
         first: Some(first),
         reply_addr: None,
         reply_timeout: timeout,
+        metrics: None,
     };
     Head::start(cfg, endpoint()).await.unwrap()
 }
@@ -138,6 +139,7 @@ async fn one_message_per_hop_per_token() {
             listen: addrs[i],
             route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
+            metrics: None,
         };
         stages.push(Stage::start(cfg, endpoint()).await.unwrap());
     }

@@ -115,6 +115,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     first: Some(first),
                     reply_addr: None,
                     reply_timeout: Duration::from_secs(30),
+                    metrics: None,
                 };
                 let endpoint = shoal::pipeline::endpoint_config(
                     Identity::generate()?,

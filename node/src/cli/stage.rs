@@ -59,6 +59,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             listen: args.listen,
             route: Route::To(args.next),
             session_timeout: Duration::from_secs(args.session_timeout),
+            metrics: None,
         };
         let endpoint =
             shoal::pipeline::endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));

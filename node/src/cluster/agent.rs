@@ -315,6 +315,7 @@ impl Agent {
                         Route::Pending
                     },
                     session_timeout: self.cfg.session_timeout,
+                    metrics: Some(self.shared.metrics.clone()),
                 };
                 info!(epoch = a.epoch, layers = ?cfg.spec.layers, "loading my stage");
                 self.publish(a.epoch, false, None);
@@ -422,6 +423,7 @@ impl Agent {
         let mut state = self.shared.state.lock().expect("state lock");
         if state.active.is_some() {
             state.replans += 1;
+            self.shared.metrics.replanned();
         }
         info!(epoch = pending.epoch, first = %addrs[0], "plan active");
         state.active = Some(Active {

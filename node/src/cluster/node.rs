@@ -25,6 +25,7 @@ use super::state::State;
 use super::view::{ClusterView, ModelSummary};
 use super::{measure, profile, snapshot};
 use crate::backend::{Backend, ModelInfo};
+use crate::metrics::Metrics;
 use crate::pipeline::{self, Head, HeadConfig};
 
 /// How a node runs.
@@ -54,6 +55,8 @@ pub struct NodeConfig {
     pub replan_delay: Duration,
     /// How long a request waits for the pipeline's next reply.
     pub reply_timeout: Duration,
+    /// Where the node's head and stages record what they do (shared with the API).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Everything the API and the agent share.
@@ -64,6 +67,7 @@ pub(crate) struct Shared {
     pub(crate) head: Head,
     pub(crate) discovery: swarm::Handle,
     pub(crate) state: Mutex<State>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A running node.
@@ -109,6 +113,7 @@ impl Node {
                 first: None,
                 reply_addr: Some(SocketAddr::new(ip, 0)),
                 reply_timeout: cfg.reply_timeout,
+                metrics: Some(cfg.metrics.clone()),
             },
             endpoint.clone(),
         )
@@ -138,6 +143,7 @@ impl Node {
             head,
             discovery: handle,
             state: Mutex::new(State::new(advert)),
+            metrics: cfg.metrics.clone(),
         });
         let agent = Agent::new(
             shared.clone(),

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind, LinkSender};
 
 use super::protocol;
+use crate::metrics::Metrics;
 
 /// Where the head sits and how long it waits.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct HeadConfig {
     pub reply_addr: Option<SocketAddr>,
     /// How long to wait for any reply before failing a request.
     pub reply_timeout: Duration,
+    /// Where to record the hop to the first stage, if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Why a request through the pipeline failed. The head keeps serving other requests.
@@ -143,6 +146,7 @@ impl Head {
             rx,
             inner.clone(),
             cancel.clone(),
+            cfg.metrics.clone(),
         ));
         tokio::spawn(receive_loop(
             endpoint.clone(),
@@ -418,6 +422,7 @@ async fn send_loop(
     mut frames: mpsc::Receiver<Outgoing>,
     inner: Arc<Inner>,
     cancel: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut links: HashMap<SocketAddr, LinkSender> = HashMap::new();
     loop {
@@ -441,10 +446,15 @@ async fn send_loop(
                 }
             }
             let link = links.get_mut(&first).expect("connected above");
+            let started = Instant::now();
             match link.send(&header, &payload).await {
                 Ok(()) => {
                     delivered = true;
                     inner.sent.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = &metrics {
+                        let hop = first.to_string();
+                        m.hop_sent(&hop, payload.len(), started.elapsed().as_secs_f64());
+                    }
                     break;
                 }
                 Err(e) => {

@@ -21,6 +21,7 @@ use super::route::{self, Route};
 /// A frame on its way downstream, with the head address of its session (for
 /// [`Route::ReplyToHead`]).
 type Outgoing = (FrameHeader, Vec<u8>, Option<SocketAddr>);
+use crate::metrics::{Metrics, StepKind};
 
 /// Frames queued between the network tasks and the compute thread, each way. Bounded, so a
 /// flood from upstream slows the sender down instead of growing memory.
@@ -41,6 +42,8 @@ pub struct StageConfig {
     pub route: Route,
     /// Sessions idle this long are closed and their cache freed.
     pub session_timeout: Duration,
+    /// Where to record step and hop timings, if anywhere.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A running stage. Dropping it does not stop it; call [`Stage::shutdown`].
@@ -90,7 +93,10 @@ impl Stage {
         let open = sessions.clone();
         std::thread::Builder::new()
             .name("shoal-stage-compute".into())
-            .spawn(move || compute(shard, job_rx, compute_out, timeout, open))?;
+            .spawn({
+                let timed = cfg.metrics.clone().map(|m| (m, layers_label(&cfg.spec)));
+                move || compute(shard, job_rx, compute_out, timeout, open, timed)
+            })?;
 
         tasks.spawn(downstream(
             endpoint.clone(),
@@ -98,6 +104,7 @@ impl Stage {
             out_rx,
             forwarded.clone(),
             cancel.clone(),
+            cfg.metrics.clone(),
         ));
         let sweep_tx = job_tx.clone();
         let sweep_cancel = cancel.clone();
@@ -230,6 +237,7 @@ async fn downstream(
     mut frames: mpsc::Receiver<Outgoing>,
     forwarded: Arc<AtomicU64>,
     cancel: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut links: HashMap<SocketAddr, LinkSender> = HashMap::new();
     loop {
@@ -273,9 +281,14 @@ async fn downstream(
                 }
             }
             let sender = links.get_mut(&next).expect("connected above");
+            let started = Instant::now();
             match sender.send(&header, &payload).await {
                 Ok(()) => {
                     forwarded.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = &metrics {
+                        let hop = next.to_string();
+                        m.hop_sent(&hop, payload.len(), started.elapsed().as_secs_f64());
+                    }
                     break;
                 }
                 Err(e) => {
@@ -285,6 +298,11 @@ async fn downstream(
             }
         }
     }
+}
+
+/// A stage's layers as the metrics label them, `a..b`.
+fn layers_label(spec: &ShardSpec) -> String {
+    format!("{}..{}", spec.layers.start, spec.layers.end)
 }
 
 /// An `Error` frame for `session` carrying `message`.
@@ -303,6 +321,7 @@ fn compute(
     out: mpsc::Sender<Outgoing>,
     timeout: Duration,
     open: Arc<AtomicUsize>,
+    metrics: Option<(Arc<Metrics>, String)>,
 ) {
     let n_embd = shard.config().n_embd;
     let mut hidden = Vec::new();
@@ -336,17 +355,27 @@ fn compute(
                     .map(|()| (header, payload))
             }
             FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
+                let started = Instant::now();
                 if let Some(seen) = last_seen.get_mut(&session) {
-                    seen.0 = Instant::now();
+                    seen.0 = started;
                 }
-                step(
+                let reply = step(
                     &mut shard,
                     header,
                     &payload,
                     n_embd,
                     &mut hidden,
                     &mut result,
-                )
+                );
+                if let Some((m, layers)) = &metrics {
+                    let kind = if header.kind == FrameKind::Decode {
+                        StepKind::Decode
+                    } else {
+                        StepKind::Prefill
+                    };
+                    m.stage_step(layers, kind, started.elapsed().as_secs_f64());
+                }
+                reply
             }
             FrameKind::Close => {
                 last_seen.remove(&session);

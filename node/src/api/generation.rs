@@ -1,0 +1,161 @@
+//! One request's generation, shared by both endpoints, streamed or not.
+//!
+//! The generation runs in its own task and reports text through a channel, so it ends as
+//! soon as whoever reads it (the SSE body, or the handler collecting a whole answer) goes
+//! away: a client that disconnects stops its tokens being computed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sharding::sampling::Sampler;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::openai::{FinishReason, Usage};
+use super::stop::StopMatcher;
+use crate::backend::Backend;
+use crate::metrics::Metrics;
+use crate::pipeline::Head;
+
+/// What to generate.
+pub(crate) struct Job {
+    /// Prompt token ids (not empty).
+    pub(crate) prompt: Vec<u32>,
+    /// At least one; prompt plus this fits the context.
+    pub(crate) max_tokens: usize,
+    /// Sampler for this request, built from its settings.
+    pub(crate) sampler: Sampler,
+    /// Stop sequences.
+    pub(crate) stop: Vec<String>,
+    /// When the request arrived (time to first token counts from here).
+    pub(crate) arrived: Instant,
+}
+
+/// What a generation reports, in order: text pieces, then one `Done` or `Failed`.
+pub(crate) enum Event {
+    /// New text (never empty).
+    Text(String),
+    /// Generation ended normally.
+    Done(FinishReason, Usage),
+    /// Generation failed; text already sent stays valid.
+    Failed(ApiError),
+}
+
+/// Starts `job` on `head`; the receiver yields its events.
+pub(crate) fn start(
+    head: Head,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    job: Job,
+) -> mpsc::Receiver<Event> {
+    // Each token sends at most one event, the end at most two: the channel never fills, so
+    // sending never waits and a full channel can only mean a bug, not a slow client.
+    let (tx, rx) = mpsc::channel(job.max_tokens + 2);
+    tokio::spawn(async move {
+        let _session = metrics.session();
+        let event = run(&head, backend.as_ref(), &metrics, job, &tx).await;
+        let _ = tx.try_send(event);
+    });
+    rx
+}
+
+async fn run(
+    head: &Head,
+    backend: &dyn Backend,
+    metrics: &Metrics,
+    job: Job,
+    tx: &mpsc::Sender<Event>,
+) -> Event {
+    let Job {
+        prompt,
+        max_tokens,
+        mut sampler,
+        stop,
+        arrived,
+    } = job;
+    metrics.prompt_tokens(prompt.len());
+    let tokenizer = &backend.model().tokenizer;
+    for &t in &prompt {
+        sampler.accept(t);
+    }
+    let mut decoder = tokenizer.decoder();
+    let mut stops = StopMatcher::new(stop);
+    let mut finish = FinishReason::Length;
+    let mut hit_stop = false;
+    let mut last_token: Option<Instant> = None;
+    let mut sampling_error = None;
+    let sampling_failed = AtomicBool::new(false);
+    let pick = |logits: &[f32]| match sampler.sample(logits) {
+        Ok(id) => id,
+        Err(e) => {
+            // on_token sees the flag and stops before the placeholder id is used.
+            sampling_error = Some(e);
+            sampling_failed.store(true, Ordering::Relaxed);
+            0
+        }
+    };
+    let on_token = |id: u32| -> bool {
+        let now = Instant::now();
+        match last_token.replace(now) {
+            None => metrics.first_token(now.duration_since(arrived).as_secs_f64()),
+            Some(prev) => metrics.next_token(now.duration_since(prev).as_secs_f64()),
+        }
+        metrics.token_generated();
+        if tx.is_closed() || sampling_failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        if tokenizer.is_eog(id) {
+            finish = FinishReason::Stop;
+            return false;
+        }
+        let (text, hit) = stops.push(decoder.push(id));
+        if !text.is_empty() && tx.try_send(Event::Text(text.to_owned())).is_err() {
+            return false;
+        }
+        if hit {
+            hit_stop = true;
+            finish = FinishReason::Stop;
+            return false;
+        }
+        true
+    };
+    let generated = match head.generate(&prompt, max_tokens, pick, on_token).await {
+        Ok(ids) => ids.len(),
+        Err(e) => return Event::Failed(e.into()),
+    };
+    if let Some(e) = sampling_error {
+        return Event::Failed(ApiError::Internal(format!("sampling failed: {e}")));
+    }
+    if !hit_stop {
+        // Bytes the decoder and the matcher held back are final now (a stop may still
+        // complete inside the decoder's last bytes).
+        let tail = decoder.finish();
+        let (text, hit) = stops.push(&tail);
+        let mut rest = text.to_owned();
+        if hit {
+            finish = FinishReason::Stop;
+        } else {
+            rest.push_str(&stops.finish());
+        }
+        if !rest.is_empty() {
+            let _ = tx.try_send(Event::Text(rest));
+        }
+    }
+    Event::Done(finish, Usage::new(prompt.len(), generated))
+}
+
+/// Waits for a whole answer: its text, why it ended and its usage.
+pub(crate) async fn collect(
+    mut events: mpsc::Receiver<Event>,
+) -> Result<(String, FinishReason, Usage), ApiError> {
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Done(reason, usage) => return Ok((text, reason, usage)),
+            Event::Failed(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Internal("generation ended unexpectedly".into()))
+}

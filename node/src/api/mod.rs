@@ -1,0 +1,88 @@
+//! The node's OpenAI-compatible HTTP API, its health and cluster views, and `/metrics`.
+//!
+//! Handlers read everything through the [`Backend`] trait, so the API neither knows nor
+//! cares how the node found its stages. Every answer, errors included, is JSON in OpenAI's
+//! shape (`/metrics` is Prometheus text), so OpenAI clients work unchanged.
+
+mod chat;
+mod completions;
+mod error;
+mod generation;
+mod info;
+mod openai;
+mod request;
+mod sse;
+mod stop;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backend;
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    /// `created` of the model card: when this server started.
+    started: u64,
+}
+
+/// The routes of the API.
+pub fn router(backend: Arc<dyn Backend>, metrics: Arc<Metrics>) -> Router {
+    let state = AppState {
+        backend,
+        metrics,
+        started: request::unix_now(),
+    };
+    Router::new()
+        .route("/v1/completions", post(completions::handle))
+        .route("/v1/chat/completions", post(chat::handle))
+        .route("/v1/models", get(info::models))
+        .route("/v1/cluster", get(info::cluster))
+        .route("/health", get(info::health))
+        .route("/metrics", get(info::metrics))
+        .fallback(info::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets requests in
+/// flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(backend, metrics))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Counts each answer by route and status. Paths outside the routes count as one label, so
+/// clients cannot grow the number of series.
+async fn count_requests(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let endpoint = match req.uri().path() {
+        "/v1/completions" => "/v1/completions",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/models" => "/v1/models",
+        "/v1/cluster" => "/v1/cluster",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    let response = next.run(req).await;
+    app.metrics.request(endpoint, response.status().as_u16());
+    response
+}

@@ -1,0 +1,268 @@
+//! The node's Prometheus metrics (`GET /metrics`).
+//!
+//! One [`Metrics`] per process, shared by the API, the head and the stages through an `Arc`.
+//! Label values come from a small fixed set (endpoints, statuses, layer ranges, hop
+//! addresses), so the number of series stays bounded whatever clients send.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Which kind of pipeline step a stage ran.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StepKind {
+    /// Several prompt positions at once.
+    Prefill,
+    /// One generated token.
+    Decode,
+}
+
+impl EncodeLabelValue for StepKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        let name = match self {
+            StepKind::Prefill => "prefill",
+            StepKind::Decode => "decode",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    layers: String,
+    kind: StepKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HopLabels {
+    to: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric of the node, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    prompt_tokens: Counter,
+    generated_tokens: Counter,
+    time_to_first_token: Histogram,
+    time_per_output_token: Histogram,
+    sessions_in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    replans: Counter,
+    reassignments: Counter,
+    stage_step: HistogramFamily<StepLabels>,
+    hop_bytes: Family<HopLabels, Counter<u64, AtomicU64>>,
+    hop_send: HistogramFamily<HopLabels>,
+}
+
+/// Buckets from 100 µs to about 52 s: a decode step on a fast node up to a slow prefill.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-4, 2.0, 20))
+}
+
+impl Metrics {
+    /// Registers every metric under the `shoal_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("shoal");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by endpoint and status",
+            requests.clone(),
+        );
+        let prompt_tokens = Counter::default();
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens of completion requests",
+            prompt_tokens.clone(),
+        );
+        let generated_tokens = Counter::default();
+        registry.register(
+            "generated_tokens",
+            "Tokens generated for completion requests",
+            generated_tokens.clone(),
+        );
+        let time_to_first_token = latency_histogram();
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from a request's arrival to its first generated token",
+            time_to_first_token.clone(),
+        );
+        let time_per_output_token = latency_histogram();
+        registry.register(
+            "time_per_output_token_seconds",
+            "Time between consecutive generated tokens of one request",
+            time_per_output_token.clone(),
+        );
+        let sessions_in_flight = Gauge::default();
+        registry.register(
+            "sessions_in_flight",
+            "Generation sessions running now",
+            sessions_in_flight.clone(),
+        );
+        let replans = Counter::default();
+        registry.register("replans", "New plans adopted since start", replans.clone());
+        let reassignments = Counter::default();
+        registry.register(
+            "reassignments",
+            "Layer ranges moved to another node since start",
+            reassignments.clone(),
+        );
+        let stage_step: HistogramFamily<StepLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "stage_step_seconds",
+            "Compute time of one stage step, by layer range and kind",
+            stage_step.clone(),
+        );
+        let hop_bytes = Family::<HopLabels, Counter>::default();
+        registry.register(
+            "hop_sent_bytes",
+            "Bytes sent to the next hop of the pipeline, by destination",
+            hop_bytes.clone(),
+        );
+        let hop_send: HistogramFamily<HopLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "hop_send_seconds",
+            "Time to hand one frame to the next hop, by destination",
+            hop_send.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            prompt_tokens,
+            generated_tokens,
+            time_to_first_token,
+            time_per_output_token,
+            sessions_in_flight,
+            replans,
+            reassignments,
+            stage_step,
+            hop_bytes,
+            hop_send,
+        }
+    }
+
+    /// One HTTP request answered. `endpoint` is a route template, never a raw client path.
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+
+    /// A completion request's prompt length.
+    pub fn prompt_tokens(&self, n: usize) {
+        self.prompt_tokens.inc_by(n as u64);
+    }
+
+    /// One token generated for a request.
+    pub fn token_generated(&self) {
+        self.generated_tokens.inc();
+    }
+
+    /// Time from a request's arrival to its first token.
+    pub fn first_token(&self, seconds: f64) {
+        self.time_to_first_token.observe(seconds);
+    }
+
+    /// Time between two consecutive tokens of one request.
+    pub fn next_token(&self, seconds: f64) {
+        self.time_per_output_token.observe(seconds);
+    }
+
+    /// A generation session started; the guard ends it when dropped, so an aborted request
+    /// cannot leave the gauge high.
+    pub fn session(&self) -> SessionGuard<'_> {
+        self.sessions_in_flight.inc();
+        SessionGuard(self)
+    }
+
+    /// A new plan was adopted.
+    pub fn replanned(&self) {
+        self.replans.inc();
+    }
+
+    /// A layer range moved to another node.
+    pub fn reassigned(&self) {
+        self.reassignments.inc();
+    }
+
+    /// A stage running `layers` (written `a..b`) computed one step in `seconds`.
+    pub fn stage_step(&self, layers: &str, kind: StepKind, seconds: f64) {
+        let labels = StepLabels {
+            layers: layers.to_owned(),
+            kind,
+        };
+        self.stage_step.get_or_create(&labels).observe(seconds);
+    }
+
+    /// `bytes` went to the hop `to` (an address or peer id), taking `seconds` to send.
+    pub fn hop_sent(&self, to: &str, bytes: usize, seconds: f64) {
+        let labels = HopLabels { to: to.to_owned() };
+        self.hop_bytes.get_or_create(&labels).inc_by(bytes as u64);
+        self.hop_send.get_or_create(&labels).observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Counts one session in flight while alive (see [`Metrics::session`]).
+pub struct SessionGuard<'a>(&'a Metrics);
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.sessions_in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_appear_with_their_labels() {
+        let m = Metrics::new();
+        m.request("/v1/completions", 200);
+        m.stage_step("10..20", StepKind::Decode, 0.002);
+        m.hop_sent("127.0.0.1:7000", 2304, 0.0001);
+        {
+            let _s = m.session();
+        }
+        let text = m.encode();
+        assert!(text
+            .contains(r#"shoal_http_requests_total{endpoint="/v1/completions",status="200"} 1"#));
+        assert!(text.contains(r#"shoal_stage_step_seconds_count{layers="10..20",kind="decode"} 1"#));
+        assert!(text.contains(r#"shoal_hop_sent_bytes_total{to="127.0.0.1:7000"} 2304"#));
+        assert!(text.contains("shoal_sessions_in_flight 0"));
+    }
+}

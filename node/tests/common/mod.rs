@@ -1,0 +1,198 @@
+//! A real two-stage SmolLM2 pipeline on loopback with the HTTP API in front of it, for the
+//! API tests (Rust client and the Python OpenAI client).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sharding::gguf::GgufFile;
+use sharding::model::{ShardOptions, ShardSpec};
+use shoal::backend::{Backend, ModelInfo};
+use shoal::cluster::{ClusterState, ClusterView, ModelSummary};
+use shoal::metrics::Metrics;
+use shoal::pipeline::{Head, HeadConfig, Stage, StageConfig};
+use shoal_tests::model_path;
+use tokio_util::sync::CancellationToken;
+use transport::quic::{EndpointConfig, Identity, InsecureAcceptAny};
+
+/// Positions one request may use in these tests: small, so over-long requests are cheap.
+pub const CONTEXT: usize = 512;
+
+/// A backend over a fixed head (or none) and a fixed view.
+pub struct TestBackend {
+    pub model: ModelInfo,
+    pub head: Option<Head>,
+    pub view: ClusterView,
+}
+
+impl Backend for TestBackend {
+    fn model(&self) -> &ModelInfo {
+        &self.model
+    }
+
+    fn head(&self) -> Result<Head, String> {
+        self.head
+            .clone()
+            .ok_or_else(|| "no plan is ready: the cluster is forming".to_owned())
+    }
+
+    fn view(&self) -> ClusterView {
+        self.view.clone()
+    }
+}
+
+/// A view in `state`.
+pub fn view(state: ClusterState, name: &str) -> ClusterView {
+    ClusterView {
+        node: "test-node".into(),
+        model: ModelSummary {
+            name: name.into(),
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into(),
+            n_layers: 30,
+        },
+        coordinator: Some("test-node".into()),
+        state,
+        problem: (state != ClusterState::Ready).then(|| "waiting for members".to_owned()),
+        members: Vec::new(),
+        plan: None,
+        tokens_per_s: 0.0,
+        replans: 0,
+    }
+}
+
+pub fn model_info() -> ModelInfo {
+    let file = GgufFile::open(model_path("smollm2")).expect("open SmolLM2");
+    ModelInfo::from_gguf(&file, CONTEXT).expect("model info")
+}
+
+fn free_addr() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+fn endpoint() -> EndpointConfig {
+    shoal::pipeline::endpoint_config(Identity::generate().unwrap(), Arc::new(InsecureAcceptAny))
+}
+
+/// The API in front of a pipeline.
+pub struct Server {
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    pub metrics: Arc<Metrics>,
+    /// Hop addresses: head -> stage 1, stage 1 -> stage 2, stage 2 -> head.
+    pub hops: Vec<SocketAddr>,
+    head: Option<Head>,
+    stages: Vec<Stage>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Two stages (layers 0..15 and 15..30) and a head, all recording into one Metrics.
+    pub async fn pipeline() -> Server {
+        let metrics = Arc::new(Metrics::new());
+        let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+        let mut stages = Vec::new();
+        for (i, layers) in [0..15, 15..30].into_iter().enumerate() {
+            let cfg = StageConfig {
+                model: model_path("smollm2"),
+                spec: ShardSpec {
+                    layers,
+                    embed: false,
+                    head: false,
+                },
+                options: ShardOptions::default(),
+                listen: addrs[i],
+                route: shoal::pipeline::Route::To(addrs[i + 1]),
+                session_timeout: Duration::from_secs(60),
+                metrics: Some(metrics.clone()),
+            };
+            stages.push(Stage::start(cfg, endpoint()).await.expect("stage"));
+        }
+        let cfg = HeadConfig {
+            model: model_path("smollm2"),
+            threads: 1,
+            listen: addrs[2],
+            first: Some(addrs[0]),
+            reply_addr: None,
+            reply_timeout: Duration::from_secs(30),
+            metrics: Some(metrics.clone()),
+        };
+        let head = Head::start(cfg, endpoint()).await.expect("head");
+        let model = model_info();
+        let backend = TestBackend {
+            view: view(ClusterState::Ready, &model.name),
+            model,
+            head: Some(head.clone()),
+        };
+        Server::serve(backend, metrics, Some(head), stages, addrs).await
+    }
+
+    /// The API over a backend that has no head (no plan ready).
+    pub async fn headless() -> Server {
+        let model = model_info();
+        let backend = TestBackend {
+            view: view(ClusterState::Forming, &model.name),
+            model,
+            head: None,
+        };
+        Server::serve(
+            backend,
+            Arc::new(Metrics::new()),
+            None,
+            Vec::new(),
+            Vec::new(),
+        )
+        .await
+    }
+
+    async fn serve(
+        backend: TestBackend,
+        metrics: Arc<Metrics>,
+        head: Option<Head>,
+        stages: Vec<Stage>,
+        hops: Vec<SocketAddr>,
+    ) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(shoal::api::serve(
+            listener,
+            Arc::new(backend),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        Server {
+            base,
+            metrics,
+            hops,
+            head,
+            stages,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the server, then the head and stages.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        if let Some(head) = self.head {
+            head.shutdown().await;
+        }
+        for s in self.stages {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// The value of the series whose line starts with `series` (name and labels), 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
