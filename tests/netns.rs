@@ -46,7 +46,15 @@ impl Topology {
         ])?;
         ip(&["-n", br, "link", "set", &port, "master", "br0"])?;
         ip(&["-n", br, "link", "set", &port, "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(i)), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.addr(i)),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;

@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, on this node or through a pipeline of stages.
     Generate(cli::generate::Args),
+    /// Run a cluster node: discover peers, take layers, serve the HTTP API.
+    Run(cli::run::Args),
     /// Serve a layer range as one stage of a pipeline.
     Stage(cli::stage::Args),
     /// Measure prompt processing (pp128) and generation (tg64) speed, like llama-bench.
@@ -34,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => cli::bench::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Stage(args) => cli::stage::run(args),
+        Command::Run(args) => cli::run::run(args),
     }
 }

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
 use shoal_tests::netns::{skip_reason, Topology};
+use tokio_util::sync::CancellationToken;
 use transport::discovery::{swarm, Advert, AdvertState, Config, Discovery, Keypair};
 
 const NODES: usize = 3;

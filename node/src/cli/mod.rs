@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod generate;
+pub(crate) mod run;
 pub(crate) mod stage;
 
 use std::ops::Range;

@@ -1,6 +1,7 @@
 //! The head of a pipeline: embeds tokens, sends them around the ring, turns the returning
 //! hidden state into logits and the next token.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -433,19 +434,17 @@ async fn send_loop(
         let mut delivered = false;
         let mut last_error = String::new();
         for attempt in 0..2u64 {
-            if !links.contains_key(&first) {
-                match endpoint.connect(first).await {
-                    Ok(l) => {
-                        links.insert(first, l.split().0);
-                    }
+            let link = match links.entry(first) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => match endpoint.connect(first).await {
+                    Ok(l) => v.insert(l.split().0),
                     Err(e) => {
                         last_error = e.to_string();
                         tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
                         continue;
                     }
-                }
-            }
-            let link = links.get_mut(&first).expect("connected above");
+                },
+            };
             let started = Instant::now();
             match link.send(&header, &payload).await {
                 Ok(()) => {

@@ -1,5 +1,6 @@
 //! A stage: accepts hidden states from upstream, runs its layers, forwards downstream.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -267,20 +268,17 @@ async fn downstream(
             }
         };
         for attempt in 0..3u64 {
-            if !links.contains_key(&next) {
-                match endpoint.connect(next).await {
-                    Ok(l) => {
-                        let (send, _recv) = l.split();
-                        links.insert(next, send);
-                    }
+            let sender = match links.entry(next) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(v) => match endpoint.connect(next).await {
+                    Ok(l) => v.insert(l.split().0),
                     Err(e) => {
                         warn!(%next, error = %e, attempt, "cannot reach the next hop");
                         tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
                         continue;
                     }
-                }
-            }
-            let sender = links.get_mut(&next).expect("connected above");
+                },
+            };
             let started = Instant::now();
             match sender.send(&header, &payload).await {
                 Ok(()) => {

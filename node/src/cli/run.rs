@@ -1,0 +1,167 @@
+//! `shoal run`: a cluster node. Finds its peers (mDNS and/or static peers), measures itself,
+//! takes whatever layers the coordinator assigns, and serves the HTTP API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal::cluster::{Node, NodeConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use transport::discovery::{Config as DiscoveryConfig, Keypair, Multiaddr};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// GGUF model file.
+    #[arg(long, env = "SHOAL_MODEL")]
+    model: PathBuf,
+    /// Address for peer-to-peer control traffic (discovery, adverts, plans).
+    #[arg(
+        long,
+        env = "SHOAL_P2P_LISTEN",
+        default_value = "/ip4/0.0.0.0/tcp/7600"
+    )]
+    p2p_listen: Multiaddr,
+    /// Address of the data plane (QUIC activations). Stages bind further ports on its IP.
+    #[arg(long, env = "SHOAL_DATA_LISTEN", default_value = "0.0.0.0:7601")]
+    data_listen: SocketAddr,
+    /// IP other nodes reach this one at (default: the data-listen IP, or the first
+    /// non-loopback IPv4 address).
+    #[arg(long, env = "SHOAL_ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
+    /// HTTP API address (OpenAI-compatible). Localhost unless told otherwise.
+    #[arg(long, env = "SHOAL_API", default_value = "127.0.0.1:8080")]
+    api: SocketAddr,
+    /// Serve no HTTP API on this node.
+    #[arg(long, env = "SHOAL_NO_API")]
+    no_api: bool,
+    /// A peer to dial at start and keep dialing, e.g. /ip4/10.0.0.2/tcp/7600 (repeatable;
+    /// for networks multicast does not cross).
+    #[arg(long = "peer", env = "SHOAL_PEERS", value_delimiter = ',')]
+    peers: Vec<Multiaddr>,
+    /// Do not discover peers by mDNS (single-host runs: mDNS ignores loopback).
+    #[arg(long, env = "SHOAL_NO_MDNS")]
+    no_mdns: bool,
+    /// Worker threads for layers (default: all cores).
+    #[arg(long, env = "SHOAL_THREADS")]
+    threads: Option<usize>,
+    /// Memory this node offers for weights and KV cache, e.g. 512MiB (default: the cgroup
+    /// limit, else available memory).
+    #[arg(long, env = "SHOAL_MEMORY", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Positions one request may use (prompt and generated tokens).
+    #[arg(long, env = "SHOAL_MAX_CONTEXT", default_value_t = 2048)]
+    max_context: usize,
+    /// Requests open at once per stage.
+    #[arg(long, env = "SHOAL_MAX_SESSIONS", default_value_t = 16)]
+    max_sessions: usize,
+    /// Keypair file: the node keeps its peer id across restarts (created if missing).
+    #[arg(long, env = "SHOAL_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Seconds a member may stay silent before it leaves the view.
+    #[arg(long, env = "SHOAL_LIVENESS_TIMEOUT", default_value_t = 3.0)]
+    liveness_timeout: f64,
+    /// Seconds of quiet after a join or leave before replanning.
+    #[arg(long, env = "SHOAL_REPLAN_DELAY", default_value_t = 1.0)]
+    replan_delay: f64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    shoal::cluster::profile::parse_size(s)
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let keypair = match &args.key_file {
+            Some(path) => load_or_create_key(path)?,
+            None => Keypair::generate_ed25519(),
+        };
+        let discovery = DiscoveryConfig {
+            listen: vec![args.p2p_listen.clone()],
+            bootstrap: args.peers.clone(),
+            mdns: !args.no_mdns,
+            liveness_timeout: Duration::from_secs_f64(args.liveness_timeout),
+            ..DiscoveryConfig::default()
+        };
+        let metrics = std::sync::Arc::new(shoal::metrics::Metrics::new());
+        let cfg = NodeConfig {
+            model: args.model.clone(),
+            discovery,
+            data_listen: args.data_listen,
+            advertise_ip: args.advertise_ip,
+            threads,
+            memory_budget: args
+                .memory
+                .unwrap_or_else(shoal::cluster::profile::memory_budget),
+            max_context: args.max_context,
+            max_sessions: args.max_sessions,
+            session_timeout: Duration::from_secs(120),
+            replan_delay: Duration::from_secs_f64(args.replan_delay),
+            reply_timeout: Duration::from_secs(30),
+            metrics: metrics.clone(),
+        };
+        let node = Node::start(cfg, keypair).await?;
+        for addr in node.listen_addrs().await {
+            info!("peers can join with --peer {addr}");
+        }
+        let stop = CancellationToken::new();
+        let api = if args.no_api {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(args.api)
+                .await
+                .with_context(|| format!("binding the API on {}", args.api))?;
+            info!("API on http://{}", listener.local_addr()?);
+            Some(tokio::spawn(shoal::api::serve(
+                listener,
+                node.backend(),
+                metrics,
+                stop.clone(),
+            )))
+        };
+        shutdown_signal().await;
+        info!("shutting down");
+        stop.cancel();
+        if let Some(api) = api {
+            let _ = api.await;
+        }
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM (what `docker stop` sends).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Reads the node's keypair (protobuf encoding), or makes one and saves it.
+fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<Keypair> {
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("{} is not a shoal key file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().context("encoding the key")?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}

@@ -1,0 +1,199 @@
+//! The acceptance run of the self-forming cluster: `shoal run` nodes in separate network
+//! namespaces joined by a bridge find each other by mDNS with no static configuration, agree
+//! on one plan (same epoch everywhere), and serve llama.cpp's greedy text; a fourth node
+//! joins and the cluster replans; a stage's node is killed and it replans again — no node is
+//! restarted. Skipped, with a message, when not root or `ip`/`curl` are missing.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sharding::gguf::GgufFile;
+use sharding::tokenizer::Tokenizer;
+use shoal::cluster::{ClusterState, ClusterView};
+use shoal_tests::netns::{skip_reason, Topology};
+use shoal_tests::{model_path, references, temp_dir};
+
+const API: &str = "http://127.0.0.1:8080";
+
+/// One `shoal run` inside a namespace; killed on drop.
+struct NodeProcess {
+    ns: String,
+    child: Child,
+}
+
+impl NodeProcess {
+    fn spawn(ns: &str, logs: &std::path::Path) -> NodeProcess {
+        let log = std::fs::File::create(logs.join(format!("{ns}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_shoal"), "run"])
+            .arg("--model")
+            .arg(model_path("smollm2"))
+            .args([
+                "--threads",
+                "1",
+                "--memory",
+                "100MiB",
+                "--max-context",
+                "512",
+            ])
+            .args(["--liveness-timeout", "2", "--replan-delay", "0.5"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shoal run");
+        NodeProcess {
+            ns: ns.to_owned(),
+            child,
+        }
+    }
+
+    fn curl(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "curl", "-sf", "--max-time", "60"])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn view(&self) -> Option<ClusterView> {
+        serde_json::from_str(&self.curl(&[&format!("{API}/v1/cluster")])?).ok()
+    }
+
+    fn complete(&self, prompt: &str, max_tokens: usize) -> String {
+        let body = serde_json::json!({
+            "prompt": prompt, "max_tokens": max_tokens, "temperature": 0
+        });
+        let reply = self
+            .curl(&[
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body.to_string(),
+                &format!("{API}/v1/completions"),
+            ])
+            .unwrap_or_else(|| panic!("{}: completion failed", self.ns));
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        reply["choices"][0]["text"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until every node reports `ready` on one and the same epoch with `members` members
+/// and an epoch above `after`; returns that epoch.
+fn agree(
+    nodes: &[NodeProcess],
+    members: usize,
+    after: u64,
+    logs: &std::path::Path,
+) -> (u64, Duration) {
+    let started = Instant::now();
+    loop {
+        let views: Vec<Option<ClusterView>> = nodes.iter().map(NodeProcess::view).collect();
+        let epochs: Vec<Option<u64>> = views
+            .iter()
+            .map(|v| {
+                v.as_ref()
+                    .filter(|v| v.state == ClusterState::Ready && v.members.len() == members)
+                    .and_then(|v| v.plan.as_ref().map(|p| p.epoch))
+            })
+            .collect();
+        if let Some(Some(e)) = epochs.first() {
+            if *e > after && epochs.iter().all(|x| *x == Some(*e)) {
+                return (*e, started.elapsed());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "no agreement after 60 s (logs in {}): {:#?}",
+                logs.display(),
+                views
+                    .iter()
+                    .map(|v| v.as_ref().map(|v| (
+                        v.state,
+                        v.problem.clone(),
+                        v.members.len(),
+                        v.plan.as_ref().map(|p| p.epoch)
+                    )))
+                    .collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn expected_text(n: usize) -> (String, String) {
+    let refs = references("smollm2");
+    let r = refs.iter().find(|r| !r.key.contains("chat")).unwrap();
+    let file = GgufFile::open(model_path("smollm2")).unwrap();
+    let tokenizer = Tokenizer::from_gguf(file.metadata()).unwrap();
+    let ids: Vec<u32> = r.greedy_ids[..n]
+        .iter()
+        .copied()
+        .take_while(|&t| !tokenizer.is_eog(t))
+        .collect();
+    (r.prompt.clone(), tokenizer.decode(&ids))
+}
+
+#[test]
+fn shoal_run_nodes_form_a_cluster_by_mdns_and_replan_on_join_and_leave() {
+    if let Some(reason) = skip_reason().or_else(|| {
+        Command::new("curl")
+            .arg("--version")
+            .output()
+            .err()
+            .map(|_| "curl not found".into())
+    }) {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let logs: PathBuf = temp_dir("cluster-netns");
+    let mut topo = Topology::create("shoal-run", 78, 3).expect("namespaces");
+    let mut nodes: Vec<NodeProcess> = topo
+        .nodes()
+        .iter()
+        .map(|ns| NodeProcess::spawn(ns, &logs))
+        .collect();
+    let (epoch, took) = agree(&nodes, 3, 0, &logs);
+    eprintln!("3 nodes agreed on plan {epoch} {took:?} after start");
+    let view = nodes[0].view().unwrap();
+    let plan = view.plan.unwrap();
+    assert!(
+        plan.stages.len() >= 2,
+        "128 MiB nodes cannot hold the model alone: {plan:?}"
+    );
+    let (prompt, want) = expected_text(16);
+    for n in &nodes {
+        assert_eq!(n.complete(&prompt, 16), want, "{}", n.ns);
+    }
+
+    let ns = topo.add_node().expect("a fourth namespace");
+    nodes.push(NodeProcess::spawn(&ns, &logs));
+    let (joined, took) = agree(&nodes, 4, epoch, &logs);
+    eprintln!("a 4th node joined: plan {joined} {took:?} after start");
+    assert_eq!(nodes[3].complete(&prompt, 16), want);
+
+    // Kill (not stop) a node that runs a stage; the others replan without it.
+    let plan = nodes[0].view().unwrap().plan.unwrap();
+    let victim = plan.stages.last().unwrap().peer_id.clone();
+    let index = nodes
+        .iter()
+        .position(|n| n.view().is_some_and(|v| v.node == victim))
+        .expect("the stage's node");
+    drop(nodes.remove(index));
+    let (left, took) = agree(&nodes, 3, joined, &logs);
+    eprintln!("a stage's node was killed: plan {left} {took:?} later");
+    for n in &nodes {
+        assert_eq!(n.complete(&prompt, 16), want, "{}", n.ns);
+    }
+}
