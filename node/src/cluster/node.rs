@@ -101,7 +101,18 @@ impl Node {
         let ip = match cfg.advertise_ip {
             Some(ip) => ip,
             None if !cfg.data_listen.ip().is_unspecified() => cfg.data_listen.ip(),
-            None => outward_ip(&handle.listen_addrs().await.unwrap_or_default()),
+            None => {
+                // Interfaces report their addresses one by one; give them a moment.
+                let mut ip = None;
+                for _ in 0..20 {
+                    ip = outward_ip(&handle.listen_addrs().await.unwrap_or_default());
+                    if ip.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            }
         };
         let endpoint =
             pipeline::endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
@@ -265,14 +276,10 @@ fn load_model(path: &std::path::Path, threads: usize, context: usize) -> anyhow:
     })
 }
 
-/// The first non-loopback IPv4 among the listen addresses, else loopback.
-fn outward_ip(addrs: &[Multiaddr]) -> IpAddr {
-    addrs
-        .iter()
-        .flat_map(|a| a.iter())
-        .find_map(|p| match p {
-            Protocol::Ip4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(IpAddr::V4(ip)),
-            _ => None,
-        })
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+/// The first non-loopback IPv4 among the listen addresses.
+fn outward_ip(addrs: &[Multiaddr]) -> Option<IpAddr> {
+    addrs.iter().flat_map(|a| a.iter()).find_map(|p| match p {
+        Protocol::Ip4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(IpAddr::V4(ip)),
+        _ => None,
+    })
 }
