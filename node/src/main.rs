@@ -8,8 +8,23 @@ mod cli;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// TOML file of options: keys are the SHOAL_* environment variables without the prefix
+    /// (command line and environment take precedence).
+    #[arg(long, global = true, env = "SHOAL_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Text for people.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -25,14 +40,21 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    // The config file feeds the environment, so it is read before the command line is parsed.
+    if let Some(path) = cli::config_file::requested() {
+        cli::config_file::apply(&path)?;
+    }
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match cli.command {
         Command::Bench(args) => cli::bench::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Stage(args) => cli::stage::run(args),

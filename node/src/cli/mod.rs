@@ -1,6 +1,7 @@
 //! Subcommands of the `shoal` binary.
 
 pub(crate) mod bench;
+pub(crate) mod config_file;
 pub(crate) mod generate;
 pub(crate) mod run;
 pub(crate) mod stage;
