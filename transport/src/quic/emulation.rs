@@ -174,7 +174,7 @@ fn parse_rate(value: &str) -> Result<u64, LinkEmulationError> {
 /// Writes a duration with the largest unit that represents it exactly (down to µs).
 fn fmt_duration(f: &mut fmt::Formatter<'_>, d: Duration) -> fmt::Result {
     let micros = d.as_micros();
-    if micros % 1_000 == 0 {
+    if micros.is_multiple_of(1_000) {
         write!(f, "{}ms", micros / 1_000)
     } else {
         write!(f, "{micros}us")
@@ -194,9 +194,9 @@ impl fmt::Display for LinkEmulation {
         write!(f, ",loss={loss}%")?;
         if let Some(bytes) = self.rate_bytes_per_s {
             let bits = bytes * 8;
-            if bits % 1_000_000 == 0 {
+            if bits.is_multiple_of(1_000_000) {
                 write!(f, ",rate={}mbit", bits / 1_000_000)?;
-            } else if bits % 1_000 == 0 {
+            } else if bits.is_multiple_of(1_000) {
                 write!(f, ",rate={}kbit", bits / 1_000)?;
             } else {
                 write!(f, ",rate={bits}bit")?;
