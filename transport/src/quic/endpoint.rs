@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use super::emulation::{self, LinkEmulation};
 use super::frame::Limits;
 use super::link::{Link, STREAM_MAGIC};
 use super::stream::LinkError;
@@ -29,10 +30,14 @@ pub struct EndpointConfig {
     pub handshake_timeout: Duration,
     /// Frame limits applied to every link's receiving side.
     pub limits: Limits,
+    /// Test feature: degrade this endpoint's outgoing datagrams (delay, jitter, loss, rate
+    /// cap) to emulate an edge link. `None` (the default) binds a plain socket.
+    pub link_emulation: Option<LinkEmulation>,
 }
 
 impl EndpointConfig {
-    /// Defaults: 10 s idle timeout, 2 s keep-alive, 5 s handshake bound, default limits.
+    /// Defaults: 10 s idle timeout, 2 s keep-alive, 5 s handshake bound, default limits, no
+    /// link emulation.
     pub fn new(identity: Identity, verifier: Arc<dyn PeerVerifier>) -> Self {
         Self {
             identity,
@@ -41,6 +46,7 @@ impl EndpointConfig {
             keep_alive: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            link_emulation: None,
         }
     }
 
@@ -97,7 +103,10 @@ impl Endpoint {
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(transport);
 
-        let mut inner = quinn::Endpoint::server(server, addr)?;
+        let mut inner = match config.link_emulation {
+            None => quinn::Endpoint::server(server, addr)?,
+            Some(spec) => emulation::bind(addr, server, spec)?,
+        };
         inner.set_default_client_config(client);
         Ok(Self {
             inner,

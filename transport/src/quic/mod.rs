@@ -5,9 +5,12 @@
 //! - [`stream`]: frame reader and writer over any tokio byte stream, and [`LinkError`].
 //! - [`tls`]: node identity and the [`PeerVerifier`] authentication seam.
 //! - [`Endpoint`] and [`Link`]: a quinn endpoint per node, one long-lived stream per hop.
+//! - [`LinkEmulation`]: opt-in delay/jitter/loss/rate shaping of a node's outgoing
+//!   datagrams, a test feature for the container testbed.
 //!
 //! Bytes only: nothing here knows about layers, models or schedules.
 
+mod emulation;
 mod endpoint;
 pub mod frame;
 mod link;
@@ -15,6 +18,7 @@ pub mod payload;
 pub mod stream;
 pub mod tls;
 
+pub use emulation::{LinkEmulation, LinkEmulationError};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointError};
 pub use frame::{Dtype, ErrorCode, Frame, FrameError, FrameHeader, FrameKind, Limits};
 pub use link::{Link, LinkReceiver, LinkSender};
