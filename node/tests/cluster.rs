@@ -36,6 +36,7 @@ async fn start(bootstrap: Vec<Multiaddr>) -> Node {
         session_timeout: Duration::from_secs(60),
         replan_delay: Duration::from_millis(300),
         reply_timeout: Duration::from_secs(20),
+        link_emulation: None,
         metrics: std::sync::Arc::new(shoal::metrics::Metrics::new()),
     };
     Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()

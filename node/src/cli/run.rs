@@ -62,6 +62,10 @@ pub(crate) struct Args {
     /// Seconds a member may stay silent before it leaves the view.
     #[arg(long, env = "SHOAL_LIVENESS_TIMEOUT", default_value_t = 3.0)]
     liveness_timeout: f64,
+    /// Test feature: emulate a slow link on this node's outgoing data-plane packets, e.g.
+    /// `delay=10ms,jitter=2ms,loss=1%,rate=10mbit` (see testbed/README.md).
+    #[arg(long, env = "SHOAL_LINK_EMULATION")]
+    link_emulation: Option<transport::quic::LinkEmulation>,
     /// Seconds of quiet after a join or leave before replanning.
     #[arg(long, env = "SHOAL_REPLAN_DELAY", default_value_t = 1.0)]
     replan_delay: f64,
@@ -106,6 +110,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             session_timeout: Duration::from_secs(120),
             replan_delay: Duration::from_secs_f64(args.replan_delay),
             reply_timeout: Duration::from_secs(30),
+            link_emulation: args.link_emulation,
             metrics: metrics.clone(),
         };
         let node = Node::start(cfg, keypair).await?;

@@ -55,6 +55,9 @@ pub struct NodeConfig {
     pub replan_delay: Duration,
     /// How long a request waits for the pipeline's next reply.
     pub reply_timeout: Duration,
+    /// Emulated delay, jitter, loss and bandwidth on this node's outgoing data-plane packets
+    /// (a test feature for fleets on one machine; `None` in production).
+    pub link_emulation: Option<transport::quic::LinkEmulation>,
     /// Where the node's head and stages record what they do (shared with the API).
     pub metrics: Arc<Metrics>,
 }
