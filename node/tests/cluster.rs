@@ -37,6 +37,7 @@ async fn start(bootstrap: Vec<Multiaddr>) -> Node {
         replan_delay: Duration::from_millis(300),
         reply_timeout: Duration::from_secs(20),
         link_emulation: None,
+        placement: Default::default(),
         metrics: std::sync::Arc::new(shoal::metrics::Metrics::new()),
     };
     Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()

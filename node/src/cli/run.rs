@@ -66,6 +66,10 @@ pub(crate) struct Args {
     /// `delay=10ms,jitter=2ms,loss=1%,rate=10mbit` (see testbed/README.md).
     #[arg(long, env = "SHOAL_LINK_EMULATION")]
     link_emulation: Option<transport::quic::LinkEmulation>,
+    /// How layers are split when this node coordinates: the planner's choice, or a baseline
+    /// for comparison.
+    #[arg(long, env = "SHOAL_PLACEMENT", value_enum, default_value_t)]
+    placement: shoal::cluster::coordinator::Placement,
     /// Seconds of quiet after a join or leave before replanning.
     #[arg(long, env = "SHOAL_REPLAN_DELAY", default_value_t = 1.0)]
     replan_delay: f64,
@@ -111,6 +115,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             replan_delay: Duration::from_secs_f64(args.replan_delay),
             reply_timeout: Duration::from_secs(30),
             link_emulation: args.link_emulation,
+            placement: args.placement,
             metrics: metrics.clone(),
         };
         let node = Node::start(cfg, keypair).await?;

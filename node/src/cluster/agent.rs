@@ -36,6 +36,7 @@ pub(crate) struct AgentConfig {
     pub(crate) max_context: usize,
     pub(crate) session_timeout: Duration,
     pub(crate) replan_delay: Duration,
+    pub(crate) placement: coordinator::Placement,
     pub(crate) endpoint: EndpointConfig,
 }
 
@@ -184,22 +185,25 @@ impl Agent {
             .unwrap_or(0)
             + 1;
         let local = self.shared.local.to_string();
-        let assignment = match coordinator::assign(&graph, &self.cfg.profile, &local, epoch) {
-            Ok(a) => a,
-            Err(e) => {
-                let reason = e.to_string();
-                warn!(%reason, devices = graph.len(), "the model cannot be placed");
-                self.shared.state.lock().expect("state lock").unplaceable = Some(reason.clone());
-                if self.told_unplaceable.as_ref() != Some(&reason) {
-                    self.told_unplaceable = Some(reason.clone());
-                    self.broadcast(Control::Unplaceable {
-                        model_sha256: sha,
-                        reason,
-                    });
+        let assignment =
+            match coordinator::assign(&graph, &self.cfg.profile, &local, epoch, self.cfg.placement)
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = e.to_string();
+                    warn!(%reason, devices = graph.len(), "the model cannot be placed");
+                    self.shared.state.lock().expect("state lock").unplaceable =
+                        Some(reason.clone());
+                    if self.told_unplaceable.as_ref() != Some(&reason) {
+                        self.told_unplaceable = Some(reason.clone());
+                        self.broadcast(Control::Unplaceable {
+                            model_sha256: sha,
+                            reason,
+                        });
+                    }
+                    return;
                 }
-                return;
-            }
-        };
+            };
         self.told_unplaceable = None;
         let current = {
             let state = self.shared.state.lock().expect("state lock");

@@ -59,12 +59,25 @@ pub fn device_graph(
     graph
 }
 
+/// How the coordinator splits the layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// The planner's choice: measured speed and memory of every node (the default).
+    #[default]
+    Planned,
+    /// The same number of layers on every node (a baseline, for comparison).
+    Even,
+    /// Layers in proportion to each node's memory (a baseline, like exo's).
+    Memory,
+}
+
 /// Plans `profile` over `graph` with `coordinator` as the head node and numbers it `epoch`.
 pub fn assign(
     graph: &DeviceGraph,
     profile: &ModelProfile,
     coordinator: &str,
     epoch: u64,
+    placement: Placement,
 ) -> Result<Assignment, PlanError> {
     let mut request = PlanRequest::new(profile.clone());
     request.head_node = Some(coordinator.to_owned());
@@ -73,7 +86,11 @@ pub fn assign(
     request.config.overhead_bytes = 16 << 20;
     // Until links are measured, price every hop as a LAN hop.
     request.config.default_link = Some(ASSUMED_LINK);
-    let plan = planner::plan(graph, &request)?;
+    let plan = match placement {
+        Placement::Planned => planner::plan(graph, &request)?,
+        Placement::Even => planner::even_split(graph, &request)?,
+        Placement::Memory => planner::memory_proportional_split(graph, &request)?,
+    };
     Ok(Assignment {
         epoch,
         model_sha256: profile.sha256.clone(),
@@ -163,7 +180,7 @@ mod tests {
         ];
         let graph = device_graph(&adverts, &sha, "v", 30 << 20);
         let head = coordinator(&adverts, &sha, "v").unwrap();
-        let a = assign(&graph, &profile(&sha), &head, 7).unwrap();
+        let a = assign(&graph, &profile(&sha), &head, 7, Placement::Planned).unwrap();
         assert_eq!(a.epoch, 7);
         let mut next = 0;
         for s in &a.stages {
@@ -193,6 +210,7 @@ mod tests {
         ];
         let graph = device_graph(&adverts, &sha, "v", 30 << 20);
         let head = coordinator(&adverts, &sha, "v").unwrap();
-        assert!(assign(&graph, &profile(&sha), &head, 1).is_err());
+        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Planned).is_err());
+        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Even).is_err());
     }
 }

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub replan_delay: Duration,
     /// How long a request waits for the pipeline's next reply.
     pub reply_timeout: Duration,
+    /// How the coordinator splits layers (when this node coordinates).
+    pub placement: super::coordinator::Placement,
     /// Emulated delay, jitter, loss and bandwidth on this node's outgoing data-plane packets
     /// (a test feature for fleets on one machine; `None` in production).
     pub link_emulation: Option<transport::quic::LinkEmulation>,
@@ -172,6 +174,7 @@ impl Node {
                 max_context: cfg.max_context,
                 session_timeout: cfg.session_timeout,
                 replan_delay: cfg.replan_delay,
+                placement: cfg.placement,
                 endpoint,
             },
             inbox,
