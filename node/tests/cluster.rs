@@ -24,13 +24,17 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 async fn start(bootstrap: Vec<Multiaddr>) -> Node {
+    start_with(bootstrap, BUDGET).await
+}
+
+async fn start_with(bootstrap: Vec<Multiaddr>, budget: u64) -> Node {
     let cfg = NodeConfig {
         model: model_path("smollm2"),
         discovery: Config::loopback(bootstrap, Duration::from_secs(2)),
         data_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise_ip: None,
         threads: 1,
-        memory_budget: BUDGET,
+        memory_budget: budget,
         max_context: 512,
         max_sessions: 8,
         session_timeout: Duration::from_secs(60),
@@ -149,6 +153,76 @@ async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
             r.greedy_ids[..20]
         );
     }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_survives_the_loss_of_a_stage_with_the_same_tokens() {
+    let r = &references("smollm2")[1];
+    // Enough memory for two nodes to hold the model, not one.
+    let budget = 140 << 20;
+    let first = start_with(Vec::new(), budget).await;
+    let seed = first.listen_addrs().await;
+    let mut nodes = vec![
+        first,
+        start_with(seed.clone(), budget).await,
+        start_with(seed.clone(), budget).await,
+    ];
+    let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
+    let views = agree(&backends, |v| v.members.len() == 3).await;
+    let plan = views[0].plan.clone().unwrap();
+    // Serve from a node that keeps running; take away the one running the last stage.
+    let victim = plan.stages.last().unwrap().peer_id.clone();
+    let victim = nodes
+        .iter()
+        .position(|n| n.peer_id().to_string() == victim)
+        .unwrap();
+    let server = (0..3).find(|&i| i != victim).unwrap();
+    let head = backends[server].head().unwrap();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut kill_tx = Some(kill_tx);
+    let killed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let gap = std::sync::Arc::new(std::sync::Mutex::new(None::<Duration>));
+    let doomed = nodes.remove(victim);
+    let killer = {
+        let killed_at = killed_at.clone();
+        tokio::spawn(async move {
+            if kill_rx.await.is_ok() {
+                *killed_at.lock().unwrap() = Some(Instant::now());
+                doomed.shutdown().await;
+            }
+        })
+    };
+    let mut count = 0;
+    let (k, g) = (killed_at.clone(), gap.clone());
+    let got = head
+        .generate(&r.prompt_ids, r.greedy_ids.len(), argmax, move |_| {
+            count += 1;
+            if count == 15 {
+                // Wait until the node is gone, so the next token must come from a new plan.
+                let _ = kill_tx.take().unwrap().send(());
+                while k.lock().unwrap().is_none() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            } else if count == 16 {
+                *g.lock().unwrap() = k.lock().unwrap().map(|t| t.elapsed());
+            }
+            true
+        })
+        .await
+        .expect("the request survives");
+    killer.await.unwrap();
+    assert_eq!(
+        got, r.greedy_ids,
+        "tokens after the loss equal the fault-free run"
+    );
+    assert_eq!(head.recoveries(), 1);
+    eprintln!(
+        "kill to next token: {:?}",
+        gap.lock().unwrap().expect("a token after the kill")
+    );
     for n in nodes {
         n.shutdown().await;
     }

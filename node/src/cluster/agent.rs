@@ -141,7 +141,11 @@ impl Agent {
     fn on_membership(&mut self, event: MembershipEvent) {
         debug!(?event, "membership");
         match &event {
-            MembershipEvent::Joined(_) | MembershipEvent::Left(_) => self.arm_replan(),
+            MembershipEvent::Joined(_) => self.arm_replan(),
+            MembershipEvent::Left(peer) => {
+                self.mark_broken(*peer);
+                self.arm_replan();
+            }
             MembershipEvent::Updated(advert) => {
                 self.highest_epoch = self.highest_epoch.max(advert.state.epoch);
                 // A member lagging behind the current plan missed a message: resend.
@@ -152,6 +156,21 @@ impl Agent {
             }
         }
         self.check_activation();
+    }
+
+    /// A node of the active plan left: requests on it (and older plans) must move on.
+    fn mark_broken(&self, peer: PeerId) {
+        let peer = peer.to_string();
+        let state = self.shared.state.lock().expect("state lock");
+        if let Some(active) = &state.active {
+            if active.assignment.stage_of(&peer).is_some() {
+                let epoch = active.assignment.epoch;
+                warn!(epoch, %peer, "a node of the active plan left; its requests move to the next plan");
+                self.shared
+                    .plans
+                    .send_modify(|r| r.broken = r.broken.max(epoch));
+            }
+        }
     }
 
     fn current_epoch(&self) -> u64 {
@@ -430,6 +449,11 @@ impl Agent {
             self.shared.metrics.replanned();
         }
         info!(epoch = pending.epoch, first = %addrs[0], "plan active");
+        let (epoch, first) = (pending.epoch, addrs[0]);
+        self.shared.plans.send_modify(|r| {
+            r.epoch = epoch;
+            r.first = Some(first);
+        });
         state.active = Some(Active {
             assignment: pending,
             first: addrs[0],

@@ -26,7 +26,7 @@ use super::view::{ClusterView, ModelSummary};
 use super::{measure, profile, snapshot};
 use crate::backend::{Backend, ModelInfo};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Head, HeadConfig};
+use crate::pipeline::{self, Head, HeadConfig, PlanRoute, Plans};
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) discovery: swarm::Handle,
     pub(crate) state: Mutex<State>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The active plan and the broken ones, for heads that replay broken requests.
+    pub(crate) plans: tokio::sync::watch::Sender<PlanRoute>,
 }
 
 /// A running node.
@@ -160,6 +162,7 @@ impl Node {
             discovery: handle,
             state: Mutex::new(State::new(advert)),
             metrics: cfg.metrics.clone(),
+            plans: tokio::sync::watch::Sender::new(PlanRoute::default()),
         });
         let agent = Agent::new(
             shared.clone(),
@@ -226,7 +229,11 @@ impl Backend for NodeBackend {
     fn head(&self) -> Result<Head, String> {
         let state = self.0.state.lock().expect("state lock");
         match &state.active {
-            Some(active) => Ok(self.0.head.via(active.first)),
+            Some(active) => Ok(self
+                .0
+                .head
+                .via(active.first)
+                .with_plans(Plans::new(self.0.plans.subscribe()))),
             None => Err(snapshot::why_not_serving(&state)),
         }
     }

@@ -14,9 +14,10 @@ use sharding::gguf::GgufFile;
 use sharding::model::{Shard, ShardOptions, ShardSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind, LinkSender};
 
+use super::failover::Plans;
 use super::protocol;
 use crate::metrics::Metrics;
 
@@ -56,7 +57,38 @@ pub enum PipelineError {
     /// The head's own model step failed.
     #[error("head: {0}")]
     Head(String),
+    /// A node of the request's plan left the cluster.
+    #[error("plan {0} lost a stage")]
+    PlanBroken(u64),
 }
+
+impl PipelineError {
+    /// Whether replaying the request on another plan may succeed: the pipeline failed, not
+    /// the request.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Timeout(_)
+                | PipelineError::Unreachable(_)
+                | PipelineError::PlanBroken(_)
+        )
+    }
+}
+
+/// One request's session on one plan.
+struct Session {
+    first: SocketAddr,
+    id: u64,
+    tx: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<Event>,
+    /// The plans to watch, and the epoch this session runs on.
+    watch: Option<(Plans, u64)>,
+}
+
+/// How long a broken request waits for a healthy plan before it fails.
+const RECOVERY_WAIT: Duration = Duration::from_secs(20);
+/// Replays one request may need before it gives up.
+const MAX_RECOVERIES: usize = 3;
 
 /// A frame for the first stage at an address, and where its session's events go.
 type Outgoing = (SocketAddr, FrameHeader, Vec<u8>, mpsc::Sender<Event>);
@@ -78,6 +110,8 @@ struct Inner {
     sent: AtomicU64,
     received: AtomicU64,
     generated: AtomicU64,
+    recoveries: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
     /// Round trips of recent decode steps through the stages, milliseconds.
     recent_ms: Mutex<VecDeque<f32>>,
     timeout: Duration,
@@ -92,6 +126,8 @@ pub struct Head {
     inner: Arc<Inner>,
     /// First stage of this handle's requests (overrides the configured one).
     route: Option<SocketAddr>,
+    /// The cluster's plans, when requests should follow them (and survive broken ones).
+    plans: Option<Plans>,
     endpoint: Arc<Endpoint>,
     cancel: CancellationToken,
 }
@@ -139,6 +175,8 @@ impl Head {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             generated: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            metrics: cfg.metrics.clone(),
             recent_ms: Mutex::new(VecDeque::with_capacity(RECENT)),
             timeout: cfg.reply_timeout,
         });
@@ -157,6 +195,7 @@ impl Head {
         Ok(Head {
             inner,
             route: None,
+            plans: None,
             endpoint,
             cancel,
         })
@@ -213,6 +252,9 @@ impl Head {
     /// Runs `prompt` through the pipeline and generates up to `max_tokens` tokens, picking
     /// each with `pick` (given the logits) and reporting it to `on_token`, which returns
     /// `false` to stop early. Returns the generated ids.
+    ///
+    /// With [`Head::with_plans`], a request whose plan loses a stage is replayed on the next
+    /// healthy plan and continues where it was (see [`super::failover`]).
     pub async fn generate(
         &self,
         prompt: &[u32],
@@ -223,28 +265,107 @@ impl Head {
         if prompt.is_empty() || max_tokens == 0 {
             return Ok(Vec::new());
         }
-        let inner = &self.inner;
-        let Some(first) = self.route.or(inner.first) else {
-            return Err(PipelineError::Unreachable("no pipeline to send to".into()));
+        let mut tokens = Vec::with_capacity(max_tokens);
+        let mut plans = self.plans.clone();
+        let mut failed: Option<u64> = None;
+        let mut recoveries = 0;
+        // Set when a plan broke; the next token reports how long the recovery took.
+        let broke_at = Mutex::new(None::<Instant>);
+        let mut on_token = |t: u32| {
+            if let Some(at) = broke_at.lock().expect("broke_at lock").take() {
+                info!(
+                    ms = at.elapsed().as_millis() as u64,
+                    "request recovered: next token after the plan broke"
+                );
+            }
+            on_token(t)
         };
+        loop {
+            let (epoch, first) = match plans.as_mut() {
+                Some(p) => p.healthy(failed, RECOVERY_WAIT).await?,
+                None => match self.route.or(self.inner.first) {
+                    Some(first) => (0, first),
+                    None => {
+                        return Err(PipelineError::Unreachable("no pipeline to send to".into()))
+                    }
+                },
+            };
+            let context: Vec<u32> = prompt.iter().chain(&tokens).copied().collect();
+            let result = self
+                .attempt(
+                    first,
+                    plans.clone().map(|p| (p, epoch)),
+                    &context,
+                    max_tokens,
+                    &mut tokens,
+                    &mut pick,
+                    &mut on_token,
+                )
+                .await;
+            match result {
+                Ok(()) => return Ok(tokens),
+                Err(e) if plans.is_some() && e.is_recoverable() && recoveries < MAX_RECOVERIES => {
+                    warn!(
+                        epoch,
+                        generated = tokens.len(),
+                        error = %e,
+                        "the pipeline broke mid-request; replaying on the next plan"
+                    );
+                    recoveries += 1;
+                    failed = Some(epoch);
+                    self.inner.recoveries.fetch_add(1, Ordering::Relaxed);
+                    if let Some(m) = &self.inner.metrics {
+                        m.reassigned();
+                    }
+                    *broke_at.lock().expect("broke_at lock") = Some(Instant::now());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A handle whose requests follow the cluster's plans and survive a broken one.
+    pub fn with_plans(&self, plans: Plans) -> Head {
+        Head {
+            plans: Some(plans),
+            ..self.clone()
+        }
+    }
+
+    /// Requests replayed on a new plan after theirs broke, since start.
+    pub fn recoveries(&self) -> u64 {
+        self.inner.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// One try on one plan: runs `context` and decodes until `tokens` holds `max_tokens`.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        first: SocketAddr,
+        watch: Option<(Plans, u64)>,
+        context: &[u32],
+        max_tokens: usize,
+        tokens: &mut Vec<u32>,
+        pick: &mut impl FnMut(&[f32]) -> u32,
+        on_token: &mut impl FnMut(u32) -> bool,
+    ) -> Result<(), PipelineError> {
+        let inner = &self.inner;
         let session = inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(4);
         inner
             .sessions
             .lock()
             .expect("sessions lock")
             .insert(session, tx.clone());
+        let mut s = Session {
+            first,
+            id: session,
+            tx,
+            rx,
+            watch,
+        };
         let result = self
-            .run(
-                first,
-                session,
-                prompt,
-                max_tokens,
-                &tx,
-                &mut rx,
-                &mut pick,
-                &mut on_token,
-            )
+            .run(&mut s, context, max_tokens, tokens, pick, on_token)
             .await;
         // Free the session on every stage whatever happened.
         let _ = inner
@@ -253,7 +374,7 @@ impl Head {
                 first,
                 FrameHeader::empty(FrameKind::Close, session, 0),
                 Vec::new(),
-                tx,
+                s.tx.clone(),
             ))
             .await;
         inner
@@ -264,70 +385,62 @@ impl Head {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
-        first: SocketAddr,
-        session: u64,
-        prompt: &[u32],
+        s: &mut Session,
+        context: &[u32],
         max_tokens: usize,
-        tx: &mpsc::Sender<Event>,
-        rx: &mut mpsc::Receiver<Event>,
+        tokens: &mut Vec<u32>,
         pick: &mut impl FnMut(&[f32]) -> u32,
         on_token: &mut impl FnMut(u32) -> bool,
-    ) -> Result<Vec<u32>, PipelineError> {
+    ) -> Result<(), PipelineError> {
         let inner = &self.inner;
-        let positions = prompt.len() + max_tokens;
+        let remaining = max_tokens - tokens.len();
+        let positions = context.len() + remaining;
         let reply = inner
             .reply_addr
             .map(|a| a.to_string().into_bytes())
             .unwrap_or_default();
-        self.send(
-            first,
-            protocol::open(session, positions, reply.len()),
-            reply,
-            tx,
-        )
-        .await?;
-        match self.wait(rx).await? {
+        self.send(s, protocol::open(s.id, positions, reply.len()), reply)
+            .await?;
+        match self.wait(s).await? {
             Event::Opened => {}
             Event::Hidden(_) => {
                 return Err(PipelineError::Stage("hidden state before open".into()))
             }
             Event::Failed(e) => return Err(PipelineError::Stage(e)),
         }
-        // Prefill in chunks; only the last chunk's last row matters for the first token.
+        // Prefill in chunks; only the last chunk's last row matters for the next token.
         let mut hidden = Vec::new();
-        for (i, chunk) in prompt.chunks(protocol::PREFILL_CHUNK).enumerate() {
+        for (i, chunk) in context.chunks(protocol::PREFILL_CHUNK).enumerate() {
             let pos = i * protocol::PREFILL_CHUNK;
             let bytes = self.embed(chunk).await?;
             let header = protocol::hidden(
                 FrameKind::Prefill,
-                session,
+                s.id,
                 i as u64,
                 pos,
                 chunk.len(),
                 inner.n_embd,
             );
-            self.send(first, header, bytes, tx).await?;
-            hidden = self.expect_hidden(rx).await?;
+            self.send(s, header, bytes).await?;
+            hidden = self.expect_hidden(s).await?;
         }
-        let mut tokens = Vec::with_capacity(max_tokens);
-        let mut pos = prompt.len();
+        let mut pos = context.len();
         loop {
             let logits = self.logits(std::mem::take(&mut hidden)).await?;
             let next = pick(&logits);
             tokens.push(next);
             inner.generated.fetch_add(1, Ordering::Relaxed);
             if !on_token(next) || tokens.len() == max_tokens {
-                return Ok(tokens);
+                return Ok(());
             }
             let bytes = self.embed(&[next]).await?;
             let header =
-                protocol::hidden(FrameKind::Decode, session, pos as u64, pos, 1, inner.n_embd);
+                protocol::hidden(FrameKind::Decode, s.id, pos as u64, pos, 1, inner.n_embd);
             let sent = Instant::now();
-            self.send(first, header, bytes, tx).await?;
-            hidden = self.expect_hidden(rx).await?;
+            self.send(s, header, bytes).await?;
+            hidden = self.expect_hidden(s).await?;
             let mut recent = inner.recent_ms.lock().expect("recent lock");
             if recent.len() == RECENT {
                 recent.pop_front();
@@ -340,32 +453,43 @@ impl Head {
 
     async fn send(
         &self,
-        first: SocketAddr,
+        s: &Session,
         header: FrameHeader,
         payload: Vec<u8>,
-        tx: &mpsc::Sender<Event>,
     ) -> Result<(), PipelineError> {
         self.inner
             .to_first
-            .send((first, header, payload, tx.clone()))
+            .send((s.first, header, payload, s.tx.clone()))
             .await
             .map_err(|_| PipelineError::Unreachable("head is shutting down".into()))
     }
 
-    async fn wait(&self, rx: &mut mpsc::Receiver<Event>) -> Result<Event, PipelineError> {
+    /// The session's next event; fails on timeout, or as soon as its plan is marked broken.
+    async fn wait(&self, s: &mut Session) -> Result<Event, PipelineError> {
         let t = self.inner.timeout;
-        match tokio::time::timeout(t, rx.recv()).await {
-            Ok(Some(e)) => Ok(e),
-            Ok(None) => Err(PipelineError::Unreachable("session channel closed".into())),
-            Err(_) => Err(PipelineError::Timeout(t)),
+        let reply = tokio::time::timeout(t, s.rx.recv());
+        let broken = async {
+            match s.watch.as_mut() {
+                Some((plans, epoch)) => {
+                    let epoch = *epoch;
+                    plans.broken(epoch).await;
+                    epoch
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = reply => match r {
+                Ok(Some(e)) => Ok(e),
+                Ok(None) => Err(PipelineError::Unreachable("session channel closed".into())),
+                Err(_) => Err(PipelineError::Timeout(t)),
+            },
+            epoch = broken => Err(PipelineError::PlanBroken(epoch)),
         }
     }
 
-    async fn expect_hidden(
-        &self,
-        rx: &mut mpsc::Receiver<Event>,
-    ) -> Result<Vec<f32>, PipelineError> {
-        match self.wait(rx).await? {
+    async fn expect_hidden(&self, s: &mut Session) -> Result<Vec<f32>, PipelineError> {
+        match self.wait(s).await? {
             Event::Hidden(h) => Ok(h),
             Event::Failed(e) => Err(PipelineError::Stage(e)),
             Event::Opened => Err(PipelineError::Stage("unexpected open".into())),

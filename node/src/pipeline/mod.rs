@@ -13,6 +13,7 @@
 //! `pos..pos + rows`; `Close` frees the session everywhere; an `Error` frame for a session
 //! travels on to the head, which fails that request only.
 
+pub mod failover;
 pub mod head;
 pub mod protocol;
 pub mod route;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use transport::quic::{EndpointConfig, Identity, PeerVerifier};
 
+pub use failover::{PlanRoute, Plans};
 pub use head::{Head, HeadConfig, PipelineError};
 pub use route::Route;
 pub use stage::{Stage, StageConfig};
