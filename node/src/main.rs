@@ -37,6 +37,11 @@ enum Command {
     Stage(cli::stage::Args),
     /// Measure prompt processing (pp128) and generation (tg64) speed, like llama-bench.
     Bench(cli::bench::Args),
+    /// Show the plan the scheduler would choose for a fleet, next to naive splits, and why.
+    Plan(cli::plan::Args),
+    /// Show a running cluster: nodes, pipeline, plan, speed. Exit 0 ready, 1 not ready,
+    /// 2 unreachable.
+    Status(cli::status::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +64,8 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => cli::generate::run(args),
         Command::Stage(args) => cli::stage::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::Plan(args) => cli::plan::run(args),
+        // The exit code is the command's answer; stdout is line-buffered and fully written.
+        Command::Status(args) => std::process::exit(cli::status::run(args)),
     }
 }

@@ -2,9 +2,15 @@
 
 pub(crate) mod bench;
 pub(crate) mod config_file;
+pub(crate) mod fleet;
 pub(crate) mod generate;
+pub(crate) mod http;
+pub(crate) mod plan;
+pub(crate) mod plan_report;
 pub(crate) mod run;
 pub(crate) mod stage;
+pub(crate) mod status;
+pub(crate) mod status_table;
 
 use std::ops::Range;
 

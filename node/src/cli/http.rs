@@ -1,0 +1,48 @@
+//! Reading a node's HTTP API: `GET /v1/cluster`, shared by `shoal status` and `shoal plan`.
+
+use std::time::Duration;
+
+use shoal::cluster::ClusterView;
+
+/// How long one fetch may take: a status command that hangs is worse than one that says
+/// the node is unreachable.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `node` as a base URL: `http://` is added when no scheme is given, a trailing `/` dropped.
+pub(crate) fn base_url(node: &str) -> String {
+    let node = node.trim().trim_end_matches('/');
+    if node.contains("://") {
+        node.to_owned()
+    } else {
+        format!("http://{node}")
+    }
+}
+
+/// Fetches the cluster view from the node at `node` (a URL or `host:port`). The error names
+/// the URL and says what failed: connecting, an HTTP status, or a body that is not a view.
+pub(crate) fn fetch_cluster(node: &str) -> Result<ClusterView, String> {
+    let url = format!("{}/v1/cluster", base_url(node));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .into();
+    let mut response = agent
+        .get(&url)
+        .call()
+        .map_err(|e| format!("cannot reach shoal node at {url}: {e}"))?;
+    response
+        .body_mut()
+        .read_json::<ClusterView>()
+        .map_err(|e| format!("{url} did not return a cluster view: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_adds_scheme_and_drops_slash() {
+        assert_eq!(base_url("127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(base_url("http://pi5.local:8080/"), "http://pi5.local:8080");
+    }
+}
