@@ -197,3 +197,95 @@ fn shoal_run_nodes_form_a_cluster_by_mdns_and_replan_on_join_and_leave() {
         assert_eq!(n.complete(&prompt, 16), want, "{}", n.ns);
     }
 }
+
+/// Issue 5's acceptance run: SIGKILL of a middle stage's node while a streamed request is
+/// generating; the request completes with the fault-free text, and the time from the kill to
+/// the next token is reported.
+#[test]
+fn a_streamed_request_survives_sigkill_of_a_middle_stage() {
+    if let Some(reason) = skip_reason().or_else(|| {
+        Command::new("curl")
+            .arg("--version")
+            .output()
+            .err()
+            .map(|_| "curl not found".into())
+    }) {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let logs: PathBuf = temp_dir("cluster-netns-kill");
+    let topo = Topology::create("shoal-kill", 79, 4).expect("namespaces");
+    let mut nodes: Vec<NodeProcess> = topo
+        .nodes()
+        .iter()
+        .map(|ns| NodeProcess::spawn(ns, &logs))
+        .collect();
+    agree(&nodes, 4, 0, &logs);
+    let views: Vec<ClusterView> = nodes.iter().map(|n| n.view().unwrap()).collect();
+    let plan = views[0].plan.clone().unwrap();
+    assert!(
+        plan.stages.len() >= 3,
+        "128 MiB nodes need three stages: {plan:?}"
+    );
+    let middle = plan.stages[1].peer_id.clone();
+    let victim = views.iter().position(|v| v.node == middle).unwrap();
+    let server = (0..nodes.len()).find(|&i| i != victim).unwrap();
+    let (prompt, want) = expected_text(40);
+    let body = serde_json::json!({
+        "prompt": prompt, "max_tokens": 40, "temperature": 0, "stream": true
+    });
+    let mut stream = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &nodes[server].ns,
+            "curl",
+            "-sN",
+            "--max-time",
+            "120",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg(format!("{API}/v1/completions"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(stream.stdout.take().unwrap()));
+    let mut text = String::new();
+    let mut chunks = 0;
+    let mut killed_at = None;
+    let mut gap = None;
+    for line in lines.map_while(Result::ok) {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert!(chunk.get("error").is_none(), "stream failed: {chunk}");
+        let piece = chunk["choices"][0]["text"].as_str().unwrap_or_default();
+        text.push_str(piece);
+        chunks += 1;
+        if chunks == 15 {
+            let mut dead = nodes.remove(victim);
+            dead.child.kill().unwrap(); // SIGKILL
+            dead.child.wait().unwrap();
+            killed_at = Some(Instant::now());
+        } else if killed_at.is_some() && gap.is_none() && !piece.is_empty() {
+            gap = killed_at.map(|t| t.elapsed());
+        }
+    }
+    let _ = stream.wait();
+    assert_eq!(text, want, "the streamed text equals the fault-free run");
+    let gap = gap.expect("tokens after the kill");
+    eprintln!(
+        "SIGKILL of the middle stage to the next token: {gap:?} (logs in {})",
+        logs.display()
+    );
+    drop(nodes);
+}
