@@ -227,3 +227,73 @@ async fn a_request_survives_the_loss_of_a_stage_with_the_same_tokens() {
         n.shutdown().await;
     }
 }
+
+/// `shoal status --json` against a cluster that lost a stage and cannot replan (the two
+/// nodes left cannot hold the model) exits non-zero and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
+    let first = start(Vec::new()).await;
+    let seed = first.listen_addrs().await;
+    let mut nodes = vec![first, start(seed.clone()).await, start(seed.clone()).await];
+    let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
+    let views = agree(&backends, |v| v.members.len() == 3).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let metrics = std::sync::Arc::new(shoal::metrics::Metrics::new());
+    let api = tokio::spawn(shoal::api::serve(
+        listener,
+        backends[0].clone(),
+        metrics,
+        stop.clone(),
+    ));
+    let status = |url: String| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .args(["status", "--json", "--node", &url])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        status(url.clone()).await.status.code(),
+        Some(0),
+        "ready exits 0"
+    );
+
+    let plan = views[0].plan.clone().unwrap();
+    let victim = plan
+        .stages
+        .iter()
+        .map(|s| s.peer_id.clone())
+        .find(|p| *p != nodes[0].peer_id().to_string())
+        .unwrap();
+    let index = nodes
+        .iter()
+        .position(|n| n.peer_id().to_string() == victim)
+        .unwrap();
+    nodes.remove(index).shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while backends[0].view().state != ClusterState::Degraded {
+        assert!(
+            Instant::now() < deadline,
+            "never degraded: {:?}",
+            backends[0].view()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = status(url).await;
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "degraded exits 1: {json}");
+    assert!(
+        json.contains("degraded") && json.contains("is gone"),
+        "{json}"
+    );
+    stop.cancel();
+    let _ = api.await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
