@@ -289,3 +289,124 @@ fn a_streamed_request_survives_sigkill_of_a_middle_stage() {
     );
     drop(nodes);
 }
+
+/// A CPU cgroup that throttles the processes put in it to `percent` of one core; removed on
+/// drop. cgroup v1 (`cpu` controller) or v2, whichever this machine has.
+struct Throttle(PathBuf);
+
+impl Throttle {
+    fn new(pid: u32, percent: u32) -> Result<Throttle, String> {
+        let name = format!("shoal-throttle-{}", std::process::id());
+        let (dir, quota) = if std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() {
+            let dir = PathBuf::from("/sys/fs/cgroup/cpu").join(&name);
+            (dir, ("cpu.cfs_quota_us", format!("{}", percent * 1000)))
+        } else if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let dir = PathBuf::from("/sys/fs/cgroup").join(&name);
+            (dir, ("cpu.max", format!("{} 100000", percent * 1000)))
+        } else {
+            return Err("no cpu cgroup controller".into());
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let throttle = Throttle(dir.clone());
+        std::fs::write(dir.join(quota.0), quota.1).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|e| e.to_string())?;
+        Ok(throttle)
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        // Kill whatever is left in the group, then remove it.
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Issue 5's straggler run: one stage's node is throttled to 5% of a core while requests
+/// run; the coordinator's straggler policy sees its step times against the plan's prediction
+/// and replans with fewer (or no) layers on it; output stays the fault-free text.
+#[test]
+fn a_throttled_stage_gets_fewer_layers() {
+    if let Some(reason) = skip_reason().or_else(|| {
+        Command::new("curl")
+            .arg("--version")
+            .output()
+            .err()
+            .map(|_| "curl not found".into())
+    }) {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let logs: PathBuf = temp_dir("cluster-netns-slow");
+    let topo = Topology::create("shoal-slow", 80, 4).expect("namespaces");
+    let mut nodes: Vec<NodeProcess> = topo
+        .nodes()
+        .iter()
+        .map(|ns| NodeProcess::spawn(ns, &logs))
+        .collect();
+    let (epoch, _) = agree(&nodes, 4, 0, &logs);
+    let views: Vec<ClusterView> = nodes.iter().map(|n| n.view().unwrap()).collect();
+    let plan = views[0].plan.clone().unwrap();
+    let coordinator = views[0].coordinator.clone().unwrap();
+    // Throttle a stage that is not the coordinator's (it plans) and serve from another node.
+    let slow = plan
+        .stages
+        .iter()
+        .filter(|s| s.peer_id != coordinator)
+        .max_by_key(|s| s.layers[1] - s.layers[0])
+        .expect("a stage off the coordinator")
+        .clone();
+    let victim = views.iter().position(|v| v.node == slow.peer_id).unwrap();
+    let server = (0..nodes.len()).find(|&i| i != victim).unwrap();
+    let throttle = match Throttle::new(nodes[victim].child.id(), 5) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot throttle: {e}");
+            return;
+        }
+    };
+    let throttled_at = Instant::now();
+    let (prompt, want) = expected_text(16);
+    let before = slow.layers[1] - slow.layers[0];
+    loop {
+        assert_eq!(
+            nodes[server].complete(&prompt, 16),
+            want,
+            "output while throttled"
+        );
+        let view = nodes[server].view().unwrap();
+        let now = view.plan.clone().unwrap();
+        let layers: u32 = now
+            .stages
+            .iter()
+            .filter(|s| s.peer_id == slow.peer_id)
+            .map(|s| s.layers[1] - s.layers[0])
+            .sum();
+        if now.epoch > epoch && layers < before {
+            eprintln!(
+                "throttled node: {before} -> {layers} layers, plan {} -> {}, {:?} after the throttle",
+                epoch,
+                now.epoch,
+                throttled_at.elapsed()
+            );
+            break;
+        }
+        assert!(
+            throttled_at.elapsed() < Duration::from_secs(90),
+            "no rebalance after 90 s (logs in {}): {now:?}",
+            logs.display()
+        );
+    }
+    assert_eq!(
+        nodes[server].complete(&prompt, 16),
+        want,
+        "output after the rebalance"
+    );
+    drop(throttle);
+    nodes.clear();
+}

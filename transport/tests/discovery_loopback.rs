@@ -59,6 +59,7 @@ fn advert(peer: PeerId, epoch: u64) -> Advert {
             epoch,
             ready: epoch > 0,
             stage_addr: None,
+            ..Default::default()
         },
     }
 }

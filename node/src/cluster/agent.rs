@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scheduler::ModelProfile;
+use scheduler::straggler::{Config as StragglerConfig, Monitor};
+use scheduler::{ModelProfile, Plan};
 use sharding::model::{ShardOptions, ShardSpec};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,16 @@ pub(crate) struct Agent {
     replan_at: Option<tokio::time::Instant>,
     /// The last reason for being unplaceable that was broadcast.
     told_unplaceable: Option<String>,
+    /// Plans this node made as coordinator, by epoch (the straggler policy's predictions).
+    made: HashMap<u64, Plan>,
+    /// The straggler policy, while this node coordinates an active plan it made.
+    monitor: Option<Monitor>,
+    /// Per member, the decode step count last fed to the monitor.
+    seen_steps: HashMap<String, u64>,
+    /// Decode step count of this node's stage last published.
+    published_steps: u64,
+    /// Zero of the monitor's clock.
+    started: Instant,
 }
 
 impl Agent {
@@ -79,6 +90,11 @@ impl Agent {
             highest_epoch: 0,
             replan_at: None,
             told_unplaceable: None,
+            made: HashMap::new(),
+            monitor: None,
+            seen_steps: HashMap::new(),
+            published_steps: 0,
+            started: Instant::now(),
         }
     }
 
@@ -204,25 +220,40 @@ impl Agent {
             .unwrap_or(0)
             + 1;
         let local = self.shared.local.to_string();
-        let assignment =
-            match coordinator::assign(&graph, &self.cfg.profile, &local, epoch, self.cfg.placement)
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    let reason = e.to_string();
-                    warn!(%reason, devices = graph.len(), "the model cannot be placed");
-                    self.shared.state.lock().expect("state lock").unplaceable =
-                        Some(reason.clone());
-                    if self.told_unplaceable.as_ref() != Some(&reason) {
-                        self.told_unplaceable = Some(reason.clone());
-                        self.broadcast(Control::Unplaceable {
-                            model_sha256: sha,
-                            reason,
-                        });
-                    }
-                    return;
+        let monitor = self.monitor.as_ref();
+        let adjust = |request: &mut scheduler::PlanRequest| {
+            if let Some(m) = monitor {
+                m.apply(request);
+            }
+        };
+        let planned = coordinator::assign(
+            &graph,
+            &self.cfg.profile,
+            &local,
+            epoch,
+            self.cfg.placement,
+            adjust,
+        );
+        let assignment = match planned {
+            Ok((a, plan)) => {
+                self.made.retain(|&e, _| e + 4 > epoch);
+                self.made.insert(epoch, plan);
+                a
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                warn!(%reason, devices = graph.len(), "the model cannot be placed");
+                self.shared.state.lock().expect("state lock").unplaceable = Some(reason.clone());
+                if self.told_unplaceable.as_ref() != Some(&reason) {
+                    self.told_unplaceable = Some(reason.clone());
+                    self.broadcast(Control::Unplaceable {
+                        model_sha256: sha,
+                        reason,
+                    });
                 }
-            };
+                return;
+            }
+        };
         self.told_unplaceable = None;
         let current = {
             let state = self.shared.state.lock().expect("state lock");
@@ -394,6 +425,8 @@ impl Agent {
                 epoch,
                 ready,
                 stage_addr,
+                steps: 0,
+                step_us: None,
             };
             state.advert.clone()
         };
@@ -443,6 +476,14 @@ impl Agent {
                 }
             }
         }
+        if let Some(plan) = self.made.get(&pending.epoch) {
+            let now = self.now_ms();
+            match self.monitor.as_mut() {
+                Some(m) => m.set_plan(plan, now),
+                None => self.monitor = Some(Monitor::new(StragglerConfig::default(), plan, now)),
+            }
+            self.seen_steps.clear();
+        }
         let mut state = self.shared.state.lock().expect("state lock");
         if state.active.is_some() {
             state.replans += 1;
@@ -475,8 +516,10 @@ impl Agent {
                 state.token_samples.pop_front();
             }
         }
-        // Stop stages of older plans once their last request has finished.
         let active = self.active_epoch();
+        self.report_steps(active);
+        self.watch_stragglers(active);
+        // Stop stages of older plans once their last request has finished.
         for r in &mut self.stages {
             if r.epoch < active && r.stage.open_sessions() == 0 {
                 r.idle_ticks += 1;
@@ -485,6 +528,68 @@ impl Agent {
             }
         }
         self.retire_where(|r| r.idle_ticks >= RETIRE_AFTER_IDLE_TICKS);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Publishes how fast this node's stage of the active plan runs, when it ran more steps.
+    fn report_steps(&mut self, active: u64) {
+        let Some(r) = self.stages.iter().find(|r| r.epoch == active) else {
+            return;
+        };
+        let (count, median) = r.stage.decode_steps();
+        if count == self.published_steps {
+            return;
+        }
+        self.published_steps = count;
+        let advert = {
+            let mut state = self.shared.state.lock().expect("state lock");
+            state.advert.state.steps = count;
+            state.advert.state.step_us = median.map(|d| d.as_micros() as u64);
+            state.advert.clone()
+        };
+        let discovery = self.shared.discovery.clone();
+        tokio::spawn(async move {
+            if let Err(e) = discovery.publish(advert).await {
+                warn!(error = %e, "cannot publish the advert");
+            }
+        });
+    }
+
+    /// The coordinator's straggler policy: feeds the members' step times to the monitor and
+    /// replans on its decisions (a slow stage gets fewer layers, a recovered one its share back).
+    fn watch_stragglers(&mut self, active: u64) {
+        let adverts = self.adverts();
+        if !self.is_coordinator(&adverts) {
+            self.monitor = None;
+            return;
+        }
+        let now = self.now_ms();
+        let Some(monitor) = self.monitor.as_mut() else {
+            return;
+        };
+        for a in &adverts {
+            let id = a.peer_id.to_string();
+            // Unknown devices (not in any plan this monitor saw) are simply not tracked.
+            let _ = monitor.record_heartbeat(&id, now);
+            let (steps, Some(us)) = (a.state.steps, a.state.step_us) else {
+                continue;
+            };
+            let seen = self.seen_steps.entry(id.clone()).or_insert(0);
+            if a.state.epoch == active && steps > *seen {
+                *seen = steps;
+                let _ = monitor.record_step(&id, now, us as f64 / 1e3);
+            }
+        }
+        let decisions = monitor.evaluate(now);
+        for d in &decisions {
+            info!(decision = ?d, "straggler policy");
+        }
+        if !decisions.is_empty() {
+            self.replan_at = Some(tokio::time::Instant::now());
+        }
     }
 
     fn retire_where(&mut self, done: impl Fn(&Running) -> bool) {

@@ -2,7 +2,7 @@
 //! the device graph, and the assignment for a new epoch.
 
 use scheduler::planner::{self, PlanRequest, ReturnPayload};
-use scheduler::{Device, DeviceGraph, Link, ModelProfile, PlanError};
+use scheduler::{Device, DeviceGraph, Link, ModelProfile, Plan, PlanError};
 use transport::discovery::Advert;
 
 use super::control::{Assignment, StageAssignment};
@@ -71,14 +71,17 @@ pub enum Placement {
     Memory,
 }
 
-/// Plans `profile` over `graph` with `coordinator` as the head node and numbers it `epoch`.
+/// Plans `profile` over `graph` with `coordinator` as the head node and numbers it `epoch`;
+/// `adjust` adds what the straggler policy knows (slowdowns, evictions). Returns the
+/// assignment to send and the planner's plan (for the straggler policy's predictions).
 pub fn assign(
     graph: &DeviceGraph,
     profile: &ModelProfile,
     coordinator: &str,
     epoch: u64,
     placement: Placement,
-) -> Result<Assignment, PlanError> {
+    adjust: impl FnOnce(&mut PlanRequest),
+) -> Result<(Assignment, Plan), PlanError> {
     let mut request = PlanRequest::new(profile.clone());
     request.head_node = Some(coordinator.to_owned());
     request.config.return_payload = ReturnPayload::Hidden;
@@ -86,12 +89,13 @@ pub fn assign(
     request.config.overhead_bytes = 16 << 20;
     // Until links are measured, price every hop as a LAN hop.
     request.config.default_link = Some(ASSUMED_LINK);
+    adjust(&mut request);
     let plan = match placement {
         Placement::Planned => planner::plan(graph, &request)?,
         Placement::Even => planner::even_split(graph, &request)?,
         Placement::Memory => planner::memory_proportional_split(graph, &request)?,
     };
-    Ok(Assignment {
+    let assignment = Assignment {
         epoch,
         model_sha256: profile.sha256.clone(),
         coordinator: coordinator.to_owned(),
@@ -105,7 +109,8 @@ pub fn assign(
             })
             .collect(),
         predicted_ms_per_token: plan.predicted_ms_per_token,
-    })
+    };
+    Ok((assignment, plan))
 }
 
 #[cfg(test)]
@@ -180,7 +185,9 @@ mod tests {
         ];
         let graph = device_graph(&adverts, &sha, "v", 30 << 20);
         let head = coordinator(&adverts, &sha, "v").unwrap();
-        let a = assign(&graph, &profile(&sha), &head, 7, Placement::Planned).unwrap();
+        let a = assign(&graph, &profile(&sha), &head, 7, Placement::Planned, |_| {})
+            .unwrap()
+            .0;
         assert_eq!(a.epoch, 7);
         let mut next = 0;
         for s in &a.stages {
@@ -210,7 +217,7 @@ mod tests {
         ];
         let graph = device_graph(&adverts, &sha, "v", 30 << 20);
         let head = coordinator(&adverts, &sha, "v").unwrap();
-        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Planned).is_err());
-        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Even).is_err());
+        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Planned, |_| {}).is_err());
+        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Even, |_| {}).is_err());
     }
 }

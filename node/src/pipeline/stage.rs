@@ -55,7 +55,44 @@ pub struct Stage {
     tasks: tokio::task::JoinSet<()>,
     forwarded: Arc<AtomicU64>,
     sessions: Arc<AtomicUsize>,
+    steps: Arc<StepTimes>,
     route: watch::Sender<Route>,
+}
+
+/// Recent decode step times of a stage's compute thread.
+#[derive(Default)]
+struct StepTimes {
+    count: AtomicU64,
+    recent: std::sync::Mutex<std::collections::VecDeque<Duration>>,
+}
+
+/// Decode steps the median is taken over.
+const RECENT_STEPS: usize = 32;
+
+impl StepTimes {
+    fn record(&self, step: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent.lock().expect("steps lock");
+        if recent.len() == RECENT_STEPS {
+            recent.pop_front();
+        }
+        recent.push_back(step);
+    }
+
+    fn summary(&self) -> (u64, Option<Duration>) {
+        let mut v: Vec<Duration> = self
+            .recent
+            .lock()
+            .expect("steps lock")
+            .iter()
+            .copied()
+            .collect();
+        v.sort();
+        (
+            self.count.load(Ordering::Relaxed),
+            v.get(v.len() / 2).copied(),
+        )
+    }
 }
 
 enum Job {
@@ -86,6 +123,7 @@ impl Stage {
         let (out_tx, out_rx) = mpsc::channel::<Outgoing>(QUEUE);
         let forwarded = Arc::new(AtomicU64::new(0));
         let sessions = Arc::new(AtomicUsize::new(0));
+        let steps = Arc::new(StepTimes::default());
         let (route_tx, route_rx) = watch::channel(cfg.route);
         let mut tasks = tokio::task::JoinSet::new();
 
@@ -96,7 +134,8 @@ impl Stage {
             .name("shoal-stage-compute".into())
             .spawn({
                 let timed = cfg.metrics.clone().map(|m| (m, layers_label(&cfg.spec)));
-                move || compute(shard, job_rx, compute_out, timeout, open, timed)
+                let steps = steps.clone();
+                move || compute(shard, job_rx, compute_out, timeout, open, timed, steps)
             })?;
 
         tasks.spawn(downstream(
@@ -131,8 +170,15 @@ impl Stage {
             tasks,
             forwarded,
             sessions,
+            steps,
             route: route_tx,
         })
+    }
+
+    /// Decode steps computed so far, and the median time of the recent ones: what the
+    /// straggler policy compares with the plan's prediction.
+    pub fn decode_steps(&self) -> (u64, Option<Duration>) {
+        self.steps.summary()
     }
 
     /// Changes where computed frames go (a pending route is set once the plan is ready).
@@ -320,6 +366,7 @@ fn compute(
     timeout: Duration,
     open: Arc<AtomicUsize>,
     metrics: Option<(Arc<Metrics>, String)>,
+    steps: Arc<StepTimes>,
 ) {
     let n_embd = shard.config().n_embd;
     let mut hidden = Vec::new();
@@ -365,6 +412,9 @@ fn compute(
                     &mut hidden,
                     &mut result,
                 );
+                if header.kind == FrameKind::Decode && reply.is_ok() {
+                    steps.record(started.elapsed());
+                }
                 if let Some((m, layers)) = &metrics {
                     let kind = if header.kind == FrameKind::Decode {
                         StepKind::Decode

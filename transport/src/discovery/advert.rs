@@ -49,4 +49,10 @@ pub struct AdvertState {
     /// port); `None` when it runs no stage in that plan.
     #[serde(default)]
     pub stage_addr: Option<SocketAddr>,
+    /// Decode steps its stage has computed in that plan.
+    #[serde(default)]
+    pub steps: u64,
+    /// Median of its recent decode step times, microseconds (for the straggler policy).
+    #[serde(default)]
+    pub step_us: Option<u64>,
 }

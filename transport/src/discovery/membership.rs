@@ -200,6 +200,7 @@ mod tests {
                 epoch,
                 ready: false,
                 stage_addr: None,
+                ..Default::default()
             },
         }
     }

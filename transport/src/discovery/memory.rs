@@ -257,6 +257,7 @@ mod tests {
                 epoch,
                 ready: true,
                 stage_addr: None,
+                ..Default::default()
             },
         }
     }
