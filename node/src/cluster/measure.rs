@@ -14,8 +14,12 @@ use transport::discovery::LayerCost;
 
 /// Untimed steps first: they fault the layer's pages in and warm caches and the thread pool.
 const WARMUP_STEPS: usize = 4;
-/// Timed single-position decode steps; the median is reported (robust to a stray preemption).
+/// Single-position decode steps per timed round.
 const DECODE_STEPS: usize = 16;
+/// Decode rounds repeat until this much wall time has passed, and the mean is reported: a
+/// cgroup CPU quota (100 ms periods) or a throttled core only shows over several periods —
+/// a handful of sub-millisecond steps would fit inside one period's quota and look fast.
+const DECODE_WALL: Duration = Duration::from_millis(300);
 /// Positions of the timed prefill batch.
 const PREFILL_POSITIONS: usize = 32;
 /// Prefill batches timed; the fastest is reported (noise only ever adds time).
@@ -38,7 +42,7 @@ pub fn measure_layer_cost(file: &GgufFile, threads: usize) -> anyhow::Result<Lay
         embed: false,
         head: false,
     };
-    let positions = WARMUP_STEPS + DECODE_STEPS + PREFILL_POSITIONS;
+    let positions = WARMUP_STEPS.max(DECODE_STEPS).max(PREFILL_POSITIONS);
     let opts = ShardOptions {
         threads: threads.max(1),
         max_sessions: 2,
@@ -55,20 +59,21 @@ pub fn measure_layer_cost(file: &GgufFile, threads: usize) -> anyhow::Result<Lay
     let mut out = Vec::new();
 
     shard.open_session(0, 0)?;
-    let mut pos = 0;
-    for _ in 0..WARMUP_STEPS {
+    for pos in 0..WARMUP_STEPS {
         shard.forward(0, pos, Input::Hidden(&row(pos)), &mut out)?;
-        pos += 1;
-    }
-    let mut decode = Vec::with_capacity(DECODE_STEPS);
-    for _ in 0..DECODE_STEPS {
-        let input = row(pos);
-        let t = Instant::now();
-        shard.forward(0, pos, Input::Hidden(&input), &mut out)?;
-        decode.push(t.elapsed());
-        pos += 1;
     }
     shard.close_session(0);
+    let rows: Vec<Vec<f32>> = (0..DECODE_STEPS).map(row).collect();
+    let (mut steps, started) = (0usize, Instant::now());
+    while steps < DECODE_STEPS || started.elapsed() < DECODE_WALL {
+        shard.open_session(0, 0)?;
+        for (pos, input) in rows.iter().enumerate() {
+            shard.forward(0, pos, Input::Hidden(input), &mut out)?;
+        }
+        shard.close_session(0);
+        steps += DECODE_STEPS;
+    }
+    let decode = started.elapsed() / steps as u32;
 
     let batch: Vec<f32> = (0..PREFILL_POSITIONS).flat_map(row).collect();
     let mut prefill = Duration::MAX;
@@ -80,8 +85,7 @@ pub fn measure_layer_cost(file: &GgufFile, threads: usize) -> anyhow::Result<Lay
         shard.close_session(run + 1);
     }
 
-    decode.sort();
-    let decode_ms = ms(decode[decode.len() / 2]);
+    let decode_ms = ms(decode);
     let prefill_ms_per_token = ms(prefill) / PREFILL_POSITIONS as f64;
     Ok(LayerCost {
         // A step can finish below the timer's resolution; the planner needs positive costs.

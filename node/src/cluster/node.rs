@@ -121,8 +121,9 @@ impl Node {
                 ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
             }
         };
-        let endpoint =
+        let mut endpoint =
             pipeline::endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
+        endpoint.link_emulation = cfg.link_emulation;
         let head = Head::start(
             HeadConfig {
                 model: cfg.model.clone(),
