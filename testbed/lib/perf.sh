@@ -71,5 +71,11 @@ scenario_latency() {
     jq -r '.delays[] | "run.sh: delay \(.delay_ms) ms: decode \(.median_decode_tok_s) tok/s, ttft \(.median_ttft_s) s, stages \(.plan.stages | length)"' <<<"$out" >&2
     jq -e '.delays | all(.ok)' >/dev/null <<<"$out" || fail "a completion failed"
     jq -e '.same_text' >/dev/null <<<"$out" || fail "link delay changed the greedy text"
+    # Each token crosses at least one shaped hop when a stage is not on the head node, so
+    # ms/token >= one-way delay; faster means the emulation is not on the data path.
+    local bad
+    bad=$(jq -r '[.delays[] | select(.delay_ms > 0 and ([.plan.stages[] | .node] != ["node1"])
+        and (1000 / .median_decode_tok_s) < .delay_ms) | .delay_ms] | join(" ")' <<<"$out")
+    [ -z "$bad" ] || fail "link emulation not in effect: decode faster than one hop's delay at delay=${bad} ms"
     pass "all delays served identical greedy text"
 }
