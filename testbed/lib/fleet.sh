@@ -1,0 +1,184 @@
+# Fleet lifecycle for run.sh (sourced): start a fresh compose project, wait until it serves,
+# map peers to containers, save logs and tear it down. A scenario may start several fleets
+# one after the other (fleet_up LABEL ... fleet_down); the EXIT trap removes whichever is up.
+#
+# Per-run node settings: before fleet_up, set ENV_ALL (lines of SHOAL_*=value for every
+# node) and ENV_NODE1..ENV_NODE4 (extra lines for one node).
+
+die() {
+    echo "run.sh: $*" >&2
+    exit 1
+}
+log() { echo "run.sh: $*" >&2; }
+
+if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+    COMPOSE=(docker-compose)
+else
+    die "needs docker compose (plugin) or docker-compose"
+fi
+
+PROJECT=""
+FLEET_LABEL=""
+WORKDIR=$(mktemp -d)
+
+# A /24 no other docker network uses, so parallel runs (and stale leftovers) never clash.
+pick_subnet() {
+    local used third
+    used=$(docker network inspect $(docker network ls -q) \
+        -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' 2>/dev/null || true)
+    for _ in $(seq 1 50); do
+        third=$((RANDOM % 254 + 1))
+        case "$used" in
+        *"172.29.$third.0/24"*) ;;
+        *)
+            echo "172.29.$third"
+            return
+            ;;
+        esac
+    done
+    die "no free 172.29.x.0/24 subnet"
+}
+
+compose() {
+    "${COMPOSE[@]}" -p "$PROJECT" -f "$TESTBED/docker-compose.yml" "$@"
+}
+
+# node index (1-4) -> its API URL on the internal bridge (the host reaches it directly).
+api_url() { echo "http://$SHOAL_SUBNET_PREFIX.1$1:8080"; }
+container() { compose ps -q "node$1"; }
+
+fleet_up() {
+    FLEET_LABEL=$1
+    PROJECT="shoaltb-$(echo "$NAME-$FLEET_LABEL" | tr -c 'a-z0-9\n' '-')-$(date +%s)-$$"
+    export SHOAL_SUBNET_PREFIX
+    SHOAL_SUBNET_PREFIX=$(pick_subnet)
+    export TB_ENV_DIR=$WORKDIR/env
+    mkdir -p "$TB_ENV_DIR"
+    printf '%s\n' "${ENV_ALL:-}" >"$TB_ENV_DIR/all.env"
+    for i in 1 2 3 4; do
+        local var="ENV_NODE$i" extra=""
+        [ "${TB_STATIC_PEER:-1}" = 1 ] && [ "$i" != 1 ] \
+            && extra="SHOAL_PEERS=/ip4/$SHOAL_SUBNET_PREFIX.11/tcp/7600"
+        printf '%s\n%s\n' "${!var:-}" "$extra" >"$TB_ENV_DIR/node$i.env"
+    done
+    log "starting fleet $PROJECT on $SHOAL_SUBNET_PREFIX.0/24 ($(tr '\n' ' ' <"$TB_ENV_DIR/all.env"))"
+    compose up -d >/dev/null 2>&1 || { compose up -d || true; die "compose up failed"; }
+    FLEET_START=$SECONDS
+    # Test traffic must stay on the fleet's bridge, never follow the default route.
+    ip route get "$SHOAL_SUBNET_PREFIX.11" | grep -q ' dev br-' \
+        || die "no bridge route to $SHOAL_SUBNET_PREFIX.11 ($(ip route get "$SHOAL_SUBNET_PREFIX.11" | head -1)); refusing to send traffic"
+    wait_healthy 1
+    wait_members 1 4 "${FORM_TIMEOUT:-60}"
+    log "fleet ready after $((SECONDS - FLEET_START)) s: $(plan_summary 1)"
+}
+
+fleet_down() {
+    [ -n "$PROJECT" ] || return 0
+    mkdir -p "$RESULTS"
+    local logfile="$RESULTS/$NAME${FLEET_LABEL:+-$FLEET_LABEL}.log"
+    compose logs --no-color >"$logfile" 2>&1 || true
+    compose down -v --remove-orphans >/dev/null 2>&1 \
+        || echo "run.sh: teardown of $PROJECT failed; clean up with: ${COMPOSE[*]} -p $PROJECT down -v --remove-orphans" >&2
+    log "fleet $PROJECT removed; logs in ${logfile#"$TESTBED/"}"
+    PROJECT=""
+}
+
+on_exit() {
+    local rc=$?
+    trap - EXIT INT TERM
+    # A paused or disconnected container must not block `down`.
+    if [ -n "$PROJECT" ]; then
+        for i in 1 2 3 4; do
+            local c
+            c=$(container "$i" 2>/dev/null) || continue
+            [ -n "$c" ] || continue
+            [ "$(docker inspect -f '{{.State.Paused}}' "$c" 2>/dev/null)" = true ] && docker unpause "$c" >/dev/null 2>&1
+        done
+    fi
+    fleet_down
+    rm -rf "$WORKDIR"
+    log "$NAME finished (exit $rc)"
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+health_code() { curl -s -o /dev/null -w '%{http_code}' -m 2 "$(api_url "$1")/health" || true; }
+cluster_json() { curl -s -m 5 "$(api_url "$1")/v1/cluster" || true; }
+
+# Waits until node N's GET /health is 200 (HEALTH_TIMEOUT s, default 300).
+wait_healthy() {
+    local n=$1 deadline=$((SECONDS + ${HEALTH_TIMEOUT:-300})) code
+    while [ $SECONDS -lt $deadline ]; do
+        code=$(health_code "$n")
+        [ "$code" = 200 ] && return 0
+        local c
+        c=$(container "$n")
+        if [ -z "$c" ] || [ "$(docker inspect -f '{{.State.Running}}' "$c")" != true ]; then
+            compose logs --no-color --tail 20 "node$n" >&2 || true
+            die "node$n exited before becoming healthy"
+        fi
+        sleep 1
+    done
+    log "cluster view of node$n: $(cluster_json "$n" | jq -c '{state, problem, plan}' 2>/dev/null)"
+    die "node$n not healthy after ${HEALTH_TIMEOUT:-300}s (last status ${code:-none})"
+}
+
+# Waits until node N sees M members and serves a ready plan that has been stable for 2 s
+# (the coordinator replans after each join); dies after T s.
+wait_members() {
+    local n=$1 m=$2 t=$3 t0=$SECONDS got epoch last="" since_t=0
+    while [ $((SECONDS - t0)) -lt "$t" ]; do
+        read -r got epoch <<<"$(cluster_json "$n" | jq -r '"\(.members | length) \(if .state == "ready" then .plan.epoch else "x" end)"' 2>/dev/null || echo "0 x")"
+        if [ "$got" = "$m" ] && [ "$epoch" != x ] && [ "$(health_code "$n")" = 200 ]; then
+            if [ "$epoch" = "$last" ]; then
+                [ $((SECONDS - since_t)) -ge 2 ] && return 0
+            else
+                last=$epoch since_t=$SECONDS
+            fi
+        else
+            last=""
+        fi
+        sleep 0.5
+    done
+    log "cluster view of node$n: $(cluster_json "$n" | jq -c '{state, problem, members: (.members | length), plan}' 2>/dev/null)"
+    die "fleet did not form: node$n sees ${got:-0} of $m members after $t s (discovery: $([ "${TB_STATIC_PEER:-1}" = 1 ] && echo 'mDNS + static peer' || echo 'mDNS only'))"
+}
+
+plan_epoch() { cluster_json "$1" | jq -r '.plan.epoch // 0' 2>/dev/null || echo 0; }
+
+# "epoch E: nodeA[0,8) nodeB[8,30) predicted P ms/token", stages named by container.
+plan_summary() {
+    cluster_json "$1" | jq -r '
+        (.members | map({key: .peer_id, value: (.data_addr | split(":")[0] | split(".")[3] | "node" + .[1:])}) | from_entries) as $names
+        | "epoch \(.plan.epoch): " + ([.plan.stages[] | "\($names[.peer_id] // .peer_id)[\(.layers[0]),\(.layers[1]))"] | join(" "))
+          + " predicted \(.plan.predicted_ms_per_token) ms/token"' 2>/dev/null || echo "no plan"
+}
+
+# Node index (1-4) running stage K of node N's current plan (K = -1: the last stage).
+stage_node() {
+    local n=$1 k=$2 peer addr
+    cluster_json "$n" | jq -r --argjson k "$k" '
+        .plan.stages[$k].peer_id as $p | .members[] | select(.peer_id == $p) | .data_addr' \
+        | sed -E 's/.*\.1([1-4]):.*/\1/'
+}
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+
+# Waits (up to $2 s) for node N to be healthy with a plan epoch > $3; prints the seconds
+# since the timestamp $4 (from `now`), or "null" on timeout.
+wait_new_plan() {
+    local n=$1 timeout=$2 old=$3 from=$4 t0=$SECONDS
+    while [ $((SECONDS - t0)) -lt "$timeout" ]; do
+        if [ "$(health_code "$n")" = 200 ] && [ "$(plan_epoch "$n")" -gt "$old" ]; then
+            since "$from"
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo null
+}
