@@ -455,6 +455,15 @@ impl EventLoop {
     }
 
     /// Dials a peer we heard of unless it is us or already connected.
+    ///
+    /// Every dial takes a fresh ephemeral port (`allocate_new_port`). libp2p's
+    /// default reuses the listen port as the source port, so two nodes that
+    /// dial each other at the same instant (mDNS makes every node discover
+    /// every other at once) build the same TCP 4-tuple from both ends: the SYNs
+    /// cross, TCP simultaneous open merges them into one connection on which
+    /// both sides act as the noise initiator, the handshake fails and both
+    /// dials fail. mDNS reports a peer only once per TTL, so nothing redials
+    /// and the pair never connects.
     fn dial_peer(&mut self, mut record: PeerRecord) {
         let local = *self.swarm.local_peer_id();
         if record.peer_id == local || self.swarm.is_connected(&record.peer_id) {
@@ -467,6 +476,7 @@ impl EventLoop {
         let opts = DialOpts::peer_id(record.peer_id)
             .addresses(record.addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build();
         if let Err(error) = self.swarm.dial(opts) {
             debug!(peer = %record.peer_id, %error, "not dialing");
@@ -485,7 +495,10 @@ impl EventLoop {
             if connected || own || b.dialing.is_some() {
                 continue;
             }
-            let opts = DialOpts::unknown_peer_id().address(b.addr.clone()).build();
+            let opts = DialOpts::unknown_peer_id()
+                .address(b.addr.clone())
+                .allocate_new_port()
+                .build();
             let id = opts.connection_id();
             match self.swarm.dial(opts) {
                 Ok(()) => self.bootstrap[i].dialing = Some(id),
