@@ -11,6 +11,10 @@ use shoal_tests::{model_path, references};
 use transport::discovery::{Config, Keypair, Multiaddr};
 
 /// Too little for the whole model (weights ~110 MB with KV): the plan needs several nodes.
+/// The tests here measure the machine and plan from what they measure; run one at a time so
+/// their nodes do not measure each other's load.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const BUDGET: u64 = 100 << 20;
 
 fn argmax(v: &[f32]) -> u32 {
@@ -90,6 +94,7 @@ async fn greedy(backend: &dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
+    let _serial = SERIAL.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -117,8 +122,9 @@ async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
         );
     }
 
-    // A fourth node joins: a new plan, agreed by all, without restarts.
-    nodes.push(start(seed.clone()).await);
+    // A fourth node with room for the whole model joins: fewer hops are faster, so the
+    // coordinator makes a new plan, agreed by all, without restarts.
+    nodes.push(start_with(seed.clone(), 1 << 30).await);
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
     let joined = agree(&backends, |v| {
         v.members.len() == 4 && v.plan.as_ref().is_some_and(|p| p.epoch > plan.epoch)
@@ -160,6 +166,7 @@ async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_survives_the_loss_of_a_stage_with_the_same_tokens() {
+    let _serial = SERIAL.lock().await;
     let r = &references("smollm2")[1];
     // Enough memory for two nodes to hold the model, not one.
     let budget = 140 << 20;
@@ -232,6 +239,7 @@ async fn a_request_survives_the_loss_of_a_stage_with_the_same_tokens() {
 /// nodes left cannot hold the model) exits non-zero and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
+    let _serial = SERIAL.lock().await;
     let first = start(Vec::new()).await;
     let seed = first.listen_addrs().await;
     let mut nodes = vec![first, start(seed.clone()).await, start(seed.clone()).await];
