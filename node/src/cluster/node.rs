@@ -258,7 +258,7 @@ fn load_model(path: &std::path::Path, threads: usize, context: usize) -> anyhow:
     let meta = file.metadata();
     let n_layers = ModelConfig::from_metadata(meta)?.n_layers as u32;
     let sha256 =
-        profile::model_sha256(path).with_context(|| format!("hashing {}", path.display()))?;
+        hash_with_progress(path).with_context(|| format!("hashing {}", path.display()))?;
     let model_profile = profile::model_profile_with_sha256(&file, context as u32, sha256.clone())?;
     let head_bytes = model_profile.embedding_bytes + model_profile.head_bytes.unwrap_or(0);
     let cost = measure::measure_layer_cost(&file, threads)?;
@@ -295,4 +295,23 @@ fn outward_ip(addrs: &[Multiaddr]) -> Option<IpAddr> {
         Protocol::Ip4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(IpAddr::V4(ip)),
         _ => None,
     })
+}
+
+/// Hashes the model with a progress bar on a terminal (hidden otherwise, e.g. under docker or
+/// with JSON logs piped away): a multi-GB model takes seconds to hash on an SBC.
+fn hash_with_progress(path: &std::path::Path) -> std::io::Result<String> {
+    let len = std::fs::metadata(path)?.len();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "hashing the model {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .expect("a valid template"),
+    );
+    let sha = profile::model_sha256_with_progress(path, |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    Ok(sha)
 }

@@ -101,6 +101,14 @@ fn layer_of(name: &str) -> Option<usize> {
 /// Lowercase hex sha256 of the file at `path`, read in chunks so a multi-GB model never has
 /// to fit in memory.
 pub fn model_sha256(path: &Path) -> io::Result<String> {
+    model_sha256_with_progress(path, |_| {})
+}
+
+/// [`model_sha256`], calling `progress` with the bytes hashed after every chunk.
+pub fn model_sha256_with_progress(
+    path: &Path,
+    mut progress: impl FnMut(u64),
+) -> io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -110,6 +118,7 @@ pub fn model_sha256(path: &Path) -> io::Result<String> {
             break;
         }
         hasher.update(&buf[..n]);
+        progress(n as u64);
     }
     Ok(hasher
         .finalize()
