@@ -257,8 +257,7 @@ fn load_model(path: &std::path::Path, threads: usize, context: usize) -> anyhow:
     let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
     let meta = file.metadata();
     let n_layers = ModelConfig::from_metadata(meta)?.n_layers as u32;
-    let sha256 =
-        hash_with_progress(path).with_context(|| format!("hashing {}", path.display()))?;
+    let sha256 = hash_with_progress(path).with_context(|| format!("hashing {}", path.display()))?;
     let model_profile = profile::model_profile_with_sha256(&file, context as u32, sha256.clone())?;
     let head_bytes = model_profile.embedding_bytes + model_profile.head_bytes.unwrap_or(0);
     let cost = measure::measure_layer_cost(&file, threads)?;
