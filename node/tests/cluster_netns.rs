@@ -415,3 +415,109 @@ fn a_throttled_stage_gets_fewer_layers() {
     drop(throttle);
     nodes.clear();
 }
+
+/// Issue 5: SIGSTOP of a stage's node for 10 s mid-stream. The request continues on a new
+/// plan (the stopped node stops answering pings and leaves the view) with the fault-free
+/// text; after SIGCONT the node rejoins the cluster.
+#[test]
+fn a_stream_survives_a_stopped_stage_and_the_node_rejoins() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(reason) = skip_reason().or_else(|| {
+        Command::new("curl")
+            .arg("--version")
+            .output()
+            .err()
+            .map(|_| "curl not found".into())
+    }) {
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    let logs: PathBuf = temp_dir("cluster-netns-stop");
+    let topo = Topology::create("shoal-stop", 81, 4).expect("namespaces");
+    let nodes: Vec<NodeProcess> = topo
+        .nodes()
+        .iter()
+        .map(|ns| NodeProcess::spawn(ns, &logs))
+        .collect();
+    agree(&nodes, 4, 0, &logs);
+    let views: Vec<ClusterView> = nodes.iter().map(|n| n.view().unwrap()).collect();
+    let plan = views[0].plan.clone().unwrap();
+    let middle = plan.stages[plan.stages.len() / 2].peer_id.clone();
+    let victim = views.iter().position(|v| v.node == middle).unwrap();
+    let server = (0..nodes.len()).find(|&i| i != victim).unwrap();
+    let pid = nodes[victim].child.id().to_string();
+    let (prompt, want) = expected_text(40);
+    let body = serde_json::json!({
+        "prompt": prompt, "max_tokens": 40, "temperature": 0, "stream": true
+    });
+    let mut stream = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &nodes[server].ns,
+            "curl",
+            "-sN",
+            "--max-time",
+            "120",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+        ])
+        .arg(format!("{API}/v1/completions"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(stream.stdout.take().unwrap()));
+    let mut text = String::new();
+    let mut chunks = 0;
+    let mut resume = None;
+    for line in lines.map_while(Result::ok) {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert!(chunk.get("error").is_none(), "stream failed: {chunk}");
+        text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or_default());
+        chunks += 1;
+        if chunks == 10 {
+            Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+            let pid = pid.clone();
+            resume = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(10));
+                Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+            }));
+        }
+    }
+    let _ = stream.wait();
+    assert_eq!(text, want, "the streamed text equals the fault-free run");
+    resume.expect("stopped mid-stream").join().unwrap();
+    let back = Instant::now();
+    loop {
+        let view = nodes[server].view().unwrap();
+        if view.members.len() == 4 && view.members.iter().any(|m| m.peer_id == middle) {
+            let layers = view.plan.as_ref().and_then(|p| {
+                p.stages
+                    .iter()
+                    .find(|s| s.peer_id == middle)
+                    .map(|s| s.layers)
+            });
+            eprintln!(
+                "stopped node rejoined {:?} after SIGCONT; its layers now: {layers:?}",
+                back.elapsed()
+            );
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the stopped node never rejoined (logs in {})",
+            logs.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

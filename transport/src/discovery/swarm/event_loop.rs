@@ -76,7 +76,17 @@ pub(crate) struct EventLoop {
     tick_period: Duration,
     refresh_interval: Duration,
     next_refresh: Instant,
+    /// Peers mDNS reported and has not expired, with their addresses. mDNS reports a peer
+    /// once per record lifetime, so a peer that drops out (a paused process, a cut link)
+    /// and comes back would not be dialed again until its record expires; ticks redial
+    /// these instead.
+    mdns_peers: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Next time disconnected mDNS peers are redialed.
+    next_redial: Instant,
 }
+
+/// How often disconnected peers known from mDNS are redialed.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
 
 impl EventLoop {
     pub(crate) fn new(
@@ -116,6 +126,8 @@ impl EventLoop {
             tick_period: (config.liveness_timeout / 4).min(config.refresh_interval),
             refresh_interval: config.refresh_interval,
             next_refresh: Instant::now() + config.refresh_interval,
+            mdns_peers: HashMap::new(),
+            next_redial: Instant::now() + REDIAL_INTERVAL,
         }
     }
 
@@ -230,6 +242,21 @@ impl EventLoop {
         }
         self.emit_all(events);
         self.dial_bootstrap();
+        if now >= self.next_redial {
+            self.next_redial = now + REDIAL_INTERVAL;
+            let records: Vec<PeerRecord> = self
+                .mdns_peers
+                .iter()
+                .filter(|(peer, _)| !self.swarm.is_connected(peer))
+                .map(|(peer, addrs)| PeerRecord {
+                    peer_id: *peer,
+                    addrs: addrs.clone(),
+                })
+                .collect();
+            for record in records {
+                self.dial_peer(record);
+            }
+        }
         if now >= self.next_refresh {
             self.next_refresh = now + self.refresh_interval;
             self.hello_all();
@@ -324,11 +351,27 @@ impl EventLoop {
                 }
                 for (peer_id, addrs) in by_peer {
                     debug!(peer = %peer_id, "found by mDNS");
+                    let known = self.mdns_peers.entry(peer_id).or_default();
+                    for addr in &addrs {
+                        if !known.contains(addr) && known.len() < MAX_ADDRS_PER_PEER {
+                            known.push(addr.clone());
+                        }
+                    }
                     self.dial_peer(PeerRecord { peer_id, addrs });
                 }
             }
-            // Expiry of an mDNS record says nothing about liveness; ping decides.
-            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            // Expiry of an mDNS record says nothing about liveness (ping decides); it only
+            // ends redialing that address.
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    if let Some(addrs) = self.mdns_peers.get_mut(&peer) {
+                        addrs.retain(|a| *a != addr);
+                        if addrs.is_empty() {
+                            self.mdns_peers.remove(&peer);
+                        }
+                    }
+                }
+            }
             BehaviourEvent::Rpc(event) => self.on_rpc_event(event, now),
         }
     }
