@@ -306,6 +306,19 @@ async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
         json.contains("degraded") && json.contains("is gone"),
         "{json}"
     );
+    // Once the coordinator finds the two nodes left cannot hold the model, new requests are
+    // refused at once with the reason instead of waiting for a plan that will not come.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        match backends[0].head() {
+            Err(why) => break why,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "requests still accepted");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(refusal.contains("cannot be placed"), "{refusal}");
     stop.cancel();
     let _ = api.await;
     for n in nodes {

@@ -244,6 +244,7 @@ impl Agent {
                 let reason = e.to_string();
                 warn!(%reason, devices = graph.len(), "the model cannot be placed");
                 self.shared.state.lock().expect("state lock").unplaceable = Some(reason.clone());
+                self.shared.plans.send_modify(|r| r.unplaceable = true);
                 if self.told_unplaceable.as_ref() != Some(&reason) {
                     self.told_unplaceable = Some(reason.clone());
                     self.broadcast(Control::Unplaceable {
@@ -327,6 +328,7 @@ impl Agent {
             } => {
                 if model_sha256 == self.shared.summary.sha256 {
                     self.shared.state.lock().expect("state lock").unplaceable = Some(reason);
+                    self.shared.plans.send_modify(|r| r.unplaceable = true);
                 }
             }
         }
@@ -341,6 +343,7 @@ impl Agent {
             let mut state = self.shared.state.lock().expect("state lock");
             state.pending = Some(a.clone());
             state.unplaceable = None;
+            self.shared.plans.send_modify(|r| r.unplaceable = false);
             state.load_error = None;
         }
         // Stages loaded for a plan that never became active are of no use now.

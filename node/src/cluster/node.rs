@@ -230,6 +230,13 @@ impl Backend for NodeBackend {
     fn head(&self) -> Result<Head, String> {
         let state = self.0.state.lock().expect("state lock");
         match &state.active {
+            // The plan lost a stage and the rest cannot hold the model: refuse at once.
+            Some(active)
+                if state.unplaceable.is_some()
+                    && self.0.plans.borrow().broken >= active.assignment.epoch =>
+            {
+                Err(snapshot::why_not_serving(&state))
+            }
             Some(active) => Ok(self
                 .0
                 .head

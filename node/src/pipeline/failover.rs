@@ -24,6 +24,8 @@ pub struct PlanRoute {
     pub first: Option<SocketAddr>,
     /// Every plan with an epoch up to this one has lost a stage.
     pub broken: u64,
+    /// The nodes left cannot hold the model: no healthy plan is coming until that changes.
+    pub unplaceable: bool,
 }
 
 impl PlanRoute {
@@ -52,9 +54,17 @@ impl Plans {
         failed: Option<u64>,
         wait: Duration,
     ) -> Result<(u64, SocketAddr), PipelineError> {
-        let found = tokio::time::timeout(wait, self.0.wait_for(|r| r.usable(failed).is_some()));
-        match found.await {
-            Ok(Ok(route)) => Ok(route.usable(failed).expect("checked by wait_for")),
+        let settled = self
+            .0
+            .wait_for(|r| r.usable(failed).is_some() || (r.unplaceable && r.epoch <= r.broken));
+        match tokio::time::timeout(wait, settled).await {
+            Ok(Ok(route)) => match route.usable(failed) {
+                Some(found) => Ok(found),
+                // Fail fast: waiting would only run out the clock.
+                None => Err(PipelineError::Unreachable(
+                    "the nodes left cannot hold the model (see /v1/cluster)".into(),
+                )),
+            },
             _ => Err(PipelineError::Unreachable(format!(
                 "no healthy plan within {wait:?}"
             ))),
@@ -80,6 +90,7 @@ mod tests {
             epoch: 3,
             first: Some(addr(1)),
             broken: 0,
+            unplaceable: false,
         });
         let mut plans = Plans::new(rx);
         assert_eq!(
@@ -101,6 +112,7 @@ mod tests {
                 epoch: 4,
                 first: Some(addr(2)),
                 broken: 3,
+                unplaceable: false,
             });
         });
         assert_eq!(
