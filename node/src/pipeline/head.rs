@@ -1,7 +1,6 @@
 //! The head of a pipeline: embeds tokens, sends them around the ring, turns the returning
 //! hidden state into logits and the next token.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,9 +14,10 @@ use sharding::model::{Shard, ShardOptions, ShardSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind, LinkSender};
+use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind};
 
 use super::failover::Plans;
+use super::links::Links;
 use super::protocol;
 use crate::metrics::Metrics;
 
@@ -549,48 +549,24 @@ async fn send_loop(
     cancel: CancellationToken,
     metrics: Option<Arc<Metrics>>,
 ) {
-    let mut links: HashMap<SocketAddr, LinkSender> = HashMap::new();
+    let mut links = Links::new(endpoint, metrics, 2, Duration::from_millis(50));
     loop {
         let (first, header, payload, reply) = tokio::select! {
             _ = cancel.cancelled() => return,
             f = frames.recv() => match f { Some(f) => f, None => return },
         };
-        let mut delivered = false;
-        let mut last_error = String::new();
-        for attempt in 0..2u64 {
-            let link = match links.entry(first) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(v) => match endpoint.connect(first).await {
-                    Ok(l) => v.insert(l.split().0),
-                    Err(e) => {
-                        last_error = e.to_string();
-                        tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
-                        continue;
-                    }
-                },
-            };
-            let started = Instant::now();
-            match link.send(&header, &payload).await {
-                Ok(()) => {
-                    delivered = true;
-                    inner.sent.fetch_add(1, Ordering::Relaxed);
-                    if let Some(m) = &metrics {
-                        let hop = first.to_string();
-                        m.hop_sent(&hop, payload.len(), started.elapsed().as_secs_f64());
-                    }
-                    break;
-                }
-                Err(e) => {
-                    last_error = e.to_string();
-                    links.remove(&first);
-                }
+        match links.send(first, &header, &payload).await {
+            Ok(()) => {
+                inner.sent.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        if !delivered && header.kind != FrameKind::Close {
-            warn!(%first, error = %last_error, "first stage unreachable");
-            let _ = reply.try_send(Event::Failed(format!(
-                "first stage {first} unreachable: {last_error}"
-            )));
+            // A close that cannot be delivered has nobody left to tell.
+            Err(_) if header.kind == FrameKind::Close => {}
+            Err(last_error) => {
+                warn!(%first, error = %last_error, "first stage unreachable");
+                let _ = reply.try_send(Event::Failed(format!(
+                    "first stage {first} unreachable: {last_error}"
+                )));
+            }
         }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod failover;
 pub mod head;
+mod links;
 pub mod protocol;
 pub mod route;
 pub mod stage;

@@ -1,6 +1,5 @@
 //! A stage: accepts hidden states from upstream, runs its layers, forwards downstream.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +13,9 @@ use sharding::model::{Input, Shard, ShardOptions, ShardSpec, StepError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
-use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError, LinkSender};
+use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError};
 
+use super::links::Links;
 use super::protocol;
 use super::route::{self, Route};
 
@@ -286,7 +286,7 @@ async fn downstream(
     cancel: CancellationToken,
     metrics: Option<Arc<Metrics>>,
 ) {
-    let mut links: HashMap<SocketAddr, LinkSender> = HashMap::new();
+    let mut links = Links::new(endpoint, metrics, 3, Duration::from_millis(100));
     loop {
         let (header, payload, reply) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -313,32 +313,13 @@ async fn downstream(
                 continue;
             }
         };
-        for attempt in 0..3u64 {
-            let sender = match links.entry(next) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(v) => match endpoint.connect(next).await {
-                    Ok(l) => v.insert(l.split().0),
-                    Err(e) => {
-                        warn!(%next, error = %e, attempt, "cannot reach the next hop");
-                        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
-                        continue;
-                    }
-                },
-            };
-            let started = Instant::now();
-            match sender.send(&header, &payload).await {
-                Ok(()) => {
-                    forwarded.fetch_add(1, Ordering::Relaxed);
-                    if let Some(m) = &metrics {
-                        let hop = next.to_string();
-                        m.hop_sent(&hop, payload.len(), started.elapsed().as_secs_f64());
-                    }
-                    break;
-                }
-                Err(e) => {
-                    warn!(%next, error = %e, "send to the next hop failed");
-                    links.remove(&next);
-                }
+        match links.send(next, &header, &payload).await {
+            Ok(()) => {
+                forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // The frame is lost; the head's failover notices the broken plan or times out.
+                warn!(%next, error = %e, session = header.session, "cannot send to the next hop");
             }
         }
     }
