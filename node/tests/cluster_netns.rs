@@ -84,10 +84,82 @@ impl NodeProcess {
     }
 }
 
+impl NodeProcess {
+    /// Streams a greedy completion and returns its text, calling `on_piece(n, text)` for the
+    /// n-th chunk (from 1) as it arrives. A chunk carrying an error fails the test.
+    fn stream(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        mut on_piece: impl FnMut(usize, &str),
+    ) -> String {
+        let body = serde_json::json!({
+            "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true
+        });
+        let mut curl = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "curl",
+                "-sN",
+                "--max-time",
+                "120",
+            ])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body.to_string(),
+            ])
+            .arg(format!("{API}/v1/completions"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(curl.stdout.take().unwrap()));
+        let mut text = String::new();
+        let mut chunks = 0;
+        for line in lines.map_while(Result::ok) {
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                break;
+            }
+            let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert!(chunk.get("error").is_none(), "stream failed: {chunk}");
+            let piece = chunk["choices"][0]["text"].as_str().unwrap_or_default();
+            text.push_str(piece);
+            chunks += 1;
+            on_piece(chunks, piece);
+        }
+        let _ = curl.wait();
+        text
+    }
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether this machine cannot run these tests (not root, no `ip` or `curl`); says why.
+fn skipped() -> bool {
+    let curl = || {
+        Command::new("curl")
+            .arg("--version")
+            .output()
+            .err()
+            .map(|_| "curl not found".to_owned())
+    };
+    match skip_reason().or_else(curl) {
+        Some(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            true
+        }
+        None => false,
     }
 }
 
@@ -150,14 +222,7 @@ fn expected_text(n: usize) -> (String, String) {
 #[test]
 fn shoal_run_nodes_form_a_cluster_by_mdns_and_replan_on_join_and_leave() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(reason) = skip_reason().or_else(|| {
-        Command::new("curl")
-            .arg("--version")
-            .output()
-            .err()
-            .map(|_| "curl not found".into())
-    }) {
-        eprintln!("SKIPPED: {reason}");
+    if skipped() {
         return;
     }
     let logs: PathBuf = temp_dir("cluster-netns");
@@ -210,19 +275,12 @@ fn shoal_run_nodes_form_a_cluster_by_mdns_and_replan_on_join_and_leave() {
 #[test]
 fn a_streamed_request_survives_sigkill_of_a_middle_stage() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(reason) = skip_reason().or_else(|| {
-        Command::new("curl")
-            .arg("--version")
-            .output()
-            .err()
-            .map(|_| "curl not found".into())
-    }) {
-        eprintln!("SKIPPED: {reason}");
+    if skipped() {
         return;
     }
     let logs: PathBuf = temp_dir("cluster-netns-kill");
     let topo = Topology::create("shoal-kill", 79, 4).expect("namespaces");
-    let mut nodes: Vec<NodeProcess> = topo
+    let nodes: Vec<NodeProcess> = topo
         .nodes()
         .iter()
         .map(|ns| NodeProcess::spawn(ns, &logs))
@@ -238,56 +296,17 @@ fn a_streamed_request_survives_sigkill_of_a_middle_stage() {
     let victim = views.iter().position(|v| v.node == middle).unwrap();
     let server = (0..nodes.len()).find(|&i| i != victim).unwrap();
     let (prompt, want) = expected_text(40);
-    let body = serde_json::json!({
-        "prompt": prompt, "max_tokens": 40, "temperature": 0, "stream": true
-    });
-    let mut stream = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &nodes[server].ns,
-            "curl",
-            "-sN",
-            "--max-time",
-            "120",
-        ])
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body.to_string(),
-        ])
-        .arg(format!("{API}/v1/completions"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::io::BufRead::lines(std::io::BufReader::new(stream.stdout.take().unwrap()));
-    let mut text = String::new();
-    let mut chunks = 0;
+    let pid = nodes[victim].child.id().to_string();
     let mut killed_at = None;
     let mut gap = None;
-    for line in lines.map_while(Result::ok) {
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            break;
-        }
-        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
-        assert!(chunk.get("error").is_none(), "stream failed: {chunk}");
-        let piece = chunk["choices"][0]["text"].as_str().unwrap_or_default();
-        text.push_str(piece);
-        chunks += 1;
-        if chunks == 15 {
-            let mut dead = nodes.remove(victim);
-            dead.child.kill().unwrap(); // SIGKILL
-            dead.child.wait().unwrap();
+    let text = nodes[server].stream(&prompt, 40, |n, piece| {
+        if n == 15 {
+            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
             killed_at = Some(Instant::now());
         } else if killed_at.is_some() && gap.is_none() && !piece.is_empty() {
             gap = killed_at.map(|t| t.elapsed());
         }
-    }
-    let _ = stream.wait();
+    });
     assert_eq!(text, want, "the streamed text equals the fault-free run");
     let gap = gap.expect("tokens after the kill");
     eprintln!(
@@ -340,14 +359,7 @@ impl Drop for Throttle {
 #[test]
 fn a_throttled_stage_gets_fewer_layers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(reason) = skip_reason().or_else(|| {
-        Command::new("curl")
-            .arg("--version")
-            .output()
-            .err()
-            .map(|_| "curl not found".into())
-    }) {
-        eprintln!("SKIPPED: {reason}");
+    if skipped() {
         return;
     }
     let logs: PathBuf = temp_dir("cluster-netns-slow");
@@ -425,14 +437,7 @@ fn a_throttled_stage_gets_fewer_layers() {
 #[test]
 fn a_stream_survives_a_stopped_stage_and_the_node_rejoins() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(reason) = skip_reason().or_else(|| {
-        Command::new("curl")
-            .arg("--version")
-            .output()
-            .err()
-            .map(|_| "curl not found".into())
-    }) {
-        eprintln!("SKIPPED: {reason}");
+    if skipped() {
         return;
     }
     let logs: PathBuf = temp_dir("cluster-netns-stop");
@@ -450,45 +455,9 @@ fn a_stream_survives_a_stopped_stage_and_the_node_rejoins() {
     let server = (0..nodes.len()).find(|&i| i != victim).unwrap();
     let pid = nodes[victim].child.id().to_string();
     let (prompt, want) = expected_text(40);
-    let body = serde_json::json!({
-        "prompt": prompt, "max_tokens": 40, "temperature": 0, "stream": true
-    });
-    let mut stream = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &nodes[server].ns,
-            "curl",
-            "-sN",
-            "--max-time",
-            "120",
-        ])
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body.to_string(),
-        ])
-        .arg(format!("{API}/v1/completions"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::io::BufRead::lines(std::io::BufReader::new(stream.stdout.take().unwrap()));
-    let mut text = String::new();
-    let mut chunks = 0;
     let mut resume = None;
-    for line in lines.map_while(Result::ok) {
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            break;
-        }
-        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
-        assert!(chunk.get("error").is_none(), "stream failed: {chunk}");
-        text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or_default());
-        chunks += 1;
-        if chunks == 10 {
+    let text = nodes[server].stream(&prompt, 40, |n, _| {
+        if n == 10 {
             Command::new("kill").args(["-STOP", &pid]).status().unwrap();
             let pid = pid.clone();
             resume = Some(std::thread::spawn(move || {
@@ -496,8 +465,7 @@ fn a_stream_survives_a_stopped_stage_and_the_node_rejoins() {
                 Command::new("kill").args(["-CONT", &pid]).status().unwrap();
             }));
         }
-    }
-    let _ = stream.wait();
+    });
     assert_eq!(text, want, "the streamed text equals the fault-free run");
     resume.expect("stopped mid-stream").join().unwrap();
     let back = Instant::now();
