@@ -5,6 +5,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 
 use super::error::StartError;
+use crate::cluster_key::ClusterKey;
 
 /// Settings of [`spawn`](super::swarm::spawn). `Default` gives production values
 /// listening on all IPv4 interfaces on a random port with mDNS on.
@@ -37,6 +38,10 @@ pub struct Config {
     /// Protocol version string reported by identify; peers with another one
     /// are still connected but can be filtered by the layer above via adverts.
     pub agent_version: String,
+    /// The private cluster's key. With one, every connection runs libp2p pnet under a
+    /// pre-shared key derived from it, so a peer without the key never connects (mDNS finds
+    /// it, the handshake fails). `None` is an open cluster.
+    pub cluster_key: Option<ClusterKey>,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             inbox_capacity: 64,
             command_capacity: 64,
             agent_version: concat!("shoal/", env!("CARGO_PKG_VERSION")).to_owned(),
+            cluster_key: None,
         }
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::cluster_key::ClusterKey;
+
 use super::emulation::{self, LinkEmulation};
 use super::frame::Limits;
 use super::link::{Link, STREAM_MAGIC};
@@ -33,6 +35,10 @@ pub struct EndpointConfig {
     /// Test feature: degrade this endpoint's outgoing datagrams (delay, jitter, loss, rate
     /// cap) to emulate an edge link. `None` (the default) binds a plain socket.
     pub link_emulation: Option<LinkEmulation>,
+    /// The private cluster's key. With one, both ends of every link prove they hold it
+    /// (an HMAC over the TLS session's exporter) before any frame is accepted. `None`
+    /// accepts any peer the verifier admits.
+    pub cluster_key: Option<ClusterKey>,
 }
 
 impl EndpointConfig {
@@ -47,6 +53,7 @@ impl EndpointConfig {
             handshake_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             link_emulation: None,
+            cluster_key: None,
         }
     }
 
