@@ -12,6 +12,7 @@ use crate::cluster_key::ClusterKey;
 use super::emulation::{self, LinkEmulation};
 use super::frame::Limits;
 use super::link::{Link, STREAM_MAGIC};
+use super::proof::{self, Role, KEYED_MAGIC, TAG_LEN};
 use super::stream::LinkError;
 use super::tls::{self, Identity, PeerVerifier, TlsError};
 
@@ -97,6 +98,7 @@ pub struct Endpoint {
     inner: quinn::Endpoint,
     limits: Limits,
     handshake_timeout: Duration,
+    cluster_key: Option<ClusterKey>,
 }
 
 impl Endpoint {
@@ -119,6 +121,7 @@ impl Endpoint {
             inner,
             limits: config.limits,
             handshake_timeout: config.handshake_timeout,
+            cluster_key: config.cluster_key,
         })
     }
 
@@ -136,10 +139,25 @@ impl Endpoint {
                 .connect(addr, tls::SERVER_NAME)
                 .map_err(|e| LinkError::Connect(e.to_string()))?;
             let connection = connecting.await.map_err(setup_error)?;
-            let (mut send, recv) = connection.open_bi().await.map_err(setup_error)?;
-            send.write_all(STREAM_MAGIC)
-                .await
-                .map_err(|e| LinkError::from_io(e.into()))?;
+            let (mut send, mut recv) = connection.open_bi().await.map_err(setup_error)?;
+            match &self.cluster_key {
+                None => send.write_all(STREAM_MAGIC).await,
+                Some(key) => {
+                    let mut hello = KEYED_MAGIC.to_vec();
+                    hello.extend_from_slice(&proof::tag(key, Role::Connector, &connection)?);
+                    send.write_all(&hello).await
+                }
+            }
+            .map_err(|e| LinkError::from_io(e.into()))?;
+            if let Some(key) = &self.cluster_key {
+                let mut tag = [0u8; TAG_LEN];
+                recv.read_exact(&mut tag)
+                    .await
+                    .map_err(|e| refused(&connection, e))?;
+                proof::check(key, Role::Acceptor, &connection, &tag).inspect_err(|_| {
+                    connection.close(2u32.into(), b"cluster key proof failed");
+                })?;
+            }
             tracing::debug!("link open");
             Ok(Link::new(connection, send, recv, self.limits))
         };
@@ -159,16 +177,53 @@ impl Endpoint {
         let span = tracing::debug_span!("quic_accept", peer = %incoming.remote_address());
         let accept = async {
             let connection = incoming.await.map_err(setup_error)?;
-            let (send, mut recv) = connection.accept_bi().await.map_err(setup_error)?;
+            let (mut send, mut recv) = connection.accept_bi().await.map_err(setup_error)?;
             let mut magic = [0u8; STREAM_MAGIC.len()];
             recv.read_exact(&mut magic)
                 .await
                 .map_err(|e| LinkError::Handshake(e.to_string()))?;
-            if &magic != STREAM_MAGIC {
-                connection.close(1u32.into(), b"not a shoal link");
-                return Err(LinkError::Handshake(format!(
-                    "bad stream magic {magic:02x?}"
-                )));
+            let refuse = |reason: &str, error: LinkError| {
+                connection.close(2u32.into(), reason.as_bytes());
+                Err(error)
+            };
+            match (&magic, &self.cluster_key) {
+                (m, None) if m == STREAM_MAGIC => {}
+                (m, Some(key)) if m == KEYED_MAGIC => {
+                    let mut tag = [0u8; TAG_LEN];
+                    recv.read_exact(&mut tag)
+                        .await
+                        .map_err(|e| LinkError::Handshake(e.to_string()))?;
+                    if let Err(e) = proof::check(key, Role::Connector, &connection, &tag) {
+                        return refuse("cluster key proof failed", e);
+                    }
+                    send.write_all(&proof::tag(key, Role::Acceptor, &connection)?)
+                        .await
+                        .map_err(|e| LinkError::from_io(e.into()))?;
+                }
+                (m, None) if m == KEYED_MAGIC => {
+                    return refuse(
+                        "this node runs without a cluster key",
+                        LinkError::Unauthenticated(format!(
+                            "peer {} proves a cluster key; this node has none (--insecure)",
+                            connection.remote_address()
+                        )),
+                    );
+                }
+                (m, Some(_)) if m == STREAM_MAGIC => {
+                    return refuse(
+                        "this node requires the cluster key",
+                        LinkError::Unauthenticated(format!(
+                            "peer {} has no cluster key",
+                            connection.remote_address()
+                        )),
+                    );
+                }
+                _ => {
+                    return refuse(
+                        "not a shoal link",
+                        LinkError::Handshake(format!("bad stream magic {magic:02x?}")),
+                    );
+                }
             }
             tracing::debug!("link accepted");
             Ok(Link::new(connection, send, recv, self.limits))
@@ -185,6 +240,22 @@ impl Endpoint {
     /// Waits until closed connections have told their peers (call after [`Endpoint::close`]).
     pub async fn wait_idle(&self) {
         self.inner.wait_idle().await;
+    }
+}
+
+/// The acceptor closed the connection instead of answering our proof: say why.
+fn refused(connection: &quinn::Connection, err: quinn::ReadExactError) -> LinkError {
+    match connection.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            LinkError::Unauthenticated(format!(
+                "peer {} refused the link: {}",
+                connection.remote_address(),
+                String::from_utf8_lossy(&close.reason)
+            ))
+        }
+        // E.g. the acceptor's TLS refused our certificate after our side finished.
+        Some(other) => setup_error(other),
+        None => LinkError::Handshake(err.to_string()),
     }
 }
 

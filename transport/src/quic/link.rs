@@ -94,6 +94,12 @@ impl Link {
         chain.into_iter().next()
     }
 
+    /// The peer's libp2p identity, when its certificate is bound to one (always, under the
+    /// [`super::Libp2pIdentity`] verifier).
+    pub fn peer_id(&self) -> Option<libp2p::PeerId> {
+        super::tls::peer_id_of(&self.peer_certificate()?).ok()
+    }
+
     /// Splits into halves that separate tasks can own (e.g. forward on one, read errors on
     /// the other). The connection lives as long as either half.
     pub fn split(self) -> (LinkSender, LinkReceiver) {

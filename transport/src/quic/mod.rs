@@ -3,7 +3,8 @@
 //! - [`frame`]: the wire format, a pure codec over byte slices (fuzzable, no I/O).
 //! - [`payload`]: f32 / f16 / block-q8 payload codecs.
 //! - [`stream`]: frame reader and writer over any tokio byte stream, and [`LinkError`].
-//! - [`tls`]: node identity and the [`PeerVerifier`] authentication seam.
+//! - [`tls`]: node identity (bound to the libp2p key) and the [`PeerVerifier`] seam; `proof`:
+//!   the cluster-key proof each link exchanges before its first frame.
 //! - [`Endpoint`] and [`Link`]: a quinn endpoint per node, one long-lived stream per hop.
 //! - [`LinkEmulation`]: opt-in delay/jitter/loss/rate shaping of a node's outgoing
 //!   datagrams, a test feature for the container testbed.
@@ -15,6 +16,7 @@ mod endpoint;
 pub mod frame;
 mod link;
 pub mod payload;
+mod proof;
 pub mod stream;
 pub mod tls;
 
@@ -24,5 +26,6 @@ pub use frame::{Dtype, ErrorCode, Frame, FrameError, FrameHeader, FrameKind, Lim
 pub use link::{Link, LinkReceiver, LinkSender};
 pub use stream::{FrameReader, FrameWriter, LinkError};
 pub use tls::{
-    CertFingerprint, Identity, InsecureAcceptAny, PeerVerifier, PinnedCert, VerifyError,
+    peer_id_of, CertFingerprint, Identity, InsecureAcceptAny, Libp2pIdentity, PeerVerifier,
+    PinnedCert, VerifyError,
 };

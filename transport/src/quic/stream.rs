@@ -57,6 +57,10 @@ pub enum LinkError {
     /// The peer opened a stream that does not speak this protocol.
     #[error("peer is not a shoal link: {0}")]
     Handshake(String),
+    /// The peer did not prove it holds this cluster's key, or the two ends disagree on
+    /// whether a key is needed at all.
+    #[error("peer not admitted: {0}")]
+    Unauthenticated(String),
     /// Another I/O failure.
     #[error("link I/O error: {0}")]
     Io(#[source] io::Error),

@@ -15,9 +15,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -40,6 +43,9 @@ pub enum TlsError {
     /// The provider lacks the cipher suite QUIC's initial packets need.
     #[error("TLS configuration unusable for QUIC: {0}")]
     Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The certificate carrying the libp2p identity could not be made.
+    #[error("certificate for the libp2p identity: {0}")]
+    Libp2p(String),
 }
 
 /// SHA-256 of a certificate's DER bytes: what [`PinnedCert`] pins.
@@ -79,6 +85,18 @@ impl Identity {
             cert: certified.cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
         })
+    }
+
+    /// A certificate bound to the node's libp2p identity: it carries the libp2p public key
+    /// and that key's signature over the certificate key (the libp2p TLS spec), so a peer
+    /// learns, and [`Libp2pIdentity`] checks, which peer id it is talking to.
+    pub fn from_keypair(keypair: &libp2p::identity::Keypair) -> Result<Self, TlsError> {
+        let (cert, key) = libp2p::tls::certificate::generate(keypair)
+            .map_err(|e| TlsError::Libp2p(e.to_string()))?;
+        match key {
+            PrivateKeyDer::Pkcs8(key) => Ok(Self { cert, key }),
+            _ => Err(TlsError::Libp2p("certificate key is not PKCS#8".into())),
+        }
     }
 
     /// An identity from an existing DER certificate and PKCS#8 key (checked when a
@@ -162,6 +180,31 @@ impl PeerVerifier for InsecureAcceptAny {
     }
 }
 
+/// Accepts certificates bound to a libp2p identity (see [`Identity::from_keypair`]): the
+/// embedded libp2p key must have signed the certificate's key. Which cluster the peer
+/// belongs to is the cluster-key proof's business, done right after the handshake.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Libp2pIdentity;
+
+impl PeerVerifier for Libp2pIdentity {
+    fn verify_peer(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+    ) -> Result<(), VerifyError> {
+        peer_id_of(end_entity)
+            .map(|_| ())
+            .map_err(|e| VerifyError::Rejected(format!("not bound to a libp2p identity: {e}")))
+    }
+}
+
+/// The libp2p peer id a certificate is bound to, its binding signature checked.
+pub fn peer_id_of(cert: &CertificateDer<'_>) -> Result<libp2p::PeerId, String> {
+    libp2p::tls::certificate::parse(cert)
+        .map(|c| c.peer_id())
+        .map_err(|e| e.to_string())
+}
+
 /// Accepts only certificates whose SHA-256 fingerprint was pinned in advance.
 #[derive(Debug, Clone, Default)]
 pub struct PinnedCert {
@@ -199,10 +242,11 @@ pub(crate) fn server_crypto(
 ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
     let provider = provider();
     let adapter = Arc::new(RustlsAdapter::new(verifier, &provider));
+    let cert = OneCert::new(identity, &provider)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(adapter)
-        .with_single_cert(vec![identity.cert.clone()], identity.key())?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(quinn::crypto::rustls::QuicServerConfig::try_from(config)?)
 }
@@ -214,13 +258,48 @@ pub(crate) fn client_crypto(
 ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
     let provider = provider();
     let adapter = Arc::new(RustlsAdapter::new(verifier, &provider));
+    let cert = OneCert::new(identity, &provider)?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(adapter)
-        .with_client_auth_cert(vec![identity.cert.clone()], identity.key())?;
+        .with_client_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(quinn::crypto::rustls::QuicClientConfig::try_from(config)?)
+}
+
+/// Presents our one certificate on both sides of the handshake.
+///
+/// rustls' `with_single_cert` parses the certificate with webpki, which refuses the
+/// critical libp2p extension; a resolver hands the certificate over as it is. The key is
+/// still loaded (and so checked) by the provider.
+#[derive(Debug)]
+struct OneCert(Arc<CertifiedKey>);
+
+impl OneCert {
+    fn new(identity: &Identity, provider: &CryptoProvider) -> Result<Arc<Self>, TlsError> {
+        let key = provider.key_provider.load_private_key(identity.key())?;
+        Ok(Arc::new(Self(Arc::new(CertifiedKey::new(
+            vec![identity.cert.clone()],
+            key,
+        )))))
+    }
+}
+
+impl ResolvesServerCert for OneCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for OneCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -257,6 +336,26 @@ impl RustlsAdapter {
     }
 }
 
+impl RustlsAdapter {
+    /// Checks the handshake signature. A libp2p-bound certificate carries a critical
+    /// extension webpki refuses to parse, so its signature is checked by libp2p-tls (with
+    /// ring); any other certificate goes through rustls.
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        match libp2p::tls::certificate::parse(cert) {
+            Ok(p2p) => p2p
+                .verify_signature(dss.scheme, message, dss.signature())
+                .map(|()| HandshakeSignatureValid::assertion())
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadSignature)),
+            Err(_) => rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms),
+        }
+    }
+}
+
 impl ServerCertVerifier for RustlsAdapter {
     fn verify_server_cert(
         &self,
@@ -285,7 +384,7 @@ impl ServerCertVerifier for RustlsAdapter {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -323,7 +422,7 @@ impl ClientCertVerifier for RustlsAdapter {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
