@@ -1,4 +1,4 @@
-//! The libp2p behaviour stack and swarm construction.
+//! The libp2p transport, behaviour stack and swarm construction.
 //!
 //! Adverts and plan messages travel over request-response rather than
 //! gossipsub: clusters are small (a handful to a few tens of nodes) and fully
@@ -10,11 +10,15 @@
 
 use std::time::Duration;
 
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport};
+use libp2p::core::upgrade;
 use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, cbor, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, mdns, noise, ping, tcp, yamux, Swarm, SwarmBuilder};
+use libp2p::{identify, mdns, noise, ping, tcp, yamux, PeerId, Swarm, SwarmBuilder};
 
 use super::super::config::Config;
 use super::super::error::StartError;
@@ -27,6 +31,8 @@ pub(crate) const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Slack added to a request's maximum payload for the envelope around it.
 const ENVELOPE_SLACK: u64 = 64 * 1024;
+/// Bound on a new connection's pnet, noise and yamux handshakes.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every protocol a discovery node speaks.
 #[derive(NetworkBehaviour)]
@@ -41,19 +47,56 @@ pub(crate) struct Behaviour {
     pub(crate) rpc: cbor::Behaviour<Request, Response>,
 }
 
-/// Builds a TCP + noise + yamux swarm on tokio with the discovery behaviours.
+/// TCP, then (in a private cluster) libp2p pnet under the pre-shared key, then noise and
+/// yamux. pnet encrypts everything after a nonce exchange with the key, so a peer without
+/// it fails the noise handshake that follows: mDNS may find it, but it never connects.
+fn tcp_transport(
+    key: &Keypair,
+    psk: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let noise = noise::Config::new(key)?;
+    Ok(match psk {
+        None => secure(tcp, noise),
+        Some(psk) => secure(
+            tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)),
+            noise,
+        ),
+    })
+}
+
+/// Noise and yamux over any byte-stream transport, with a bound on the whole upgrade so a
+/// peer that accepts TCP and then stays silent cannot hold a dial.
+fn secure<T>(transport: T, noise: noise::Config) -> Boxed<(PeerId, StreamMuxerBox)>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    transport
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(UPGRADE_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed()
+}
+
+/// Builds a TCP (+ pnet) + noise + yamux swarm on tokio with the discovery behaviours.
 pub(crate) fn build_swarm(
     config: &Config,
     keypair: Keypair,
 ) -> Result<Swarm<Behaviour>, StartError> {
     let liveness = config.liveness_timeout;
+    let psk = config
+        .cluster_key
+        .as_ref()
+        .map(|key| PreSharedKey::new(key.derive("libp2p pnet")));
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| tcp_transport(key, psk))
         .map_err(|e| StartError::Build(e.to_string()))?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();

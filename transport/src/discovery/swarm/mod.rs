@@ -1,4 +1,4 @@
-//! The libp2p implementation of [`Discovery`]: TCP + noise + yamux on tokio,
+//! The libp2p implementation of [`Discovery`]: TCP (+ pnet in a private cluster) + noise + yamux on tokio,
 //! with identify, ping, optional mDNS and a request-response protocol for
 //! adverts, peer exchange and application messages.
 //!
