@@ -72,8 +72,6 @@ async fn only_nodes_holding_the_key_become_members() {
     let keyless_dialer = start(None, vec![seed.addr.clone()]).await;
 
     let (seed_id, member_id) = (seed.handle.local_peer_id(), member.handle.local_peer_id());
-    let mut pair = vec![seed_id, member_id];
-    pair.sort();
     let deadline = Instant::now() + Duration::from_secs(10);
     while member_ids(&seed.handle) != [member_id] || member_ids(&member.handle) != [seed_id] {
         assert!(Instant::now() < deadline, "keyed pair never formed");

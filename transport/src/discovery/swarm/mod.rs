@@ -1,5 +1,5 @@
-//! The libp2p implementation of [`Discovery`]: TCP (+ pnet in a private cluster) + noise + yamux on tokio,
-//! with identify, ping, optional mDNS and a request-response protocol for
+//! The libp2p implementation of [`Discovery`]: TCP (+ pnet in a private cluster) + noise +
+//! yamux on tokio, with identify, ping, optional mDNS and a request-response protocol for
 //! adverts, peer exchange and application messages.
 //!
 //! One task owns the swarm (the event loop); cloneable [`Handle`]s talk to it
