@@ -39,6 +39,8 @@ enum Command {
     Bench(cli::bench::Args),
     /// Show the plan the scheduler would choose for a fleet, next to naive splits, and why.
     Plan(cli::plan::Args),
+    /// Make a new cluster key file for --cluster-key-file.
+    Keygen(cli::cluster_key::KeygenArgs),
     /// Show a running cluster: nodes, pipeline, plan, speed. Exit 0 ready, 1 not ready,
     /// 2 unreachable.
     Status(cli::status::Args),
@@ -65,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Stage(args) => cli::stage::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Plan(args) => cli::plan::run(args),
+        Command::Keygen(args) => cli::cluster_key::keygen(args),
         // The exit code is the command's answer; stdout is line-buffered and fully written.
         Command::Status(args) => std::process::exit(cli::status::run(args)),
     }

@@ -9,6 +9,7 @@ use shoal::backend::Backend;
 use shoal::cluster::coordinator::Placement;
 use shoal::cluster::{ClusterState, ClusterView, Node, NodeConfig};
 use shoal_tests::{model_path, references};
+use transport::cluster_key::ClusterKey;
 use transport::discovery::{Config, Keypair, Multiaddr};
 
 /// Too little for the whole model (weights ~110 MB with KV): the plan needs several nodes.
@@ -39,7 +40,10 @@ async fn start_with(bootstrap: Vec<Multiaddr>, budget: u64) -> Node {
 async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placement) -> Node {
     let cfg = NodeConfig {
         model: model_path("smollm2"),
-        discovery: Config::loopback(bootstrap, Duration::from_secs(2)),
+        discovery: Config {
+            cluster_key: Some(ClusterKey::from_secret(b"cluster test key")),
+            ..Config::loopback(bootstrap, Duration::from_secs(2))
+        },
         data_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise_ip: None,
         threads: 1,

@@ -32,6 +32,17 @@ impl NodeProcess {
     }
 
     fn spawn_with(ns: &str, logs: &std::path::Path, memory: &str, placement: &str) -> NodeProcess {
+        let key = key_file(logs, "cluster.key", "the netns test cluster's key");
+        Self::spawn_keyed(ns, logs, memory, placement, &key)
+    }
+
+    fn spawn_keyed(
+        ns: &str,
+        logs: &std::path::Path,
+        memory: &str,
+        placement: &str,
+        key: &std::path::Path,
+    ) -> NodeProcess {
         let log = std::fs::File::create(logs.join(format!("{ns}.log"))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_shoal"), "run"])
@@ -40,6 +51,8 @@ impl NodeProcess {
             .args(["--threads", "1", "--memory", memory, "--max-context", "512"])
             .args(["--liveness-timeout", "2", "--replan-delay", "0.5"])
             .args(["--placement", placement])
+            .arg("--cluster-key-file")
+            .arg(key)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -143,6 +156,15 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes `secret` to `logs/name` (once) and returns the path.
+fn key_file(logs: &std::path::Path, name: &str, secret: &str) -> PathBuf {
+    let path = logs.join(name);
+    if !path.exists() {
+        std::fs::write(&path, secret).unwrap();
+    }
+    path
 }
 
 /// Whether this machine cannot run these tests (not root, no `ip` or `curl`); says why.
@@ -490,5 +512,89 @@ fn a_stream_survives_a_stopped_stage_and_the_node_rejoins() {
             logs.display()
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 8: a node with another cluster's key, on the same link and found by mDNS, is never
+/// a member and never given layers; frames it tries to send to a stage are refused at the
+/// link; the cluster keeps serving throughout.
+#[test]
+fn a_node_with_the_wrong_key_is_never_admitted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped() {
+        return;
+    }
+    let logs: PathBuf = temp_dir("cluster-netns-key");
+    let mut topo = Topology::create("shoal-key", 82, 3).expect("namespaces");
+    let nodes: Vec<NodeProcess> = topo
+        .nodes()
+        .iter()
+        .map(|ns| NodeProcess::spawn_with(ns, &logs, "100MiB", "even"))
+        .collect();
+    let (epoch, _) = agree(&nodes, 3, 0, &logs);
+    let (prompt, want) = expected_text(16);
+
+    let wrong_key = key_file(&logs, "other.key", "some other cluster's key");
+    let ns = topo.add_node().expect("a fourth namespace");
+    let intruder = NodeProcess::spawn_keyed(&ns, &logs, "400MiB", "even", &wrong_key);
+    // Long enough for mDNS (2 s queries), several dial attempts and a replan debounce.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(8) {
+        for n in &nodes {
+            let view = n.view().expect("a member answers");
+            assert_eq!(view.members.len(), 3, "{}: {:?}", n.ns, view.members);
+            assert_eq!(view.plan.as_ref().map(|p| p.epoch), Some(epoch));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let alone = intruder.view().expect("the intruder answers");
+    assert_eq!(
+        alone.members.len(),
+        1,
+        "the intruder sees {:?}",
+        alone.members
+    );
+    let members = nodes[0].view().unwrap().members;
+    assert!(members.iter().all(|m| m.peer_id != alone.node));
+
+    // It cannot reach a stage's layers either, even knowing the address.
+    let stage = members
+        .iter()
+        .find_map(|m| m.stage_addr.clone())
+        .expect("a stage address");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            env!("CARGO_BIN_EXE_shoal"),
+            "generate",
+        ])
+        .arg("--model")
+        .arg(model_path("smollm2"))
+        .args([
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "4",
+            "--pipeline",
+            &stage,
+        ])
+        .args(["--listen", "0.0.0.0:7799", "--cluster-key-file"])
+        .arg(&wrong_key)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "frames to {stage} were accepted");
+    assert!(
+        stderr.contains("refused the link: cluster key proof failed"),
+        "{stderr}"
+    );
+    eprintln!(
+        "wrong-key node kept out; its pipeline attempt: {}",
+        stderr.lines().find(|l| l.contains("refused")).unwrap_or("")
+    );
+    for n in &nodes {
+        assert_eq!(n.complete(&prompt, 16), want, "{}", n.ns);
     }
 }

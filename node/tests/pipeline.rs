@@ -11,15 +11,29 @@ use std::time::Duration;
 use sharding::model::{ShardOptions, ShardSpec};
 use shoal::pipeline::{Head, HeadConfig, PipelineError, Route, Stage, StageConfig};
 use shoal_tests::{model_path, references};
-use transport::quic::{EndpointConfig, Identity, InsecureAcceptAny};
+use transport::cluster_key::ClusterKey;
+use transport::discovery::Keypair;
+use transport::quic::{EndpointConfig, Identity, Libp2pIdentity};
 
 fn free_addr() -> SocketAddr {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap()
 }
 
+const CLUSTER_SECRET: &str = "pipeline test cluster key";
+
+/// A key file the stage processes read; the in-process head holds the same key.
+fn key_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("shoal-pipeline-key-{}", std::process::id()));
+    std::fs::write(&path, CLUSTER_SECRET).unwrap();
+    path
+}
+
 fn endpoint() -> EndpointConfig {
-    shoal::pipeline::endpoint_config(Identity::generate().unwrap(), Arc::new(InsecureAcceptAny))
+    let identity = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
+    let mut config = shoal::pipeline::endpoint_config(identity, Arc::new(Libp2pIdentity));
+    config.cluster_key = Some(ClusterKey::from_secret(CLUSTER_SECRET.as_bytes()));
+    config
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -45,6 +59,8 @@ impl StageProcess {
             .arg(listen.to_string())
             .arg("--next")
             .arg(next.to_string())
+            .arg("--cluster-key-file")
+            .arg(key_file())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -54,8 +54,11 @@ fleet_up() {
     PROJECT="shoaltb-$(echo "$NAME-$FLEET_LABEL" | tr -c 'a-z0-9\n' '-')-$(date +%s)-$$"
     export SHOAL_SUBNET_PREFIX
     SHOAL_SUBNET_PREFIX=$(pick_subnet)
-    export TB_ENV_DIR=$WORKDIR/env
-    mkdir -p "$TB_ENV_DIR"
+    export TB_ENV_DIR=$WORKDIR/env TB_SECRETS_DIR=$WORKDIR/secrets
+    mkdir -p "$TB_ENV_DIR" "$TB_SECRETS_DIR"
+    # Every fleet is a private cluster with its own key (64 hex chars, as `shoal keygen`).
+    [ -f "$TB_SECRETS_DIR/cluster.key" ] \
+        || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TB_SECRETS_DIR/cluster.key"
     printf '%s\n' "${ENV_ALL:-}" >"$TB_ENV_DIR/all.env"
     for i in 1 2 3 4; do
         local var="ENV_NODE$i" extra=""

@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -13,7 +12,6 @@ use sharding::model::{Input, ModelConfig, Shard, ShardOptions, ShardSpec};
 use sharding::sampling::{Sampler, SamplerConfig};
 use sharding::tokenizer::Tokenizer;
 use shoal::pipeline::{Head, HeadConfig};
-use transport::quic::{Identity, InsecureAcceptAny};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -56,6 +54,9 @@ pub(crate) struct Args {
     /// With --pipeline: the address the last stage sends back to.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
+    /// With --pipeline: the cluster key the stages hold (or --insecure).
+    #[command(flatten)]
+    key: super::cluster_key::KeyArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -117,10 +118,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     reply_timeout: Duration::from_secs(30),
                     metrics: None,
                 };
-                let endpoint = shoal::pipeline::endpoint_config(
-                    Identity::generate()?,
-                    Arc::new(InsecureAcceptAny),
-                );
+                let endpoint = args.key.endpoint()?;
                 let head = Head::start(cfg, endpoint).await?;
                 let pick = |logits: &[f32]| sampler.sample(logits).unwrap_or(0);
                 let ids = head

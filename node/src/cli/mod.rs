@@ -1,6 +1,7 @@
 //! Subcommands of the `shoal` binary.
 
 pub(crate) mod bench;
+pub(crate) mod cluster_key;
 pub(crate) mod config_file;
 pub(crate) mod fleet;
 pub(crate) mod generate;

@@ -70,6 +70,8 @@ pub(crate) struct Args {
     /// for comparison.
     #[arg(long, env = "SHOAL_PLACEMENT", value_enum, default_value_t)]
     placement: shoal::cluster::coordinator::Placement,
+    #[command(flatten)]
+    key: super::cluster_key::KeyArgs,
     /// Seconds of quiet after a join or leave before replanning.
     #[arg(long, env = "SHOAL_REPLAN_DELAY", default_value_t = 1.0)]
     replan_delay: f64,
@@ -87,6 +89,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let cluster_key = args.key.load()?;
     runtime.block_on(async move {
         let keypair = match &args.key_file {
             Some(path) => load_or_create_key(path)?,
@@ -97,6 +100,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             bootstrap: args.peers.clone(),
             mdns: !args.no_mdns,
             liveness_timeout: Duration::from_secs_f64(args.liveness_timeout),
+            cluster_key,
             ..DiscoveryConfig::default()
         };
         let metrics = std::sync::Arc::new(shoal::metrics::Metrics::new());

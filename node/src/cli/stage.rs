@@ -3,12 +3,10 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sharding::model::{ShardOptions, ShardSpec};
 use shoal::pipeline::{Route, Stage, StageConfig};
-use transport::quic::{Identity, InsecureAcceptAny};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -36,6 +34,8 @@ pub(crate) struct Args {
     /// Seconds after which an idle session is closed.
     #[arg(long, default_value_t = 120)]
     session_timeout: u64,
+    #[command(flatten)]
+    key: super::cluster_key::KeyArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -61,8 +61,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             session_timeout: Duration::from_secs(args.session_timeout),
             metrics: None,
         };
-        let endpoint =
-            shoal::pipeline::endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
+        let endpoint = args.key.endpoint()?;
         let stage = Stage::start(cfg, endpoint).await?;
         println!("stage listening on {}", stage.local_addr());
         tokio::select! {

@@ -166,6 +166,7 @@ pub(crate) mod tests {
             peer_id: id.into(),
             data_addr: "10.0.0.2:7000".into(),
             api_addr: None,
+            stage_addr: None,
             threads: 4,
             memory_budget_bytes: 512 << 20,
             holds_model: true,

@@ -18,7 +18,7 @@ use transport::discovery::{
     swarm, Advert, AdvertState, Config as DiscoveryConfig, Discovery, Keypair, Multiaddr, PeerId,
     Protocol,
 };
-use transport::quic::{Identity, InsecureAcceptAny};
+use transport::quic::{Identity, Libp2pIdentity};
 
 use super::agent::{Agent, AgentConfig};
 use super::state::State;
@@ -102,7 +102,7 @@ impl Node {
         );
         let cancel = CancellationToken::new();
         let (handle, inbox, service) =
-            swarm::spawn(cfg.discovery.clone(), keypair, cancel.child_token())
+            swarm::spawn(cfg.discovery.clone(), keypair.clone(), cancel.child_token())
                 .await
                 .context("starting discovery")?;
         let ip = match cfg.advertise_ip {
@@ -122,8 +122,9 @@ impl Node {
             }
         };
         let mut endpoint =
-            pipeline::endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
+            pipeline::endpoint_config(Identity::from_keypair(&keypair)?, Arc::new(Libp2pIdentity));
         endpoint.link_emulation = cfg.link_emulation;
+        endpoint.cluster_key = cfg.discovery.cluster_key.clone();
         let head = Head::start(
             HeadConfig {
                 model: cfg.model.clone(),

@@ -69,6 +69,9 @@ pub struct MemberView {
     pub data_addr: String,
     /// HTTP API address, when the node serves one.
     pub api_addr: Option<String>,
+    /// Address its current stage accepts the previous hop on, when it runs one.
+    #[serde(default)]
+    pub stage_addr: Option<String>,
     /// Worker threads.
     pub threads: u32,
     /// Memory the node offers for weights and KV cache, bytes.

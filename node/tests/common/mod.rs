@@ -15,7 +15,9 @@ use shoal::metrics::Metrics;
 use shoal::pipeline::{Head, HeadConfig, Stage, StageConfig};
 use shoal_tests::model_path;
 use tokio_util::sync::CancellationToken;
-use transport::quic::{EndpointConfig, Identity, InsecureAcceptAny};
+use transport::cluster_key::ClusterKey;
+use transport::discovery::Keypair;
+use transport::quic::{EndpointConfig, Identity, Libp2pIdentity};
 
 /// Positions one request may use in these tests: small, so over-long requests are cheap.
 pub const CONTEXT: usize = 512;
@@ -73,7 +75,10 @@ fn free_addr() -> SocketAddr {
 }
 
 fn endpoint() -> EndpointConfig {
-    shoal::pipeline::endpoint_config(Identity::generate().unwrap(), Arc::new(InsecureAcceptAny))
+    let identity = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
+    let mut config = shoal::pipeline::endpoint_config(identity, Arc::new(Libp2pIdentity));
+    config.cluster_key = Some(ClusterKey::from_secret(b"api test cluster key"));
+    config
 }
 
 /// The API in front of a pipeline.
