@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Server;
+use shoal::api::{ApiOptions, ApiToken};
 
 /// A venv with `openai` installed, created once per target dir.
 fn venv_python() -> PathBuf {
@@ -43,13 +44,19 @@ fn venv_python() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_client_works_against_the_api() {
     let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
-    let server = Server::pipeline().await;
+    let token = "the-python-client-test-token";
+    let server = Server::pipeline_with(ApiOptions {
+        token: Some(ApiToken::new(token).unwrap()),
+        ..ApiOptions::default()
+    })
+    .await;
     let script = shoal_tests::workspace().join("tests/python/openai_client.py");
     let base = format!("{}/v1", server.base);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&python)
             .arg(&script)
             .arg(&base)
+            .arg(token)
             .output()
             .expect("run the Python client")
     })

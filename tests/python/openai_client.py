@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Drive a Shoal node's API with the official OpenAI Python client.
 
-Usage: openai_client.py BASE_URL   (e.g. http://127.0.0.1:8080/v1)
+Usage: openai_client.py BASE_URL API_KEY   (e.g. http://127.0.0.1:8080/v1 TOKEN)
 
-Checks chat and text completions, streamed and not, and that an over-long request raises
-openai.BadRequestError. Exits non-zero on the first mismatch.
+Checks that a wrong key raises openai.AuthenticationError, then chat and text completions,
+streamed and not, and that an over-long request raises openai.BadRequestError. Exits
+non-zero on the first mismatch.
 """
 import sys
 
@@ -18,7 +19,14 @@ def check(cond, what):
 
 
 def main():
-    client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0)
+    intruder = openai.OpenAI(base_url=sys.argv[1], api_key="not-the-key-at-all", max_retries=0)
+    try:
+        intruder.models.list()
+        check(False, "a wrong API key was accepted")
+    except openai.AuthenticationError:
+        pass
+
+    client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
 
     models = client.models.list()
     check(len(models.data) == 1, f"one model, got {models.data}")

@@ -35,6 +35,15 @@ pub(crate) enum ApiError {
     /// A fault of this node (500).
     #[error("{0}")]
     Internal(String),
+    /// No or a wrong bearer token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Too many requests in flight on this node (429).
+    #[error("this node is at its limit of requests in flight; retry shortly")]
+    Overloaded,
+    /// The request body is over the size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl ApiError {
@@ -54,6 +63,9 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Pipeline(PipelineError::Stage(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Pipeline(PipelineError::Head(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -67,7 +79,9 @@ impl ApiError {
     pub(crate) fn body(&self) -> String {
         let (kind, param, code) = match self {
             ApiError::BadRequest { param, code, .. } => ("invalid_request_error", *param, *code),
-            ApiError::NotFound(_) => ("invalid_request_error", None, None),
+            ApiError::NotFound(_) | ApiError::TooLarge(_) => ("invalid_request_error", None, None),
+            ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
+            ApiError::Overloaded => ("requests", None, Some("rate_limit_exceeded")),
             _ => ("server_error", None, None),
         };
         let body = ErrorBody {
@@ -123,6 +137,9 @@ where
 }
 
 fn rejected(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge(format!("request body too large: {}", rejection.body_text()));
+    }
     ApiError::BadRequest {
         message: format!("invalid request body: {}", rejection.body_text()),
         param: None,

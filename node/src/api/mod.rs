@@ -8,6 +8,7 @@ mod chat;
 mod completions;
 mod error;
 mod generation;
+mod guard;
 mod info;
 mod openai;
 mod request;
@@ -26,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 
+pub use guard::{ApiOptions, ApiToken, MIN_TOKEN_CHARS};
+
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -35,21 +38,45 @@ pub(crate) struct AppState {
     started: u64,
 }
 
-/// The routes of the API.
+/// The routes of the API with default [`ApiOptions`] (no token).
 pub fn router(backend: Arc<dyn Backend>, metrics: Arc<Metrics>) -> Router {
+    router_with(backend, metrics, &ApiOptions::default())
+}
+
+/// The routes of the API, guarded as `options` say.
+pub fn router_with(
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    options: &ApiOptions,
+) -> Router {
     let state = AppState {
         backend,
         metrics,
         started: request::unix_now(),
     };
-    Router::new()
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_requests));
+    let generation = Router::new()
         .route("/v1/completions", post(completions::handle))
         .route("/v1/chat/completions", post(chat::handle))
+        .layer(axum::middleware::from_fn_with_state(
+            slots,
+            guard::limit_in_flight,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));
+    let mut router = Router::new()
+        .merge(generation)
         .route("/v1/models", get(info::models))
         .route("/v1/cluster", get(info::cluster))
         .route("/health", get(info::health))
         .route("/metrics", get(info::metrics))
-        .fallback(info::not_found)
+        .fallback(info::not_found);
+    if let Some(token) = &options.token {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(token.clone()),
+            guard::require_token,
+        ));
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -65,7 +92,18 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(backend, metrics))
+    serve_with(listener, backend, metrics, &ApiOptions::default(), shutdown).await
+}
+
+/// [`serve`] with a token and limits.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    options: &ApiOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(backend, metrics, options))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

@@ -1,6 +1,9 @@
 //! Reading a node's HTTP API: `GET /v1/cluster`, shared by `shoal status` and `shoal plan`.
 
+use std::path::Path;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use shoal::cluster::ClusterView;
 
@@ -18,16 +21,35 @@ pub(crate) fn base_url(node: &str) -> String {
     }
 }
 
-/// Fetches the cluster view from the node at `node` (a URL or `host:port`). The error names
-/// the URL and says what failed: connecting, an HTTP status, or a body that is not a view.
-pub(crate) fn fetch_cluster(node: &str) -> Result<ClusterView, String> {
+/// The API token to use: the contents of `file` when given, else the `SHOAL_API_TOKEN`
+/// environment variable, else none. Surrounding whitespace is trimmed.
+pub(crate) fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the API token file {}", path.display()))?,
+        None => match std::env::var("SHOAL_API_TOKEN") {
+            Ok(text) => text,
+            Err(_) => return Ok(None),
+        },
+    };
+    let text = text.trim();
+    Ok((!text.is_empty()).then(|| text.to_owned()))
+}
+
+/// Fetches the cluster view from the node at `node` (a URL or `host:port`), sending `token`
+/// as a bearer token when given. The error names the URL and says what failed: connecting,
+/// an HTTP status, or a body that is not a view.
+pub(crate) fn fetch_cluster(node: &str, token: Option<&str>) -> Result<ClusterView, String> {
     let url = format!("{}/v1/cluster", base_url(node));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
         .build()
         .into();
-    let mut response = agent
-        .get(&url)
+    let mut request = agent.get(&url);
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request
         .call()
         .map_err(|e| format!("cannot reach shoal node at {url}: {e}"))?;
     response

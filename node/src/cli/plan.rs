@@ -42,6 +42,9 @@ pub(crate) struct Args {
     /// Plan over the members of the cluster this node belongs to.
     #[arg(long, conflicts_with = "fleet")]
     node: Option<String>,
+    /// With --node: file with the node's API token (default: SHOAL_API_TOKEN, if set).
+    #[arg(long, env = "SHOAL_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
     /// Plan over the devices described in this JSON file.
     #[arg(long)]
     fleet: Option<PathBuf>,
@@ -116,7 +119,9 @@ fn load_fleet(args: &Args, file: &GgufFile, profile: &ModelProfile) -> anyhow::R
         return fleet::from_file(path, &profile.sha256);
     }
     if let Some(node) = &args.node {
-        let view = super::http::fetch_cluster(node).map_err(anyhow::Error::msg)?;
+        let token = super::http::api_token(args.api_token_file.as_deref())?;
+        let view =
+            super::http::fetch_cluster(node, token.as_deref()).map_err(anyhow::Error::msg)?;
         if view.model.sha256 != profile.sha256 {
             eprintln!(
                 "warning: the cluster serves {} ({}), not {}; its members' holds_model refers to that model",

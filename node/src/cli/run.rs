@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal::cluster::{Node, NodeConfig};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use transport::discovery::{Config as DiscoveryConfig, Keypair, Multiaddr};
 
 #[derive(clap::Args)]
@@ -33,6 +33,14 @@ pub(crate) struct Args {
     /// HTTP API address (OpenAI-compatible). Localhost unless told otherwise.
     #[arg(long, env = "SHOAL_API", default_value = "127.0.0.1:8080")]
     api: SocketAddr,
+    /// File with a bearer token the API requires on /v1/* and /metrics (the token may also
+    /// come in SHOAL_API_TOKEN). Without one the API is open to whoever reaches it.
+    #[arg(long, env = "SHOAL_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Generation requests running or streaming at once through this node's API; more get
+    /// 429 at once.
+    #[arg(long, env = "SHOAL_MAX_REQUESTS", default_value_t = 64)]
+    max_requests: usize,
     /// Serve no HTTP API on this node.
     #[arg(long, env = "SHOAL_NO_API")]
     no_api: bool,
@@ -90,6 +98,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let cluster_key = args.key.load()?;
+    let api_options = api_options(&args)?;
     runtime.block_on(async move {
         let keypair = match &args.key_file {
             Some(path) => load_or_create_key(path)?,
@@ -134,12 +143,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding the API on {}", args.api))?;
             info!("API on http://{}", listener.local_addr()?);
-            Some(tokio::spawn(shoal::api::serve(
-                listener,
-                node.backend(),
-                metrics,
-                stop.clone(),
-            )))
+            if api_options.token.is_none() && !args.api.ip().is_loopback() {
+                warn!(
+                    "the API on {} is reachable from the network WITHOUT a token: anyone who \
+                     reaches it can generate; set --api-token-file",
+                    args.api
+                );
+            }
+            let (backend, stop) = (node.backend(), stop.clone());
+            Some(tokio::spawn(async move {
+                shoal::api::serve_with(listener, backend, metrics, &api_options, stop).await
+            }))
         };
         shutdown_signal().await;
         info!("shutting down");
@@ -149,6 +163,20 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         }
         node.shutdown().await;
         anyhow::Ok(())
+    })
+}
+
+/// The API's token and limits from the flags.
+fn api_options(args: &Args) -> anyhow::Result<shoal::api::ApiOptions> {
+    let token = super::http::api_token(args.api_token_file.as_deref())?
+        .map(|text| shoal::api::ApiToken::new(&text))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(args.max_requests > 0, "--max-requests must be at least 1");
+    Ok(shoal::api::ApiOptions {
+        token,
+        max_requests: args.max_requests,
+        ..Default::default()
     })
 }
 

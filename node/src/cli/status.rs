@@ -23,6 +23,9 @@ pub(crate) struct Args {
     /// Print the cluster view as JSON (`GET /v1/cluster`) instead of a table.
     #[arg(long)]
     json: bool,
+    /// File with the node's API token (default: the SHOAL_API_TOKEN variable, if set).
+    #[arg(long, env = "SHOAL_API_TOKEN_FILE")]
+    api_token_file: Option<std::path::PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
@@ -34,13 +37,20 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 
 /// Runs the command; returns the process exit code.
 pub(crate) fn run(args: Args) -> i32 {
+    let token = match super::http::api_token(args.api_token_file.as_deref()) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("shoal status: {e:#}");
+            return EXIT_UNREACHABLE;
+        }
+    };
     if !args.watch {
-        return once(&args);
+        return once(&args, token.as_deref());
     }
     let mut stdout = std::io::stdout();
     loop {
         // Clear the screen and home the cursor, then draw the whole frame at once.
-        let frame = match fetch_cluster(&args.node) {
+        let frame = match fetch_cluster(&args.node, token.as_deref()) {
             Ok(view) if args.json => serde_json::to_string_pretty(&view).unwrap_or_default(),
             Ok(view) => render(&view),
             Err(e) => format!("{e}\n"),
@@ -52,8 +62,8 @@ pub(crate) fn run(args: Args) -> i32 {
     }
 }
 
-fn once(args: &Args) -> i32 {
-    let view = match fetch_cluster(&args.node) {
+fn once(args: &Args, token: Option<&str>) -> i32 {
+    let view = match fetch_cluster(&args.node, token) {
         Ok(view) => view,
         Err(e) => {
             eprintln!("shoal status: {e}");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sharding::gguf::GgufFile;
 use sharding::model::{ShardOptions, ShardSpec};
+use shoal::api::ApiOptions;
 use shoal::backend::{Backend, ModelInfo};
 use shoal::cluster::{ClusterState, ClusterView, ModelSummary};
 use shoal::metrics::Metrics;
@@ -97,6 +98,11 @@ pub struct Server {
 impl Server {
     /// Two stages (layers 0..15 and 15..30) and a head, all recording into one Metrics.
     pub async fn pipeline() -> Server {
+        Self::pipeline_with(ApiOptions::default()).await
+    }
+
+    /// [`Server::pipeline`] behind an API with this token and these limits.
+    pub async fn pipeline_with(options: ApiOptions) -> Server {
         let metrics = Arc::new(Metrics::new());
         let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
         let mut stages = Vec::new();
@@ -132,7 +138,7 @@ impl Server {
             model,
             head: Some(head.clone()),
         };
-        Server::serve(backend, metrics, Some(head), stages, addrs).await
+        Server::serve(backend, metrics, Some(head), stages, addrs, options).await
     }
 
     /// The API over a backend that has no head (no plan ready).
@@ -149,6 +155,7 @@ impl Server {
             None,
             Vec::new(),
             Vec::new(),
+            ApiOptions::default(),
         )
         .await
     }
@@ -159,16 +166,15 @@ impl Server {
         head: Option<Head>,
         stages: Vec<Stage>,
         hops: Vec<SocketAddr>,
+        options: ApiOptions,
     ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(shoal::api::serve(
-            listener,
-            Arc::new(backend),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let (api_metrics, stop) = (metrics.clone(), shutdown.clone());
+        let task = tokio::spawn(async move {
+            shoal::api::serve_with(listener, Arc::new(backend), api_metrics, &options, stop).await
+        });
         Server {
             base,
             metrics,
