@@ -96,8 +96,24 @@ impl StepTimes {
 }
 
 enum Job {
-    Frame(FrameHeader, Vec<u8>),
+    /// A frame from upstream, with the upstream peer that sent it.
+    Frame(FrameHeader, Vec<u8>, Upstream),
     Sweep,
+}
+
+/// Who sent a frame: the upstream node's libp2p identity (stable across its reconnects),
+/// hashed. A session belongs to the upstream that opened it; frames for it from anyone else
+/// are refused without touching it, so one peer cannot corrupt or close another's session.
+type Upstream = u64;
+
+fn upstream_of(link: &transport::quic::Link) -> Upstream {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match link.peer_id() {
+        Some(peer) => peer.hash(&mut hasher),
+        None => link.remote_address().hash(&mut hasher),
+    }
+    hasher.finish()
 }
 
 impl Stage {
@@ -240,6 +256,7 @@ async fn accept_loop(
             }
         };
         let peer = link.remote_address();
+        let upstream = upstream_of(&link);
         let (jobs, out, cancel) = (jobs.clone(), out.clone(), cancel.clone());
         tokio::spawn(
             async move {
@@ -250,7 +267,7 @@ async fn accept_loop(
                     };
                     match frame {
                         Ok(Some(f)) => {
-                            let job = Job::Frame(f.header, f.payload.to_vec());
+                            let job = Job::Frame(f.header, f.payload.to_vec(), upstream);
                             if jobs.send(job).await.is_err() {
                                 return;
                             }
@@ -352,14 +369,15 @@ fn compute(
     let n_embd = shard.config().n_embd;
     let mut hidden = Vec::new();
     let mut result = Vec::new();
-    // Per open session: when it was last used, and the head that opened it.
-    let mut last_seen: HashMap<u64, (Instant, Option<SocketAddr>)> = HashMap::new();
+    // Per open session: when it was last used, the head that opened it, and the upstream
+    // peer that owns it.
+    let mut last_seen: HashMap<u64, (Instant, Option<SocketAddr>, Upstream)> = HashMap::new();
     while let Some(job) = jobs.blocking_recv() {
         open.store(last_seen.len(), Ordering::Relaxed);
-        let (header, payload) = match job {
+        let (header, payload, from) = match job {
             Job::Sweep => {
                 let now = Instant::now();
-                last_seen.retain(|&session, &mut (seen, _)| {
+                last_seen.retain(|&session, &mut (seen, _, _)| {
                     let alive = now.duration_since(seen) < timeout;
                     if !alive && shard.close_session(session) {
                         info!(session, "closed an abandoned session");
@@ -368,14 +386,22 @@ fn compute(
                 });
                 continue;
             }
-            Job::Frame(h, p) => (h, p),
+            Job::Frame(h, p, from) => (h, p, from),
         };
         let session = header.session;
+        if let Some(&(_, _, owner)) = last_seen.get(&session) {
+            if owner != from {
+                // Another peer's session: drop this frame only. No error frame: it would carry
+                // the owner's session id downstream and end the session there.
+                warn!(session, kind = ?header.kind, "dropped a frame for a session another upstream owns");
+                continue;
+            }
+        }
         let head = last_seen.get(&session).and_then(|s| s.1);
         let reply = match header.kind {
             FrameKind::Open => {
                 let head = route::parse_reply(&payload);
-                last_seen.insert(session, (Instant::now(), head));
+                last_seen.insert(session, (Instant::now(), head, from));
                 shard
                     .open_session(session, header.n_pos as usize)
                     .map(|()| (header, payload))

@@ -75,7 +75,8 @@ fn free_addr() -> SocketAddr {
     s.local_addr().unwrap()
 }
 
-fn endpoint() -> EndpointConfig {
+/// Data-plane settings holding the key the test pipelines use.
+pub fn endpoint() -> EndpointConfig {
     let identity = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
     let mut config = shoal::pipeline::endpoint_config(identity, Arc::new(Libp2pIdentity));
     config.cluster_key = Some(ClusterKey::from_secret(b"api test cluster key"));
@@ -187,6 +188,11 @@ impl Server {
     }
 
     /// Stops the server, then the head and stages.
+    /// The i-th stage.
+    pub fn stage(&self, i: usize) -> &Stage {
+        &self.stages[i]
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;

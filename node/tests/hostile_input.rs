@@ -1,0 +1,210 @@
+//! Hostile input on the data plane: a peer holding the cluster key (an insider, or a stolen
+//! device) sends malformed, truncated, oversized, out-of-order and replayed frames, frames
+//! for sessions it does not own, and a flood of session opens to the first stage of a real
+//! two-stage pipeline. After every case the stage is still up and the good client's greedy
+//! text through the API is llama.cpp's. (Peers WITHOUT the key never get this far:
+//! transport/tests/link_auth.rs.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::{json, Value};
+use shoal_tests::references;
+use transport::quic::{Dtype, Endpoint, FrameHeader, FrameKind, Link};
+
+const N_EMBD: u32 = 576;
+
+async fn hostile_link(server: &Server) -> (Endpoint, Link) {
+    let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap(), common::endpoint()).unwrap();
+    let link = endpoint
+        .connect(server.hops[0])
+        .await
+        .expect("the insider connects");
+    (endpoint, link)
+}
+
+fn hidden(kind: FrameKind, session: u64, pos: u32, rows: u32, cols: u32) -> FrameHeader {
+    FrameHeader {
+        kind,
+        session,
+        seq: 1,
+        pos,
+        n_pos: rows,
+        dtype: Dtype::F32,
+        rows,
+        cols,
+    }
+}
+
+fn open(session: u64, positions: u32) -> FrameHeader {
+    FrameHeader {
+        n_pos: positions,
+        ..FrameHeader::empty(FrameKind::Open, session, 0)
+    }
+}
+
+async fn send(link: &mut Link, header: FrameHeader) {
+    let len = header.payload_len().unwrap();
+    // The stage may already have dropped the link; that is an answer too.
+    let _ = link.send(&header, &vec![0u8; len]).await;
+}
+
+/// The good client: a greedy completion through the API equals the reference.
+async fn good_client_served(base: &str, case: &str) {
+    let r = references("smollm2")
+        .into_iter()
+        .find(|r| r.key == "p1")
+        .unwrap();
+    let req = json!({"prompt": r.prompt, "max_tokens": r.greedy_ids.len(), "temperature": 0});
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/completions"))
+        .json(&req)
+        .send()
+        .await
+        .expect("the API answers");
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "after {case}: {body}");
+    assert_eq!(body["choices"][0]["text"], r.greedy_text, "after {case}");
+}
+
+async fn wait_for_sessions(server: &Server, want: usize, case: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stage(0).open_sessions() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{case}: {} sessions open, want {want}",
+            server.stage(0).open_sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_never_disturb_the_good_client() {
+    let server = Server::pipeline().await;
+    let base = server.base.clone();
+    good_client_served(&base, "start").await;
+    let mut cases = 0;
+    let mut case = |name: &'static str| {
+        cases += 1;
+        eprintln!("case {cases}: {name}");
+        name
+    };
+
+    // Frames that cannot be computed: each fails only itself (error frame toward the head).
+    let (_ep, mut link) = hostile_link(&server).await;
+    let name = case("decode for a session never opened");
+    send(&mut link, hidden(FrameKind::Decode, 77, 0, 1, N_EMBD)).await;
+    good_client_served(&base, name).await;
+
+    send(&mut link, open(78, 64)).await;
+    let name = case("wrong dtype (u32 activations)");
+    send(
+        &mut link,
+        FrameHeader {
+            dtype: Dtype::U32,
+            ..hidden(FrameKind::Prefill, 78, 0, 4, N_EMBD)
+        },
+    )
+    .await;
+    good_client_served(&base, name).await;
+
+    send(&mut link, open(79, 64)).await;
+    let name = case("wrong width (cols != n_embd)");
+    send(&mut link, hidden(FrameKind::Prefill, 79, 0, 4, N_EMBD + 1)).await;
+    good_client_served(&base, name).await;
+
+    send(&mut link, open(80, 64)).await;
+    let name = case("zero rows");
+    send(&mut link, hidden(FrameKind::Prefill, 80, 0, 0, N_EMBD)).await;
+    good_client_served(&base, name).await;
+
+    send(&mut link, open(81, 8)).await;
+    let name = case("positions past the session's context");
+    send(&mut link, hidden(FrameKind::Prefill, 81, 0, 16, N_EMBD)).await;
+    good_client_served(&base, name).await;
+
+    send(&mut link, open(82, 64)).await;
+    let name = case("out-of-order positions (a gap)");
+    send(&mut link, hidden(FrameKind::Prefill, 82, 10, 2, N_EMBD)).await;
+    good_client_served(&base, name).await;
+
+    send(&mut link, open(83, 64)).await;
+    send(&mut link, hidden(FrameKind::Prefill, 83, 0, 2, N_EMBD)).await;
+    let name = case("a replayed frame (same positions again)");
+    send(&mut link, hidden(FrameKind::Prefill, 83, 0, 2, N_EMBD)).await;
+    good_client_served(&base, name).await;
+
+    let name = case("close of an unknown session");
+    send(&mut link, FrameHeader::empty(FrameKind::Close, 12345, 0)).await;
+    good_client_served(&base, name).await;
+    wait_for_sessions(&server, 0, "after the malformed cases").await;
+
+    // Someone else's session: a second insider cannot close or feed it.
+    let name = case("frames for a session another peer owns");
+    send(&mut link, open(90, 64)).await;
+    wait_for_sessions(&server, 1, name).await;
+    let (_ep2, mut other) = hostile_link(&server).await;
+    send(&mut other, FrameHeader::empty(FrameKind::Close, 90, 0)).await;
+    send(&mut other, hidden(FrameKind::Prefill, 90, 0, 1, N_EMBD)).await;
+    send(&mut other, open(90, 64)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.stage(0).open_sessions(),
+        1,
+        "{name}: the owner's session stays"
+    );
+    send(&mut link, FrameHeader::empty(FrameKind::Close, 90, 0)).await;
+    wait_for_sessions(&server, 0, "the owner closes its session").await;
+    good_client_served(&base, name).await;
+
+    // A flood of opens: refused beyond the stage's table, memory bounded.
+    let name = case("a flood of 200 session opens");
+    for id in 1000..1200 {
+        send(&mut link, open(id, 2048)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = server.stage(0).open_sessions();
+    assert!(held <= 64, "{name}: {held} sessions open past the limit");
+    for id in 1000..1200 {
+        send(&mut link, FrameHeader::empty(FrameKind::Close, id, 0)).await;
+    }
+    wait_for_sessions(&server, 0, name).await;
+    good_client_served(&base, name).await;
+
+    // Payload over the frame limit: skipped, the link survives.
+    let name = case("a payload over the 64 MiB frame limit");
+    send(&mut link, hidden(FrameKind::Prefill, 91, 0, 30_000, N_EMBD)).await;
+    send(&mut link, open(92, 64)).await;
+    wait_for_sessions(&server, 1, "the link survives an oversized frame").await;
+    send(&mut link, FrameHeader::empty(FrameKind::Close, 92, 0)).await;
+    good_client_served(&base, name).await;
+
+    // Byte-level garbage: the stage drops that link and keeps serving.
+    let name = case("garbage bytes instead of a frame header");
+    let (mut sender, _receiver) = link.split();
+    let _ = sender.get_mut().write_all(&[0xff; 64]).await;
+    good_client_served(&base, name).await;
+
+    let name = case("a frame truncated by the end of the stream");
+    let (_ep3, link) = hostile_link(&server).await;
+    let (mut sender, _receiver) = link.split();
+    let header = hidden(FrameKind::Prefill, 93, 0, 4, N_EMBD);
+    let prefix = header.encode_prefix(header.payload_len().unwrap()).unwrap();
+    let _ = sender.get_mut().write_all(prefix.as_bytes()).await;
+    let _ = sender.get_mut().write_all(&[0u8; 100]).await;
+    let _ = sender.get_mut().finish();
+    good_client_served(&base, name).await;
+
+    // A fresh insider link still works after all that (the stage never stopped accepting).
+    let (_ep4, mut link) = hostile_link(&server).await;
+    send(&mut link, open(94, 64)).await;
+    wait_for_sessions(&server, 1, "a new link after the garbage").await;
+
+    eprintln!("{cases} hostile cases; the good client was served after each");
+    assert_eq!(cases, 13);
+    server.stop().await;
+}
