@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
             route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
             metrics: None,
+            wire: shoal::pipeline::WireDtype::F32,
         };
         let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
         stages.push(Stage::start(cfg, ep).await?);
@@ -66,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         reply_addr: None,
         reply_timeout: Duration::from_secs(30),
         metrics: None,
+        wire: shoal::pipeline::WireDtype::F32,
     };
     let head = Head::start(
         cfg,

@@ -54,6 +54,7 @@ async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placeme
         replan_delay: Duration::from_millis(300),
         reply_timeout: Duration::from_secs(20),
         link_emulation: None,
+        wire: Default::default(),
         placement,
         metrics: std::sync::Arc::new(shoal::metrics::Metrics::new()),
     };

@@ -91,6 +91,7 @@ async fn head(first: SocketAddr, listen: SocketAddr, timeout: Duration) -> Head 
         reply_addr: None,
         reply_timeout: timeout,
         metrics: None,
+        wire: shoal::pipeline::WireDtype::F32,
     };
     Head::start(cfg, endpoint()).await.unwrap()
 }
@@ -156,6 +157,7 @@ async fn one_message_per_hop_per_token() {
             route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
             metrics: None,
+            wire: shoal::pipeline::WireDtype::F32,
         };
         stages.push(Stage::start(cfg, endpoint()).await.unwrap());
     }

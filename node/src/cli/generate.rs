@@ -55,6 +55,10 @@ pub(crate) struct Args {
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
     /// With --pipeline: the cluster key the stages hold (or --insecure).
+    /// What hidden states are sent to the next node as: f32 (lossless), or f16 / q8 to save
+    /// bandwidth on slow links at a small cost in exactness.
+    #[arg(long, env = "SHOAL_WIRE_DTYPE", value_enum, default_value_t)]
+    wire_dtype: shoal::pipeline::WireDtype,
     #[command(flatten)]
     key: super::cluster_key::KeyArgs,
 }
@@ -117,6 +121,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     reply_addr: None,
                     reply_timeout: Duration::from_secs(30),
                     metrics: None,
+                    wire: args.wire_dtype,
                 };
                 let endpoint = args.key.endpoint()?;
                 let head = Head::start(cfg, endpoint).await?;

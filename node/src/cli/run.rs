@@ -78,6 +78,10 @@ pub(crate) struct Args {
     /// for comparison.
     #[arg(long, env = "SHOAL_PLACEMENT", value_enum, default_value_t)]
     placement: shoal::cluster::coordinator::Placement,
+    /// What hidden states are sent to the next node as: f32 (lossless), or f16 / q8 to save
+    /// bandwidth on slow links at a small cost in exactness.
+    #[arg(long, env = "SHOAL_WIRE_DTYPE", value_enum, default_value_t)]
+    wire_dtype: shoal::pipeline::WireDtype,
     #[command(flatten)]
     key: super::cluster_key::KeyArgs,
     /// Seconds of quiet after a join or leave before replanning.
@@ -128,6 +132,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             replan_delay: Duration::from_secs_f64(args.replan_delay),
             reply_timeout: Duration::from_secs(30),
             link_emulation: args.link_emulation,
+            wire: args.wire_dtype,
             placement: args.placement,
             metrics: metrics.clone(),
         };

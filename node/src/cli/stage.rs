@@ -34,6 +34,10 @@ pub(crate) struct Args {
     /// Seconds after which an idle session is closed.
     #[arg(long, default_value_t = 120)]
     session_timeout: u64,
+    /// What hidden states are sent to the next node as: f32 (lossless), or f16 / q8 to save
+    /// bandwidth on slow links at a small cost in exactness.
+    #[arg(long, env = "SHOAL_WIRE_DTYPE", value_enum, default_value_t)]
+    wire_dtype: shoal::pipeline::WireDtype,
     #[command(flatten)]
     key: super::cluster_key::KeyArgs,
 }
@@ -60,6 +64,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             route: Route::To(args.next),
             session_timeout: Duration::from_secs(args.session_timeout),
             metrics: None,
+            wire: args.wire_dtype,
         };
         let endpoint = args.key.endpoint()?;
         let stage = Stage::start(cfg, endpoint).await?;

@@ -39,6 +39,7 @@ pub(crate) struct AgentConfig {
     pub(crate) replan_delay: Duration,
     pub(crate) placement: coordinator::Placement,
     pub(crate) endpoint: EndpointConfig,
+    pub(crate) wire: crate::pipeline::WireDtype,
 }
 
 /// A stage this node runs for one plan epoch.
@@ -373,6 +374,7 @@ impl Agent {
                     },
                     session_timeout: self.cfg.session_timeout,
                     metrics: Some(self.shared.metrics.clone()),
+                    wire: self.cfg.wire,
                 };
                 info!(epoch = a.epoch, layers = ?cfg.spec.layers, "loading my stage");
                 self.publish(a.epoch, false, None);

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     /// Emulated delay, jitter, loss and bandwidth on this node's outgoing data-plane packets
     /// (a test feature for fleets on one machine; `None` in production).
     pub link_emulation: Option<transport::quic::LinkEmulation>,
+    /// What this node's head and stages send hidden states as.
+    pub wire: pipeline::WireDtype,
     /// Where the node's head and stages record what they do (shared with the API).
     pub metrics: Arc<Metrics>,
 }
@@ -134,6 +136,7 @@ impl Node {
                 reply_addr: Some(SocketAddr::new(ip, 0)),
                 reply_timeout: cfg.reply_timeout,
                 metrics: Some(cfg.metrics.clone()),
+                wire: cfg.wire,
             },
             endpoint.clone(),
         )
@@ -181,6 +184,7 @@ impl Node {
                 replan_delay: cfg.replan_delay,
                 placement: cfg.placement,
                 endpoint,
+                wire: cfg.wire,
             },
             inbox,
         );

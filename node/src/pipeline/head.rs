@@ -18,7 +18,7 @@ use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind};
 
 use super::failover::Plans;
 use super::links::Links;
-use super::protocol;
+use super::protocol::{self, WireDtype};
 use crate::metrics::Metrics;
 
 /// Where the head sits and how long it waits.
@@ -40,6 +40,8 @@ pub struct HeadConfig {
     pub reply_timeout: Duration,
     /// Where to record the hop to the first stage, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
+    /// What this head sends embeddings as (it reads any hidden-state dtype back).
+    pub wire: WireDtype,
 }
 
 /// Why a request through the pipeline failed. The head keeps serving other requests.
@@ -102,6 +104,7 @@ enum Event {
 struct Inner {
     shard: Mutex<Shard>,
     n_embd: usize,
+    wire: WireDtype,
     to_first: mpsc::Sender<Outgoing>,
     first: Option<SocketAddr>,
     reply_addr: Option<SocketAddr>,
@@ -167,6 +170,7 @@ impl Head {
         let inner = Arc::new(Inner {
             shard: Mutex::new(shard),
             n_embd,
+            wire: cfg.wire,
             to_first,
             first: cfg.first,
             reply_addr,
@@ -422,6 +426,7 @@ impl Head {
                 pos,
                 chunk.len(),
                 inner.n_embd,
+                inner.wire,
             );
             self.send(s, header, bytes).await?;
             hidden = self.expect_hidden(s).await?;
@@ -436,8 +441,15 @@ impl Head {
                 return Ok(());
             }
             let bytes = self.embed(&[next]).await?;
-            let header =
-                protocol::hidden(FrameKind::Decode, s.id, pos as u64, pos, 1, inner.n_embd);
+            let header = protocol::hidden(
+                FrameKind::Decode,
+                s.id,
+                pos as u64,
+                pos,
+                1,
+                inner.n_embd,
+                inner.wire,
+            );
             let sent = Instant::now();
             self.send(s, header, bytes).await?;
             hidden = self.expect_hidden(s).await?;
@@ -508,7 +520,7 @@ impl Head {
                 .embed(&tokens, &mut rows)
                 .map_err(|e| PipelineError::Head(e.to_string()))?;
             let mut bytes = Vec::new();
-            protocol::f32_bytes(&rows, &mut bytes);
+            protocol::encode_hidden(&rows, inner.wire, &mut bytes);
             Ok(bytes)
         })
         .await
@@ -610,8 +622,10 @@ async fn receive_loop(endpoint: Arc<Endpoint>, inner: Arc<Inner>, cancel: Cancel
                 let event = match header.kind {
                     FrameKind::Open => Event::Opened,
                     FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
-                        if protocol::f32_values(payload, &mut values).is_none()
-                            || values.len() % inner.n_embd != 0
+                        let count = header.rows as usize * inner.n_embd;
+                        if header.cols as usize != inner.n_embd
+                            || protocol::decode_hidden(header.dtype, payload, count, &mut values)
+                                .is_none()
                         {
                             Event::Failed("malformed hidden state from the last stage".into())
                         } else {

@@ -27,6 +27,7 @@ use transport::quic::{EndpointConfig, Identity, PeerVerifier};
 
 pub use failover::{PlanRoute, Plans};
 pub use head::{Head, HeadConfig, PipelineError};
+pub use protocol::WireDtype;
 pub use route::Route;
 pub use stage::{Stage, StageConfig};
 

@@ -16,7 +16,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError};
 
 use super::links::Links;
-use super::protocol;
+use super::protocol::{self, WireDtype};
 use super::route::{self, Route};
 
 /// A frame on its way downstream, with the head address of its session (for
@@ -45,6 +45,8 @@ pub struct StageConfig {
     pub session_timeout: Duration,
     /// Where to record step and hop timings, if anywhere.
     pub metrics: Option<Arc<Metrics>>,
+    /// What this stage sends hidden states downstream as (it reads any).
+    pub wire: WireDtype,
 }
 
 /// A running stage. Dropping it does not stop it; call [`Stage::shutdown`].
@@ -143,7 +145,10 @@ impl Stage {
         let (route_tx, route_rx) = watch::channel(cfg.route);
         let mut tasks = tokio::task::JoinSet::new();
 
-        let timeout = cfg.session_timeout;
+        let settings = Settings {
+            timeout: cfg.session_timeout,
+            wire: cfg.wire,
+        };
         let compute_out = out_tx.clone();
         let open = sessions.clone();
         std::thread::Builder::new()
@@ -151,7 +156,7 @@ impl Stage {
             .spawn({
                 let timed = cfg.metrics.clone().map(|m| (m, layers_label(&cfg.spec)));
                 let steps = steps.clone();
-                move || compute(shard, job_rx, compute_out, timeout, open, timed, steps)
+                move || compute(shard, job_rx, compute_out, settings, open, timed, steps)
             })?;
 
         tasks.spawn(downstream(
@@ -356,12 +361,20 @@ pub(crate) fn error_frame(code: ErrorCode, session: u64, message: &str) -> (Fram
     (header, bytes)
 }
 
+/// The compute thread's settings.
+struct Settings {
+    /// Sessions idle this long are closed.
+    timeout: Duration,
+    /// What hidden states go downstream as.
+    wire: WireDtype,
+}
+
 /// The compute thread: owns the shard, runs one frame at a time in arrival order.
 fn compute(
     mut shard: Shard,
     mut jobs: mpsc::Receiver<Job>,
     out: mpsc::Sender<Outgoing>,
-    timeout: Duration,
+    settings: Settings,
     open: Arc<AtomicUsize>,
     metrics: Option<(Arc<Metrics>, String)>,
     steps: Arc<StepTimes>,
@@ -378,7 +391,7 @@ fn compute(
             Job::Sweep => {
                 let now = Instant::now();
                 last_seen.retain(|&session, &mut (seen, _, _)| {
-                    let alive = now.duration_since(seen) < timeout;
+                    let alive = now.duration_since(seen) < settings.timeout;
                     if !alive && shard.close_session(session) {
                         info!(session, "closed an abandoned session");
                     }
@@ -413,9 +426,8 @@ fn compute(
                 }
                 let reply = step(
                     &mut shard,
-                    header,
-                    &payload,
-                    n_embd,
+                    (header, &payload),
+                    (n_embd, settings.wire),
                     &mut hidden,
                     &mut result,
                 );
@@ -463,20 +475,19 @@ fn compute(
 
 fn step(
     shard: &mut Shard,
-    header: FrameHeader,
-    payload: &[u8],
-    n_embd: usize,
+    (header, payload): (FrameHeader, &[u8]),
+    (n_embd, wire): (usize, WireDtype),
     hidden: &mut Vec<f32>,
     result: &mut Vec<f32>,
 ) -> Result<(FrameHeader, Vec<u8>), StepError> {
-    if header.dtype != transport::quic::Dtype::F32 || header.cols as usize != n_embd {
+    if header.cols as usize != n_embd {
         return Err(StepError::WrongInput {
-            expected: "f32 hidden states of the model's width",
+            expected: "hidden states of the model's width",
         });
     }
-    protocol::f32_values(payload, hidden).ok_or(StepError::BadHiddenLen {
-        len: payload.len(),
-        n_embd,
+    let count = header.rows as usize * n_embd;
+    protocol::decode_hidden(header.dtype, payload, count, hidden).ok_or(StepError::WrongInput {
+        expected: "f32, f16 or q8 hidden states of the announced shape",
     })?;
     shard.forward(
         header.session,
@@ -486,7 +497,7 @@ fn step(
     )?;
     let rows = result.len() / n_embd;
     let mut bytes = Vec::new();
-    protocol::f32_bytes(result, &mut bytes);
+    protocol::encode_hidden(result, wire, &mut bytes);
     let out = protocol::hidden(
         header.kind,
         header.session,
@@ -494,6 +505,7 @@ fn step(
         header.pos as usize,
         rows,
         n_embd,
+        wire,
     );
     Ok((out, bytes))
 }

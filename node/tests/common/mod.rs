@@ -120,6 +120,7 @@ impl Server {
                 route: shoal::pipeline::Route::To(addrs[i + 1]),
                 session_timeout: Duration::from_secs(60),
                 metrics: Some(metrics.clone()),
+                wire: shoal::pipeline::WireDtype::F32,
             };
             stages.push(Stage::start(cfg, endpoint()).await.expect("stage"));
         }
@@ -131,6 +132,7 @@ impl Server {
             reply_addr: None,
             reply_timeout: Duration::from_secs(30),
             metrics: Some(metrics.clone()),
+            wire: shoal::pipeline::WireDtype::F32,
         };
         let head = Head::start(cfg, endpoint()).await.expect("head");
         let model = model_info();
