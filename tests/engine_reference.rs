@@ -3,17 +3,7 @@
 
 use sharding::gguf::GgufFile;
 use sharding::model::{Input, Output, Shard, ShardOptions, ShardSpec};
-use shoal_tests::{model_path, references};
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+use shoal_tests::{argmax, model_path, references};
 
 /// Greedy ids for `prompt` with one full-model shard.
 fn greedy(shard: &mut Shard, session: u64, prompt: &[u32], n: usize) -> Vec<u32> {

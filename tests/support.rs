@@ -207,6 +207,17 @@ pub fn write_tiny_llama(path: &Path, seed: u64) {
 }
 
 /// A fresh directory under the system temp dir for one test.
+/// Index of the largest logit (the first one on ties): greedy decoding as llama.cpp does it.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("shoal-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create temp dir");

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use sharding::gguf::GgufFile;
 use sharding::model::{ModelConfig, ShardOptions, ShardSpec};
 use shoal::pipeline::{endpoint_config, Head, HeadConfig, Route, Stage, StageConfig};
+use shoal_tests::argmax;
 use transport::quic::{Identity, InsecureAcceptAny};
 
 fn free_addr() -> SocketAddr {
@@ -18,16 +19,6 @@ fn free_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shoal::backend::Backend;
 use shoal::cluster::coordinator::Placement;
 use shoal::cluster::{ClusterState, ClusterView, Node, NodeConfig};
-use shoal_tests::{model_path, references};
+use shoal_tests::{argmax, model_path, references};
 use transport::cluster_key::ClusterKey;
 use transport::discovery::{Config, Keypair, Multiaddr};
 
@@ -18,16 +18,6 @@ use transport::discovery::{Config, Keypair, Multiaddr};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BUDGET: u64 = 100 << 20;
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 async fn start(bootstrap: Vec<Multiaddr>) -> Node {
     start_with(bootstrap, BUDGET).await

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sharding::model::{ShardOptions, ShardSpec};
 use shoal::pipeline::{Head, HeadConfig, PipelineError, Route, Stage, StageConfig};
-use shoal_tests::{model_path, references};
+use shoal_tests::{argmax, model_path, references};
 use transport::cluster_key::ClusterKey;
 use transport::discovery::Keypair;
 use transport::quic::{EndpointConfig, Identity, Libp2pIdentity};
@@ -34,16 +34,6 @@ fn endpoint() -> EndpointConfig {
     let mut config = shoal::pipeline::endpoint_config(identity, Arc::new(Libp2pIdentity));
     config.cluster_key = Some(ClusterKey::from_secret(CLUSTER_SECRET.as_bytes()));
     config
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// A stage process; killed on drop.

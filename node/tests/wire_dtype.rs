@@ -6,31 +6,12 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sharding::model::{ShardOptions, ShardSpec};
 use shoal::metrics::Metrics;
-use shoal::pipeline::{Head, HeadConfig, Route, Stage, StageConfig, WireDtype};
-use shoal_tests::{model_path, references};
-
-fn free_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+use shoal::pipeline::WireDtype;
+use shoal_tests::{argmax, references};
 
 /// Bytes sent on every hop so far.
 fn hop_bytes(metrics: &Metrics) -> f64 {
@@ -51,40 +32,7 @@ struct Measured {
 
 async fn measure(wire: WireDtype) -> Measured {
     let metrics = Arc::new(Metrics::new());
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let mut stages = Vec::new();
-    for (i, layers) in [0..15, 15..30].into_iter().enumerate() {
-        let cfg = StageConfig {
-            model: model_path("smollm2"),
-            spec: ShardSpec {
-                layers,
-                embed: false,
-                head: false,
-            },
-            options: ShardOptions::default(),
-            listen: addrs[i],
-            route: Route::To(addrs[i + 1]),
-            session_timeout: Duration::from_secs(60),
-            metrics: Some(metrics.clone()),
-            wire,
-        };
-        stages.push(Stage::start(cfg, common::endpoint()).await.unwrap());
-    }
-    let head = Head::start(
-        HeadConfig {
-            model: model_path("smollm2"),
-            threads: 1,
-            listen: addrs[2],
-            first: Some(addrs[0]),
-            reply_addr: None,
-            reply_timeout: Duration::from_secs(30),
-            metrics: Some(metrics.clone()),
-            wire,
-        },
-        common::endpoint(),
-    )
-    .await
-    .unwrap();
+    let (head, stages, _) = common::start_pipeline(metrics.clone(), wire).await;
 
     let refs = references("smollm2");
     let (mut agree, mut steps, mut exact) = (0usize, 0usize, 0usize);

@@ -13,7 +13,7 @@ use shoal::api::ApiOptions;
 use shoal::backend::{Backend, ModelInfo};
 use shoal::cluster::{ClusterState, ClusterView, ModelSummary};
 use shoal::metrics::Metrics;
-use shoal::pipeline::{Head, HeadConfig, Stage, StageConfig};
+use shoal::pipeline::{Head, HeadConfig, Stage, StageConfig, WireDtype};
 use shoal_tests::model_path;
 use tokio_util::sync::CancellationToken;
 use transport::cluster_key::ClusterKey;
@@ -105,36 +105,7 @@ impl Server {
     /// [`Server::pipeline`] behind an API with this token and these limits.
     pub async fn pipeline_with(options: ApiOptions) -> Server {
         let metrics = Arc::new(Metrics::new());
-        let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-        let mut stages = Vec::new();
-        for (i, layers) in [0..15, 15..30].into_iter().enumerate() {
-            let cfg = StageConfig {
-                model: model_path("smollm2"),
-                spec: ShardSpec {
-                    layers,
-                    embed: false,
-                    head: false,
-                },
-                options: ShardOptions::default(),
-                listen: addrs[i],
-                route: shoal::pipeline::Route::To(addrs[i + 1]),
-                session_timeout: Duration::from_secs(60),
-                metrics: Some(metrics.clone()),
-                wire: shoal::pipeline::WireDtype::F32,
-            };
-            stages.push(Stage::start(cfg, endpoint()).await.expect("stage"));
-        }
-        let cfg = HeadConfig {
-            model: model_path("smollm2"),
-            threads: 1,
-            listen: addrs[2],
-            first: Some(addrs[0]),
-            reply_addr: None,
-            reply_timeout: Duration::from_secs(30),
-            metrics: Some(metrics.clone()),
-            wire: shoal::pipeline::WireDtype::F32,
-        };
-        let head = Head::start(cfg, endpoint()).await.expect("head");
+        let (head, stages, addrs) = start_pipeline(metrics.clone(), WireDtype::F32).await;
         let model = model_info();
         let backend = TestBackend {
             view: view(ClusterState::Ready, &model.name),
@@ -205,6 +176,45 @@ impl Server {
             s.shutdown().await;
         }
     }
+}
+
+/// A head and two stages (layers 0..15 and 15..30) on loopback, every sender using `wire`,
+/// all recording into `metrics`; also the hop addresses (stage 1, stage 2, head).
+pub async fn start_pipeline(
+    metrics: Arc<Metrics>,
+    wire: WireDtype,
+) -> (Head, Vec<Stage>, Vec<SocketAddr>) {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut stages = Vec::new();
+    for (i, layers) in [0..15, 15..30].into_iter().enumerate() {
+        let cfg = StageConfig {
+            model: model_path("smollm2"),
+            spec: ShardSpec {
+                layers,
+                embed: false,
+                head: false,
+            },
+            options: ShardOptions::default(),
+            listen: addrs[i],
+            route: shoal::pipeline::Route::To(addrs[i + 1]),
+            session_timeout: Duration::from_secs(60),
+            metrics: Some(metrics.clone()),
+            wire,
+        };
+        stages.push(Stage::start(cfg, endpoint()).await.expect("stage"));
+    }
+    let cfg = HeadConfig {
+        model: model_path("smollm2"),
+        threads: 1,
+        listen: addrs[2],
+        first: Some(addrs[0]),
+        reply_addr: None,
+        reply_timeout: Duration::from_secs(30),
+        metrics: Some(metrics.clone()),
+        wire,
+    };
+    let head = Head::start(cfg, endpoint()).await.expect("head");
+    (head, stages, addrs)
 }
 
 /// The value of the series whose line starts with `series` (name and labels), 0 if absent.
