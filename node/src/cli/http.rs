@@ -21,19 +21,27 @@ pub(crate) fn base_url(node: &str) -> String {
     }
 }
 
-/// The API token to use: the contents of `file` when given, else the `SHOAL_API_TOKEN`
-/// environment variable, else none. Surrounding whitespace is trimmed.
+/// The API token to use: the contents of `file` when given (an empty file is an error),
+/// else the `SHOAL_API_TOKEN` environment variable, else none. Whitespace is trimmed.
 pub(crate) fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
-    let text = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the API token file {}", path.display()))?,
-        None => match std::env::var("SHOAL_API_TOKEN") {
-            Ok(text) => text,
-            Err(_) => return Ok(None),
-        },
-    };
-    let text = text.trim();
-    Ok((!text.is_empty()).then(|| text.to_owned()))
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API token file {}", path.display()))?;
+            // An empty file must not quietly leave the API open.
+            let text = text.trim();
+            anyhow::ensure!(
+                !text.is_empty(),
+                "the API token file {} is empty",
+                path.display()
+            );
+            Ok(Some(text.to_owned()))
+        }
+        None => Ok(std::env::var("SHOAL_API_TOKEN")
+            .ok()
+            .map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty())),
+    }
 }
 
 /// Fetches the cluster view from the node at `node` (a URL or `host:port`), sending `token`
@@ -61,6 +69,20 @@ pub(crate) fn fetch_cluster(node: &str, token: Option<&str>) -> Result<ClusterVi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_token_file_is_an_error_not_an_open_api() {
+        let path = std::env::temp_dir().join(format!("shoal-empty-token-{}", std::process::id()));
+        std::fs::write(&path, " \n").unwrap();
+        let err = api_token(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
+        std::fs::write(&path, " a-token-of-enough-length \n").unwrap();
+        assert_eq!(
+            api_token(Some(&path)).unwrap().as_deref(),
+            Some("a-token-of-enough-length")
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn base_url_adds_scheme_and_drops_slash() {
