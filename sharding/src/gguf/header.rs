@@ -67,6 +67,15 @@ impl Header {
     /// Every tensor of a supported type is checked to lie inside `bytes`; tensors of other
     /// types are indexed (so the error can name them) and fail only when used.
     pub fn parse(bytes: &[u8]) -> Result<Self, GgufError> {
+        Self::parse_prefix(bytes, bytes.len())
+    }
+
+    /// Parses the header from the first bytes of a file of `file_len` bytes, checking tensors
+    /// against `file_len` instead of the bytes at hand: what a node that fetches a model from
+    /// peers piece by piece does before it has the data. Any error may mean the prefix is too
+    /// short; a prefix holding the whole header parses exactly as the whole file would.
+    pub fn parse_prefix(bytes: &[u8], file_len: usize) -> Result<Self, GgufError> {
+        let file_len = file_len.max(bytes.len());
         let mut r = Reader { bytes, pos: 0 };
         let magic: [u8; 4] = r.take(4, "magic")?.try_into().expect("took 4 bytes");
         if magic != MAGIC {
@@ -119,18 +128,26 @@ impl Header {
             raw.push((name, dims, type_id, offset));
         }
         let data_offset = align_up(r.pos as u64, alignment)
-            .filter(|&o| o <= bytes.len() as u64)
+            .filter(|&o| o <= file_len as u64)
             .ok_or(GgufError::Truncated {
                 what: "data section",
                 offset: r.pos,
                 needed: 1,
-                len: bytes.len(),
+                len: file_len,
             })? as usize;
 
         let mut tensors = Vec::with_capacity(raw.len());
         let mut by_name = HashMap::with_capacity(raw.len());
         for (name, dims, type_id, offset) in raw {
-            let info = validate_tensor(name, dims, type_id, offset, data_offset, alignment, bytes)?;
+            let info = validate_tensor(
+                name,
+                dims,
+                type_id,
+                offset,
+                data_offset,
+                alignment,
+                file_len,
+            )?;
             if by_name.insert(info.name.clone(), tensors.len()).is_some() {
                 return Err(GgufError::DuplicateTensor(info.name));
             }
@@ -159,7 +176,7 @@ fn validate_tensor(
     offset: u64,
     data_offset: usize,
     alignment: u64,
-    bytes: &[u8],
+    file_len: usize,
 ) -> Result<TensorInfo, GgufError> {
     let bad = |name: String, dims: Vec<u64>, why| GgufError::BadShape { name, dims, why };
     if dims.contains(&0) {
@@ -195,7 +212,7 @@ fn validate_tensor(
     let start = (data_offset as u64).checked_add(offset);
     let end = start.and_then(|s| s.checked_add(len));
     match (start, end) {
-        (Some(start), Some(end)) if end <= bytes.len() as u64 => Ok(TensorInfo {
+        (Some(start), Some(end)) if end <= file_len as u64 => Ok(TensorInfo {
             name,
             dims,
             type_id,
@@ -209,7 +226,7 @@ fn validate_tensor(
             end: (data_offset as u64)
                 .saturating_add(offset)
                 .saturating_add(len),
-            len: bytes.len(),
+            len: file_len,
         }),
     }
 }

@@ -8,7 +8,7 @@ use super::ops;
 use super::scratch::Scratch;
 use super::weights::Weights;
 use super::{LoadError, StepError};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Header};
 use crate::kv::KvCache;
 
 /// Which part of the model a shard runs.
@@ -30,6 +30,32 @@ impl ShardSpec {
             embed: true,
             head: true,
         }
+    }
+
+    /// The file byte ranges of every tensor [`Shard::load`] reads for this spec, in file
+    /// order: what a node holding only part of a model must have before loading it.
+    pub fn byte_ranges(&self, header: &Header) -> Vec<Range<usize>> {
+        let tied = header.tensor("output.weight").is_none();
+        let wanted = |name: &str| -> bool {
+            match name {
+                "token_embd.weight" => self.embed || (self.head && tied),
+                "output.weight" | "output_norm.weight" => self.head,
+                "rope_freqs.weight" => true,
+                _ => name
+                    .strip_prefix("blk.")
+                    .and_then(|rest| rest.split_once('.'))
+                    .and_then(|(layer, _)| layer.parse::<usize>().ok())
+                    .is_some_and(|layer| self.layers.contains(&layer)),
+            }
+        };
+        let mut ranges: Vec<Range<usize>> = header
+            .tensors
+            .iter()
+            .filter(|t| wanted(&t.name))
+            .map(|t| t.start..t.start + t.len)
+            .collect();
+        ranges.sort_by_key(|r| r.start);
+        ranges
     }
 }
 
