@@ -1,5 +1,7 @@
 //! Bytes between Shoal nodes.
 //!
+//! - [`blob`]: model files between nodes: chunk manifests, a sparse cache, and a QUIC
+//!   server and fetcher for verified chunks.
 //! - [`cluster_key`]: the shared secret of a private cluster and what is derived from it.
 //! - [`discovery`]: the libp2p swarm (mDNS, static peers, identify, adverts, membership),
 //!   behind a small trait with an in-memory implementation for tests.
@@ -7,6 +9,7 @@
 //!
 //! This crate does no model math and knows nothing of the scheduler.
 
+pub mod blob;
 pub mod cluster_key;
 pub mod discovery;
 pub mod quic;

@@ -51,6 +51,11 @@ pub enum FrameKind {
     Ping,
     /// Answer to [`FrameKind::Ping`].
     Pong,
+    /// A request for a piece of a model file (see `crate::blob`): the payload is the file's
+    /// sha256, `seq` the chunk index.
+    Fetch,
+    /// The answer to a [`FrameKind::Fetch`]: the requested bytes.
+    Piece,
 }
 
 /// Why a peer answered with an [`FrameKind::Error`] frame.
