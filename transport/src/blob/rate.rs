@@ -67,7 +67,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transfers_average_out_to_the_rate() {
         let limit = RateLimit::new(10 << 20);
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         for _ in 0..20 {
             limit.acquire(1 << 20).await;
         }
