@@ -32,7 +32,7 @@ enum Command {
     /// Generate text from a prompt, on this node or through a pipeline of stages.
     Generate(cli::generate::Args),
     /// Run a cluster node: discover peers, take layers, serve the HTTP API.
-    Run(cli::run::Args),
+    Run(Box<cli::run::Args>),
     /// Serve a layer range as one stage of a pipeline.
     Stage(cli::stage::Args),
     /// Measure prompt processing (pp128) and generation (tg64) speed, like llama-bench.
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => cli::bench::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Stage(args) => cli::stage::run(args),
-        Command::Run(args) => cli::run::run(args),
+        Command::Run(args) => cli::run::run(*args),
         Command::Plan(args) => cli::plan::run(args),
         Command::Keygen(args) => cli::cluster_key::keygen(args),
         // The exit code is the command's answer; stdout is line-buffered and fully written.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shoal::backend::Backend;
 use shoal::cluster::coordinator::Placement;
-use shoal::cluster::{ClusterState, ClusterView, Node, NodeConfig};
+use shoal::cluster::{ClusterState, ClusterView, ModelSource, Node, NodeConfig};
 use shoal_tests::{argmax, model_path, references};
 use transport::cluster_key::ClusterKey;
 use transport::discovery::{Config, Keypair, Multiaddr};
@@ -29,7 +29,7 @@ async fn start_with(bootstrap: Vec<Multiaddr>, budget: u64) -> Node {
 
 async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placement) -> Node {
     let cfg = NodeConfig {
-        model: model_path("smollm2"),
+        model: ModelSource::File(model_path("smollm2")),
         discovery: Config {
             cluster_key: Some(ClusterKey::from_secret(b"cluster test key")),
             ..Config::loopback(bootstrap, Duration::from_secs(2))

@@ -45,6 +45,7 @@ fn advert(peer: PeerId) -> Advert {
         models: vec![],
         layer_cost: None,
         version: "0.1.0".into(),
+        seed_addr: None,
         state: Default::default(),
     }
 }

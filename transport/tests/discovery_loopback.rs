@@ -55,6 +55,7 @@ fn advert(peer: PeerId, epoch: u64) -> Advert {
             prefill_ms_per_token: 0.05,
         }),
         version: "0.1.0".into(),
+        seed_addr: None,
         state: AdvertState {
             epoch,
             ready: epoch > 0,

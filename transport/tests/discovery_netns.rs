@@ -145,6 +145,7 @@ fn netns_child_node() {
             models: vec![],
             layer_cost: None,
             version: ns.clone(),
+            seed_addr: None,
             state: AdvertState::default(),
         };
         handle.publish(advert).await.expect("publish");

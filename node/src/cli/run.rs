@@ -6,16 +6,36 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use shoal::cluster::{Node, NodeConfig};
+use shoal::cluster::{ModelSource, Node, NodeConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use transport::discovery::{Config as DiscoveryConfig, Keypair, Multiaddr};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// GGUF model file.
-    #[arg(long, env = "SHOAL_MODEL")]
-    model: PathBuf,
+    /// GGUF model file. A node without one gives --model-sha256 instead.
+    #[arg(
+        long,
+        env = "SHOAL_MODEL",
+        required_unless_present = "model_sha256",
+        conflicts_with = "model_sha256"
+    )]
+    model: Option<PathBuf>,
+    /// Join without a copy of the model: its sha256. The node fetches from peers holding
+    /// it only what it runs (its head and assigned layers), checking every chunk.
+    #[arg(long, env = "SHOAL_MODEL_SHA256", value_parser = parse_sha256)]
+    model_sha256: Option<[u8; 32]>,
+    /// Where fetched models are kept between runs (default: $XDG_CACHE_HOME/shoal, else
+    /// ~/.cache/shoal).
+    #[arg(long, env = "SHOAL_MODEL_CACHE")]
+    model_cache: Option<PathBuf>,
+    /// Most bytes per second spent fetching weights, e.g. 32MiB, so a fetch does not starve
+    /// live traffic; 0 for no limit.
+    #[arg(long, env = "SHOAL_FETCH_RATE", value_parser = parse_size, default_value = "32MiB")]
+    fetch_rate: u64,
+    /// Seconds to wait at start for a peer that holds the model.
+    #[arg(long, env = "SHOAL_FETCH_WAIT", default_value_t = 300.0)]
+    fetch_wait: f64,
     /// Address for peer-to-peer control traffic (discovery, adverts, plans).
     #[arg(
         long,
@@ -93,6 +113,35 @@ fn parse_size(s: &str) -> Result<u64, String> {
     shoal::cluster::profile::parse_size(s)
 }
 
+fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    transport::blob::parse_hex(s).ok_or_else(|| format!("{s:?} is not a sha256 (64 hex digits)"))
+}
+
+/// Where the model comes from, from the flags.
+fn model_source(args: &Args) -> anyhow::Result<ModelSource> {
+    match (&args.model, args.model_sha256) {
+        (Some(path), _) => Ok(ModelSource::File(path.clone())),
+        (None, Some(sha256)) => {
+            let cache = match &args.model_cache {
+                Some(dir) => dir.clone(),
+                None => std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                    .context("no --model-cache given and neither XDG_CACHE_HOME nor HOME is set")?
+                    .join("shoal"),
+            };
+            anyhow::ensure!(args.fetch_wait >= 0.0, "--fetch-wait must not be negative");
+            Ok(ModelSource::Peers {
+                sha256,
+                cache,
+                rate: (args.fetch_rate > 0).then_some(args.fetch_rate),
+                wait: Duration::from_secs_f64(args.fetch_wait),
+            })
+        }
+        (None, None) => anyhow::bail!("give --model FILE or --model-sha256 HEX"),
+    }
+}
+
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let threads = args
         .threads
@@ -118,7 +167,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         };
         let metrics = std::sync::Arc::new(shoal::metrics::Metrics::new());
         let cfg = NodeConfig {
-            model: args.model.clone(),
+            model: model_source(&args)?,
             discovery,
             data_listen: args.data_listen,
             advertise_ip: args.advertise_ip,

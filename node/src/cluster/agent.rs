@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,11 +22,12 @@ use super::control::{Assignment, Control};
 use super::coordinator;
 use super::node::Shared;
 use super::state::Active;
+use super::weights::Weights;
 use crate::pipeline::{Route, Stage, StageConfig};
 
 /// What the agent needs besides the shared state.
 pub(crate) struct AgentConfig {
-    pub(crate) model: PathBuf,
+    pub(crate) weights: Arc<Weights>,
     pub(crate) profile: ModelProfile,
     pub(crate) head_reserve: u64,
     pub(crate) bind_ip: IpAddr,
@@ -355,7 +355,7 @@ impl Agent {
                 let s = &a.stages[i];
                 let last = i + 1 == a.stages.len();
                 let cfg = StageConfig {
-                    model: self.cfg.model.clone(),
+                    model: self.cfg.weights.path().to_owned(),
                     spec: ShardSpec {
                         layers: s.layers[0] as usize..s.layers[1] as usize,
                         embed: false,
@@ -380,8 +380,13 @@ impl Agent {
                 self.publish(a.epoch, false, None);
                 let (endpoint, done, epoch) =
                     (self.cfg.endpoint.clone(), self.loaded_tx.clone(), a.epoch);
+                let weights = self.cfg.weights.clone();
                 tokio::spawn(async move {
-                    let result = Stage::start(cfg, endpoint).await;
+                    let what = format!("layers {}..{}", cfg.spec.layers.start, cfg.spec.layers.end);
+                    let result = match weights.ensure(&cfg.spec, &what).await {
+                        Ok(()) => Stage::start(cfg, endpoint).await,
+                        Err(e) => Err(e),
+                    };
                     let _ = done.send((epoch, result)).await;
                 });
             }

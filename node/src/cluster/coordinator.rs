@@ -133,6 +133,7 @@ mod tests {
                 prefill_ms_per_token: decode_ms / 4.0,
             }),
             version: "v".into(),
+            seed_addr: None,
             state: AdvertState::default(),
         }
     }

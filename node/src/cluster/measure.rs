@@ -25,6 +25,16 @@ const PREFILL_POSITIONS: usize = 32;
 /// Prefill batches timed; the fastest is reported (noise only ever adds time).
 const PREFILL_RUNS: usize = 2;
 
+/// The one layer [`measure_layer_cost`] runs: a middle one.
+pub fn measured_spec(n_layers: usize) -> ShardSpec {
+    let mid = n_layers / 2;
+    ShardSpec {
+        layers: mid..mid + 1,
+        embed: false,
+        head: false,
+    }
+}
+
 /// Milliseconds per decoded token and per prompt token of one layer of `file`'s model on
 /// this node with `threads` worker threads.
 ///
@@ -36,12 +46,7 @@ pub fn measure_layer_cost(file: &GgufFile, threads: usize) -> anyhow::Result<Lay
     if config.n_layers == 0 {
         anyhow::bail!("model has no layers");
     }
-    let mid = config.n_layers / 2;
-    let spec = ShardSpec {
-        layers: mid..mid + 1,
-        embed: false,
-        head: false,
-    };
+    let spec = measured_spec(config.n_layers);
     let positions = WARMUP_STEPS.max(DECODE_STEPS).max(PREFILL_POSITIONS);
     let opts = ShardOptions {
         threads: threads.max(1),

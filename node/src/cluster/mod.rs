@@ -15,9 +15,11 @@ pub mod profile;
 mod snapshot;
 mod state;
 pub mod view;
+pub mod weights;
 
 pub use control::{Assignment, Control, StageAssignment};
 pub use node::{Node, NodeConfig};
 pub use view::{
     ClusterState, ClusterView, MemberState, MemberView, ModelSummary, PlanView, StageView,
 };
+pub use weights::ModelSource;

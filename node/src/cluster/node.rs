@@ -2,7 +2,6 @@
 //! requests, and runs whatever stages the coordinator assigns it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,15 +13,17 @@ use sharding::tokenizer::Tokenizer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use transport::blob::{self, BlobServer, Fetcher, RateLimit};
 use transport::discovery::{
     swarm, Advert, AdvertState, Config as DiscoveryConfig, Discovery, Keypair, Multiaddr, PeerId,
     Protocol,
 };
-use transport::quic::{Identity, Libp2pIdentity};
+use transport::quic::{Endpoint, Identity, Libp2pIdentity};
 
 use super::agent::{Agent, AgentConfig};
 use super::state::State;
 use super::view::{ClusterView, ModelSummary};
+use super::weights::{ModelSource, Weights};
 use super::{measure, profile, snapshot};
 use crate::backend::{Backend, ModelInfo};
 use crate::metrics::Metrics;
@@ -31,8 +32,8 @@ use crate::pipeline::{self, Head, HeadConfig, PlanRoute, Plans};
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// GGUF model file.
-    pub model: PathBuf,
+    /// The model: a GGUF file on this node, or one fetched from peers.
+    pub model: ModelSource,
     /// Discovery settings (listen addresses, static peers, mDNS).
     pub discovery: DiscoveryConfig,
     /// Address of this node's data plane (its head listens here; stages bind fresh ports on
@@ -85,23 +86,13 @@ pub struct Node {
     service: swarm::Service,
     cancel: CancellationToken,
     agent: JoinHandle<()>,
+    /// Serves the model's chunks when this node holds the whole file.
+    seed: Option<BlobServer>,
 }
 
 impl Node {
     /// Measures this node, joins the cluster and starts serving.
     pub async fn start(cfg: NodeConfig, keypair: Keypair) -> anyhow::Result<Node> {
-        let path = cfg.model.clone();
-        let (threads, context) = (cfg.threads, cfg.max_context);
-        let loaded = tokio::task::spawn_blocking(move || load_model(&path, threads, context))
-            .await
-            .context("model loading task")??;
-        info!(
-            model = %loaded.summary.name,
-            sha256 = %loaded.summary.sha256,
-            decode_ms_per_layer = loaded.cost.decode_ms,
-            prefill_ms_per_layer = loaded.cost.prefill_ms_per_token,
-            "measured this node"
-        );
         let cancel = CancellationToken::new();
         let (handle, inbox, service) =
             swarm::spawn(cfg.discovery.clone(), keypair.clone(), cancel.child_token())
@@ -127,9 +118,57 @@ impl Node {
             pipeline::endpoint_config(Identity::from_keypair(&keypair)?, Arc::new(Libp2pIdentity));
         endpoint.link_emulation = cfg.link_emulation;
         endpoint.cluster_key = cfg.discovery.cluster_key.clone();
+        let any_port = SocketAddr::new(cfg.data_listen.ip(), 0);
+        let (weights, known_sha) = match &cfg.model {
+            ModelSource::File(path) => (Weights::local(path.clone()), None),
+            ModelSource::Peers {
+                sha256,
+                cache,
+                rate,
+                wait,
+            } => {
+                let client = Endpoint::bind(any_port, endpoint.clone())
+                    .context("binding the endpoint that fetches weights")?;
+                let fetcher = Fetcher::new(client, rate.map(RateLimit::new));
+                let weights =
+                    Weights::from_peers(*sha256, cache, fetcher, handle.clone(), *wait).await?;
+                (weights, Some(blob::hex(sha256)))
+            }
+        };
+        let weights = Arc::new(weights);
+        let path = weights.path().to_owned();
+        let (threads, context) = (cfg.threads, cfg.max_context);
+        let loaded =
+            tokio::task::spawn_blocking(move || load_model(&path, threads, context, known_sha))
+                .await
+                .context("model loading task")??;
+        info!(
+            model = %loaded.summary.name,
+            sha256 = %loaded.summary.sha256,
+            decode_ms_per_layer = loaded.cost.decode_ms,
+            prefill_ms_per_layer = loaded.cost.prefill_ms_per_token,
+            "measured this node"
+        );
+        // A node holding the whole file serves its chunks to nodes that lack it.
+        let manifest = match loaded.manifest {
+            Some(m) => Some(m),
+            None => weights.complete_manifest().await,
+        };
+        let seed = match manifest {
+            Some(manifest) => {
+                let served = Endpoint::bind(any_port, endpoint.clone())
+                    .context("binding the endpoint that serves weights")?;
+                Some(BlobServer::start(
+                    served,
+                    vec![(weights.path(), manifest)],
+                    None,
+                )?)
+            }
+            None => None,
+        };
         let head = Head::start(
             HeadConfig {
-                model: cfg.model.clone(),
+                model: weights.path().to_owned(),
                 threads: cfg.threads,
                 listen: cfg.data_listen,
                 first: None,
@@ -152,6 +191,9 @@ impl Node {
             models: vec![loaded.summary.sha256.clone()],
             layer_cost: Some(loaded.cost),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            seed_addr: seed
+                .as_ref()
+                .map(|s| SocketAddr::new(ip, s.local_addr().port())),
             state: AdvertState::default(),
         };
         handle
@@ -172,7 +214,7 @@ impl Node {
         let agent = Agent::new(
             shared.clone(),
             AgentConfig {
-                model: cfg.model,
+                weights,
                 profile: loaded.profile,
                 head_reserve: loaded.head_bytes,
                 bind_ip: cfg.data_listen.ip(),
@@ -194,6 +236,7 @@ impl Node {
             service,
             cancel,
             agent,
+            seed,
         })
     }
 
@@ -220,6 +263,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.agent.await;
+        if let Some(seed) = self.seed {
+            seed.shutdown().await;
+        }
         self.shared.head.shutdown().await;
         self.service.shutdown().await;
     }
@@ -262,14 +308,29 @@ struct Loaded {
     profile: scheduler::ModelProfile,
     cost: transport::discovery::LayerCost,
     head_bytes: u64,
+    /// The chunk manifest, built while hashing a local file (`None` for a fetched one).
+    manifest: Option<blob::Manifest>,
 }
 
-/// Reads, hashes, profiles and measures the model (blocking).
-fn load_model(path: &std::path::Path, threads: usize, context: usize) -> anyhow::Result<Loaded> {
+/// Reads, hashes, profiles and measures the model (blocking). `sha256` is given for a model
+/// fetched from peers (its chunks were verified as they came); a local file is hashed.
+fn load_model(
+    path: &std::path::Path,
+    threads: usize,
+    context: usize,
+    sha256: Option<String>,
+) -> anyhow::Result<Loaded> {
     let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
     let meta = file.metadata();
     let n_layers = ModelConfig::from_metadata(meta)?.n_layers as u32;
-    let sha256 = hash_with_progress(path).with_context(|| format!("hashing {}", path.display()))?;
+    let (sha256, manifest) = match sha256 {
+        Some(sha) => (sha, None),
+        None => {
+            let manifest =
+                hash_with_progress(path).with_context(|| format!("hashing {}", path.display()))?;
+            (blob::hex(&manifest.sha256), Some(manifest))
+        }
+    };
     let model_profile = profile::model_profile_with_sha256(&file, context as u32, sha256.clone())?;
     let head_bytes = model_profile.embedding_bytes + model_profile.head_bytes.unwrap_or(0);
     let cost = measure::measure_layer_cost(&file, threads)?;
@@ -297,6 +358,7 @@ fn load_model(path: &std::path::Path, threads: usize, context: usize) -> anyhow:
         profile: model_profile,
         cost,
         head_bytes,
+        manifest,
     })
 }
 
@@ -310,7 +372,7 @@ fn outward_ip(addrs: &[Multiaddr]) -> Option<IpAddr> {
 
 /// Hashes the model with a progress bar on a terminal (hidden otherwise, e.g. under docker or
 /// with JSON logs piped away): a multi-GB model takes seconds to hash on an SBC.
-fn hash_with_progress(path: &std::path::Path) -> std::io::Result<String> {
+fn hash_with_progress(path: &std::path::Path) -> std::io::Result<blob::Manifest> {
     let len = std::fs::metadata(path)?.len();
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(len),
@@ -322,7 +384,7 @@ fn hash_with_progress(path: &std::path::Path) -> std::io::Result<String> {
         )
         .expect("a valid template"),
     );
-    let sha = profile::model_sha256_with_progress(path, |n| bar.inc(n))?;
+    let manifest = blob::Manifest::build(path, |n| bar.inc(n))?;
     bar.finish_and_clear();
-    Ok(sha)
+    Ok(manifest)
 }

@@ -189,7 +189,10 @@ mod tests {
         assert!(part.write_chunk(9, chunk).is_err());
         assert!(!part.has(2));
         part.write_chunk(2, chunk).unwrap();
-        assert_eq!(part.missing(&[r.start + 1..r.end + 1, r.start..r.start + 1]), vec![3]);
+        assert_eq!(
+            part.missing(&[r.start + 1..r.end + 1, r.start..r.start + 1]),
+            vec![3]
+        );
         assert_eq!(part.present_bytes(), 1 << 20);
         drop(part);
 

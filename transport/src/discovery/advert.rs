@@ -25,6 +25,10 @@ pub struct Advert {
     pub layer_cost: Option<LayerCost>,
     /// Software version string, so mismatched builds can be kept apart.
     pub version: String,
+    /// Where the node serves chunks of the model files it holds whole (see
+    /// [`crate::blob`]); `None` when it serves none.
+    #[serde(default)]
+    pub seed_addr: Option<SocketAddr>,
     /// Coordination state owned by the layer above (plan epoch, readiness).
     pub state: AdvertState,
 }

@@ -196,6 +196,7 @@ mod tests {
             models: vec!["ab".repeat(32)],
             layer_cost: None,
             version: "test".into(),
+            seed_addr: None,
             state: AdvertState {
                 epoch,
                 ready: false,

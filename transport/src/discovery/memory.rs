@@ -253,6 +253,7 @@ mod tests {
             models: vec![],
             layer_cost: None,
             version: "t".into(),
+            seed_addr: None,
             state: AdvertState {
                 epoch,
                 ready: true,
