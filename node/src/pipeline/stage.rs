@@ -454,7 +454,12 @@ fn compute(
                 shard.close_session(session);
                 Ok((header, payload))
             }
-            _ => Ok((header, payload)),
+            // Not part of a pipeline (model chunks, probes): never forwarded, so junk sent to
+            // one stage does not travel the ring.
+            other => {
+                debug!(session, kind = ?other, "dropped a frame a stage does not route");
+                continue;
+            }
         };
         let head = head.or_else(|| last_seen.get(&session).and_then(|s| s.1));
         let frame = match reply {
