@@ -7,5 +7,6 @@
 pub mod api;
 pub mod backend;
 pub mod cluster;
+pub mod events;
 pub mod metrics;
 pub mod pipeline;

@@ -65,6 +65,8 @@ pub struct Metrics {
     stage_step: HistogramFamily<StepLabels>,
     hop_bytes: Family<HopLabels, Counter<u64, AtomicU64>>,
     hop_send: HistogramFamily<HopLabels>,
+    recovery: Histogram,
+    events: crate::events::EventLog,
 }
 
 /// Buckets from 100 µs to about 52 s: a decode step on a fast node up to a slow prefill.
@@ -139,7 +141,15 @@ impl Metrics {
             "Time to hand one frame to the next hop, by destination",
             hop_send.clone(),
         );
+        let recovery = latency_histogram();
+        registry.register(
+            "recovery_seconds",
+            "Time from a broken plan to the next token of a request replayed on a new one",
+            recovery.clone(),
+        );
         Metrics {
+            recovery,
+            events: Default::default(),
             registry,
             requests,
             prompt_tokens,
@@ -192,6 +202,20 @@ impl Metrics {
     /// A new plan was adopted.
     pub fn replanned(&self) {
         self.replans.inc();
+    }
+
+    /// A request whose plan broke produced its next token on a new plan `seconds` later.
+    pub fn recovered(&self, seconds: f64) {
+        self.recovery.observe(seconds);
+        self.events.record(format!(
+            "a request recovered: next token {:.0} ms after its plan broke",
+            seconds * 1e3
+        ));
+    }
+
+    /// The cluster events this node saw (shown by `GET /v1/cluster`).
+    pub fn events(&self) -> &crate::events::EventLog {
+        &self.events
     }
 
     /// A layer range moved to another node.

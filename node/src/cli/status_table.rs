@@ -22,18 +22,7 @@ pub(crate) fn exit_code(view: &ClusterView) -> i32 {
     }
 }
 
-/// A peer id short enough for a table: libp2p ids share their first characters
-/// ("12D3KooW…"), so the tail is what tells them apart.
-pub(crate) fn short_id(id: &str) -> String {
-    const KEEP: usize = 8;
-    let n = id.chars().count();
-    if n <= KEEP + 4 {
-        id.to_owned()
-    } else {
-        let tail: String = id.chars().skip(n - KEEP).collect();
-        format!("…{tail}")
-    }
-}
+pub(crate) use shoal::events::short_id;
 
 /// The whole status screen.
 pub(crate) fn render(view: &ClusterView) -> String {
@@ -127,7 +116,30 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
         out,
         "throughput {:.1} tok/s, {} replan(s)",
         view.tokens_per_s, view.replans
-    )
+    )?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let recent = &view.events[view.events.len().saturating_sub(RECENT_EVENTS)..];
+    if !recent.is_empty() {
+        writeln!(out, "recent events:")?;
+    }
+    for e in recent {
+        let ago = now_ms.saturating_sub(e.at_unix_ms) as f64 / 1e3;
+        writeln!(out, "  {:>7} ago  {}", format_ago(ago), e.what)?;
+    }
+    Ok(())
+}
+
+/// Events the table shows (the API has more).
+const RECENT_EVENTS: usize = 8;
+
+fn format_ago(seconds: f64) -> String {
+    match seconds {
+        s if s < 60.0 => format!("{s:.1}s"),
+        s if s < 3600.0 => format!("{:.0}m", s / 60.0),
+        s => format!("{:.1}h", s / 3600.0),
+    }
 }
 
 fn per_second(ms: f64) -> f64 {
@@ -217,6 +229,7 @@ pub(crate) mod tests {
             }),
             tokens_per_s: 42.0,
             replans: 1,
+            events: Vec::new(),
         }
     }
 
@@ -267,6 +280,29 @@ pub(crate) mod tests {
         assert_eq!(exit_code(&v), EXIT_NOT_READY);
         assert!(text.contains("problem: cluster is forming"), "{text}");
         assert!(text.contains("no active plan"), "{text}");
+    }
+
+    #[test]
+    fn the_newest_events_are_listed_with_their_age() {
+        let mut v = fixture();
+        assert!(!render(&v).contains("recent events"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        v.events = (0..10)
+            .map(|i| shoal::events::Event {
+                at_unix_ms: now - 1000 * (10 - i),
+                what: format!("event {i}"),
+            })
+            .collect();
+        let text = render(&v);
+        assert!(text.contains("recent events:"), "{text}");
+        assert!(
+            !text.contains("event 1\n") && text.contains("event 2"),
+            "{text}"
+        );
+        assert!(text.contains("1.0s ago  event 9"), "{text}");
     }
 
     #[test]

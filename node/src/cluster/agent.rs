@@ -23,6 +23,7 @@ use super::coordinator;
 use super::node::Shared;
 use super::state::Active;
 use super::weights::Weights;
+use crate::events::{moved_layers, short_id};
 use crate::pipeline::{Route, Stage, StageConfig};
 
 /// What the agent needs besides the shared state.
@@ -76,6 +77,8 @@ pub(crate) struct Agent {
     published_steps: u64,
     /// Zero of the monitor's clock.
     started: Instant,
+    /// When each recent plan was received, to report how long it took to become active.
+    assigned_at: HashMap<u64, Instant>,
 }
 
 impl Agent {
@@ -96,6 +99,7 @@ impl Agent {
             seen_steps: HashMap::new(),
             published_steps: 0,
             started: Instant::now(),
+            assigned_at: HashMap::new(),
         }
     }
 
@@ -133,6 +137,10 @@ impl Agent {
         }
     }
 
+    fn event(&self, what: String) {
+        self.shared.metrics.events().record(what);
+    }
+
     /// Every advert, this node's included.
     fn adverts(&self) -> Vec<Advert> {
         let mut all: Vec<Advert> = self.shared.discovery.members().as_ref().clone();
@@ -158,8 +166,45 @@ impl Agent {
     fn on_membership(&mut self, event: MembershipEvent) {
         debug!(?event, "membership");
         match &event {
-            MembershipEvent::Joined(_) => self.arm_replan(),
+            MembershipEvent::Joined(a) => {
+                self.event(format!(
+                    "{} joined ({} threads, {} MiB{})",
+                    short_id(&a.peer_id.to_string()),
+                    a.threads,
+                    a.memory_budget_bytes >> 20,
+                    if a.seed_addr.is_some() {
+                        ", holds the model file"
+                    } else {
+                        ""
+                    }
+                ));
+                self.arm_replan()
+            }
             MembershipEvent::Left(peer) => {
+                let id = peer.to_string();
+                let ran = self
+                    .shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .active
+                    .as_ref()
+                    .and_then(|a| {
+                        a.assignment
+                            .stages
+                            .iter()
+                            .find(|s| s.peer == id)
+                            .map(|s| (a.assignment.epoch, s.layers))
+                    });
+                self.event(match ran {
+                    Some((epoch, l)) => format!(
+                        "{} left; it ran layers {}..{} of plan {epoch}",
+                        short_id(&id),
+                        l[0],
+                        l[1]
+                    ),
+                    None => format!("{} left", short_id(&id)),
+                });
                 self.mark_broken(*peer);
                 self.arm_replan();
             }
@@ -338,6 +383,9 @@ impl Agent {
     /// A new plan: load this node's part and say so.
     fn on_assign(&mut self, a: Assignment) {
         self.highest_epoch = self.highest_epoch.max(a.epoch);
+        self.assigned_at
+            .retain(|&e, _| e >= a.epoch.saturating_sub(4));
+        self.assigned_at.insert(a.epoch, Instant::now());
         let local = self.shared.local.to_string();
         let mine = a.stage_of(&local);
         {
@@ -422,6 +470,7 @@ impl Agent {
             }
             Err(e) => {
                 error!(epoch, error = %format!("{e:#}"), "cannot load my stage");
+                self.event(format!("cannot load my layers for plan {epoch}: {e:#}"));
                 self.shared.state.lock().expect("state lock").load_error =
                     Some(format!("loading layers for plan {epoch}: {e:#}"));
             }
@@ -499,6 +548,42 @@ impl Agent {
             state.replans += 1;
             self.shared.metrics.replanned();
         }
+        let owners = |a: &Assignment| -> Vec<Option<String>> {
+            let n = a.stages.iter().map(|s| s.layers[1]).max().unwrap_or(0) as usize;
+            let mut v = vec![None; n];
+            for s in &a.stages {
+                for slot in &mut v[s.layers[0] as usize..s.layers[1] as usize] {
+                    *slot = Some(s.peer.clone());
+                }
+            }
+            v
+        };
+        let old = state
+            .active
+            .as_ref()
+            .map(|a| owners(&a.assignment))
+            .unwrap_or_default();
+        let moved = moved_layers(&old, &owners(&pending));
+        let stages: Vec<String> = pending
+            .stages
+            .iter()
+            .map(|s| format!("{} {}..{}", short_id(&s.peer), s.layers[0], s.layers[1]))
+            .collect();
+        let took = self
+            .assigned_at
+            .remove(&pending.epoch)
+            .map(|t| format!(" {:.2} s after it was assigned", t.elapsed().as_secs_f64()))
+            .unwrap_or_default();
+        self.event(format!(
+            "plan {} active{took}: {}{}",
+            pending.epoch,
+            stages.join(", "),
+            if old.is_empty() || moved.is_empty() {
+                String::new()
+            } else {
+                format!("; moved {}", moved.join(", "))
+            }
+        ));
         info!(epoch = pending.epoch, first = %addrs[0], "plan active");
         let (epoch, first) = (pending.epoch, addrs[0]);
         self.shared.plans.send_modify(|r| {
@@ -596,6 +681,10 @@ impl Agent {
         let decisions = monitor.evaluate(now);
         for d in &decisions {
             info!(decision = ?d, "straggler policy");
+            self.shared
+                .metrics
+                .events()
+                .record(format!("straggler policy: {d:?}"));
         }
         if !decisions.is_empty() {
             self.replan_at = Some(tokio::time::Instant::now());

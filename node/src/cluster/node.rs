@@ -130,8 +130,15 @@ impl Node {
                 let client = Endpoint::bind(any_port, endpoint.clone())
                     .context("binding the endpoint that fetches weights")?;
                 let fetcher = Fetcher::new(client, rate.map(RateLimit::new));
-                let weights =
-                    Weights::from_peers(*sha256, cache, fetcher, handle.clone(), *wait).await?;
+                let weights = Weights::from_peers(
+                    *sha256,
+                    cache,
+                    fetcher,
+                    handle.clone(),
+                    *wait,
+                    cfg.metrics.clone(),
+                )
+                .await?;
                 (weights, Some(blob::hex(sha256)))
             }
         };

@@ -125,5 +125,6 @@ pub(crate) fn view(shared: &Shared) -> ClusterView {
         }),
         tokens_per_s: state.tokens_per_s(),
         replans: state.replans,
+        events: shared.metrics.events().recent(),
     }
 }

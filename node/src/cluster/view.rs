@@ -47,6 +47,9 @@ pub struct ClusterView {
     pub tokens_per_s: f64,
     /// Replans since this node started.
     pub replans: u64,
+    /// What happened lately (joins, leaves, plans, moved layers, recoveries), oldest first.
+    #[serde(default)]
+    pub events: Vec<crate::events::Event>,
 }
 
 /// The model being served.

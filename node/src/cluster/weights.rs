@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -17,6 +18,8 @@ use sharding::model::{ModelConfig, ShardSpec};
 use tracing::{info, warn};
 use transport::blob::{self, Fetcher, Manifest, PartialFile};
 use transport::discovery::{swarm, Discovery};
+
+use crate::metrics::Metrics;
 
 /// Where the model comes from, as configured.
 #[derive(Debug, Clone)]
@@ -56,6 +59,7 @@ struct Source {
     part: tokio::sync::Mutex<PartialFile>,
     fetcher: Fetcher,
     discovery: swarm::Handle,
+    metrics: Arc<Metrics>,
 }
 
 impl Weights {
@@ -72,6 +76,7 @@ impl Weights {
         fetcher: Fetcher,
         discovery: swarm::Handle,
         wait: Duration,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Weights> {
         let hex = blob::hex(&sha256);
         let cached = {
@@ -100,6 +105,7 @@ impl Weights {
             part: tokio::sync::Mutex::new(part),
             fetcher,
             discovery,
+            metrics,
         };
         let header = source.fetch_header().await?;
         let n_layers = ModelConfig::from_metadata(&header.metadata)?.n_layers;
@@ -226,6 +232,10 @@ impl Source {
                         mb_per_s = format!("{:.1}", bytes as f64 / 1e6 / secs.max(1e-6)),
                         "fetched weights from a peer"
                     );
+                    self.metrics.events().record(format!(
+                        "fetched {what} ({:.1} MB) from {seed} in {secs:.2} s",
+                        bytes as f64 / 1e6
+                    ));
                     return Ok(());
                 }
                 Err(e) => {

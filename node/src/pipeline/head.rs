@@ -281,6 +281,9 @@ impl Head {
                     ms = at.elapsed().as_millis() as u64,
                     "request recovered: next token after the plan broke"
                 );
+                if let Some(m) = &self.inner.metrics {
+                    m.recovered(at.elapsed().as_secs_f64());
+                }
             }
             on_token(t)
         };
