@@ -62,6 +62,7 @@ pub fn view(state: ClusterState, name: &str) -> ClusterView {
         plan: None,
         tokens_per_s: 0.0,
         replans: 0,
+        events: Vec::new(),
     }
 }
 
