@@ -40,6 +40,7 @@ async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placeme
         memory_budget: budget,
         max_context: 512,
         max_sessions: 8,
+        max_sessions_per_peer: shoal::pipeline::default_sessions_per_peer(8),
         session_timeout: Duration::from_secs(60),
         replan_delay: Duration::from_millis(300),
         reply_timeout: Duration::from_secs(20),

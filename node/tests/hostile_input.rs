@@ -1,8 +1,8 @@
 //! Hostile input on the data plane: a peer holding the cluster key (an insider, or a stolen
 //! device) sends malformed, truncated, oversized, out-of-order and replayed frames, frames
-//! for sessions it does not own, and a flood of session opens to the first stage of a real
-//! two-stage pipeline. After every case the stage is still up and the good client's greedy
-//! text through the API is llama.cpp's. (Peers WITHOUT the key never get this far:
+//! for sessions it does not own, and floods of session opens to the first stage of a real
+//! two-stage pipeline (held to the flooder's share of the stage's sessions). After every case
+//! the stage is still up and the good client's greedy text through the API is llama.cpp's. (Peers WITHOUT the key never get this far:
 //! transport/tests/link_auth.rs.)
 
 mod common;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::Server;
 use serde_json::{json, Value};
+use sharding::model::ShardOptions;
 use shoal_tests::references;
 use transport::quic::{Dtype, Endpoint, FrameHeader, FrameKind, Link};
 
@@ -175,6 +176,28 @@ async fn hostile_frames_never_disturb_the_good_client() {
     wait_for_sessions(&server, 0, name).await;
     good_client_served(&base, name).await;
 
+    // A flood held open: the flooder gets its share of the stage's sessions, not the whole
+    // table, so another peer and the good client (the head, a third peer) still open theirs.
+    let name = case("a flood of opens held while others open sessions");
+    let share = shoal::pipeline::default_sessions_per_peer(ShardOptions::default().max_sessions);
+    for id in 2000..2200 {
+        send(&mut link, open(id, 64)).await;
+    }
+    wait_for_sessions(&server, share, name).await;
+    let (_ep5, mut other) = hostile_link(&server).await;
+    for id in 3000..3003 {
+        send(&mut other, open(id, 64)).await;
+    }
+    wait_for_sessions(&server, share + 3, name).await;
+    good_client_served(&base, name).await;
+    for id in 2000..2200 {
+        send(&mut link, FrameHeader::empty(FrameKind::Close, id, 0)).await;
+    }
+    for id in 3000..3003 {
+        send(&mut other, FrameHeader::empty(FrameKind::Close, id, 0)).await;
+    }
+    wait_for_sessions(&server, 0, name).await;
+
     // Payload over the frame limit: skipped, the link survives.
     let name = case("a payload over the 64 MiB frame limit");
     send(&mut link, hidden(FrameKind::Prefill, 91, 0, 30_000, N_EMBD)).await;
@@ -205,6 +228,6 @@ async fn hostile_frames_never_disturb_the_good_client() {
     wait_for_sessions(&server, 1, "a new link after the garbage").await;
 
     eprintln!("{cases} hostile cases; the good client was served after each");
-    assert_eq!(cases, 13);
+    assert_eq!(cases, 14);
     server.stop().await;
 }

@@ -148,6 +148,8 @@ async fn one_message_per_hop_per_token() {
             session_timeout: Duration::from_secs(60),
             metrics: None,
             wire: shoal::pipeline::WireDtype::F32,
+            max_sessions_per_peer: shoal::pipeline::default_sessions_per_peer(64),
+            previous_stage: None,
         };
         stages.push(Stage::start(cfg, endpoint()).await.unwrap());
     }

@@ -84,6 +84,10 @@ pub(crate) struct Args {
     /// Requests open at once per stage.
     #[arg(long, env = "SHOAL_MAX_SESSIONS", default_value_t = 16)]
     max_sessions: usize,
+    /// Requests one head may hold open at once on this node's stage (default: half of
+    /// --max-sessions). The plan's previous stage is exempt: it carries every head's requests.
+    #[arg(long, env = "SHOAL_MAX_SESSIONS_PER_PEER")]
+    max_sessions_per_peer: Option<usize>,
     /// Keypair file: the node keeps its peer id across restarts (created if missing).
     #[arg(long, env = "SHOAL_KEY_FILE")]
     key_file: Option<PathBuf>,
@@ -150,6 +154,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    anyhow::ensure!(
+        args.max_sessions_per_peer != Some(0),
+        "--max-sessions-per-peer must be at least 1"
+    );
     let cluster_key = args.key.load()?;
     let api_options = api_options(&args)?;
     runtime.block_on(async move {
@@ -177,6 +185,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(shoal::cluster::profile::memory_budget),
             max_context: args.max_context,
             max_sessions: args.max_sessions,
+            max_sessions_per_peer: args
+                .max_sessions_per_peer
+                .unwrap_or_else(|| shoal::pipeline::default_sessions_per_peer(args.max_sessions)),
             session_timeout: Duration::from_secs(120),
             replan_delay: Duration::from_secs_f64(args.replan_delay),
             reply_timeout: Duration::from_secs(30),

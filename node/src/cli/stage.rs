@@ -28,6 +28,11 @@ pub(crate) struct Args {
     /// Sessions open at once.
     #[arg(long, default_value_t = 64)]
     max_sessions: usize,
+    /// Sessions one upstream peer may hold open at once (default: half of --max-sessions on
+    /// a first stage, whose upstreams are heads; no bound beyond --max-sessions on a later
+    /// stage, whose only upstream is the previous stage).
+    #[arg(long)]
+    max_sessions_per_peer: Option<usize>,
     /// Positions one session may hold.
     #[arg(long, default_value_t = 4096)]
     max_context: usize,
@@ -47,6 +52,19 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    anyhow::ensure!(
+        args.max_sessions_per_peer != Some(0),
+        "--max-sessions-per-peer must be at least 1"
+    );
+    // A static stage's upstream has a fresh identity at every start, so it cannot be named
+    // as `previous_stage`: a later stage is left unbounded per peer by default instead.
+    let per_peer = args
+        .max_sessions_per_peer
+        .unwrap_or(if args.layers.start == 0 {
+            shoal::pipeline::default_sessions_per_peer(args.max_sessions)
+        } else {
+            args.max_sessions
+        });
     runtime.block_on(async move {
         let cfg = StageConfig {
             model: args.model,
@@ -65,6 +83,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             session_timeout: Duration::from_secs(args.session_timeout),
             metrics: None,
             wire: args.wire_dtype,
+            max_sessions_per_peer: per_peer,
+            previous_stage: None,
         };
         let endpoint = args.key.endpoint()?;
         let stage = Stage::start(cfg, endpoint).await?;

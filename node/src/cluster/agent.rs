@@ -35,6 +35,7 @@ pub(crate) struct AgentConfig {
     pub(crate) advertise_ip: IpAddr,
     pub(crate) threads: usize,
     pub(crate) max_sessions: usize,
+    pub(crate) max_sessions_per_peer: usize,
     pub(crate) max_context: usize,
     pub(crate) session_timeout: Duration,
     pub(crate) replan_delay: Duration,
@@ -423,6 +424,8 @@ impl Agent {
                     session_timeout: self.cfg.session_timeout,
                     metrics: Some(self.shared.metrics.clone()),
                     wire: self.cfg.wire,
+                    max_sessions_per_peer: self.cfg.max_sessions_per_peer,
+                    previous_stage: i.checked_sub(1).and_then(|p| a.stages[p].peer.parse().ok()),
                 };
                 info!(epoch = a.epoch, layers = ?cfg.spec.layers, "loading my stage");
                 self.publish(a.epoch, false, None);

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub max_context: usize,
     /// Sessions open at once per stage.
     pub max_sessions: usize,
+    /// Sessions one head may hold open at once on this node's stage (the plan's previous
+    /// stage is exempt; see [`pipeline::StageConfig::previous_stage`]).
+    pub max_sessions_per_peer: usize,
     /// Idle sessions are closed after this long.
     pub session_timeout: Duration,
     /// Quiet time after a join or leave before the coordinator replans.
@@ -228,6 +231,7 @@ impl Node {
                 advertise_ip: ip,
                 threads: cfg.threads,
                 max_sessions: cfg.max_sessions,
+                max_sessions_per_peer: cfg.max_sessions_per_peer,
                 max_context: cfg.max_context,
                 session_timeout: cfg.session_timeout,
                 replan_delay: cfg.replan_delay,

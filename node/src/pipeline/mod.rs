@@ -29,7 +29,7 @@ pub use failover::{PlanRoute, Plans};
 pub use head::{Head, HeadConfig, PipelineError};
 pub use protocol::WireDtype;
 pub use route::Route;
-pub use stage::{Stage, StageConfig};
+pub use stage::{default_sessions_per_peer, Stage, StageConfig};
 
 /// Link settings for pipeline hops: a peer that stops answering is declared dead after two
 /// seconds (keep-alives every half second), so a stage notices a dead or restarted

@@ -13,6 +13,7 @@ use sharding::model::{Input, Shard, ShardOptions, ShardSpec, StepError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
+use transport::discovery::PeerId;
 use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError};
 
 use super::links::Links;
@@ -47,6 +48,27 @@ pub struct StageConfig {
     pub metrics: Option<Arc<Metrics>>,
     /// What this stage sends hidden states downstream as (it reads any).
     pub wire: WireDtype,
+    /// Sessions one upstream peer may hold open here at once (see
+    /// [`default_sessions_per_peer`]), so that a member flooding `Open` frames gets its share
+    /// of the table, not all of it, and other peers' requests still open.
+    pub max_sessions_per_peer: usize,
+    /// The one upstream exempt from `max_sessions_per_peer`: the plan's previous stage.
+    /// `None` at a first stage.
+    ///
+    /// Why: a first stage's upstreams are the heads (every node has one), so the bound is per
+    /// head there, which is what a flooding member is. An inner stage's only legitimate
+    /// upstream is the previous stage, which carries the sessions of every head (each already
+    /// bounded per head at the first stage); bounding it would throttle a normal cluster to a
+    /// fraction of its sessions. Any other peer that connects to an inner stage directly is
+    /// still bounded.
+    pub previous_stage: Option<PeerId>,
+}
+
+/// The default of [`StageConfig::max_sessions_per_peer`]: half of the stage's sessions, at
+/// least one. One head alone can then use half of a stage; a node that serves all of a
+/// cluster's API traffic may want it raised up to `max_sessions`.
+pub fn default_sessions_per_peer(max_sessions: usize) -> usize {
+    (max_sessions / 2).max(1)
 }
 
 /// A running stage. Dropping it does not stop it; call [`Stage::shutdown`].
@@ -109,12 +131,21 @@ enum Job {
 type Upstream = u64;
 
 fn upstream_of(link: &transport::quic::Link) -> Upstream {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match link.peer_id() {
-        Some(peer) => peer.hash(&mut hasher),
-        None => link.remote_address().hash(&mut hasher),
+        Some(peer) => upstream_key(&peer),
+        None => hash_of(&link.remote_address()),
     }
+}
+
+/// The [`Upstream`] of a link from `peer`.
+fn upstream_key(peer: &PeerId) -> Upstream {
+    hash_of(peer)
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -148,6 +179,8 @@ impl Stage {
         let settings = Settings {
             timeout: cfg.session_timeout,
             wire: cfg.wire,
+            per_peer: cfg.max_sessions_per_peer.max(1),
+            previous_stage: cfg.previous_stage.as_ref().map(upstream_key),
         };
         let compute_out = out_tx.clone();
         let open = sessions.clone();
@@ -367,6 +400,10 @@ struct Settings {
     timeout: Duration,
     /// What hidden states go downstream as.
     wire: WireDtype,
+    /// Sessions one upstream may hold, unless it is `previous_stage`.
+    per_peer: usize,
+    /// The upstream exempt from `per_peer`.
+    previous_stage: Option<Upstream>,
 }
 
 /// The compute thread: owns the shard, runs one frame at a time in arrival order.
@@ -407,6 +444,29 @@ fn compute(
                 // Another peer's session: drop this frame only. No error frame: it would carry
                 // the owner's session id downstream and end the session there.
                 warn!(session, kind = ?header.kind, "dropped a frame for a session another upstream owns");
+                continue;
+            }
+        }
+        if header.kind == FrameKind::Open
+            && !last_seen.contains_key(&session)
+            && settings.previous_stage != Some(from)
+        {
+            let held = last_seen.values().filter(|s| s.2 == from).count();
+            if held >= settings.per_peer {
+                // Refused before the shard sees it: the table keeps room for other peers.
+                warn!(
+                    session,
+                    held, "refused an open: this upstream holds its share of sessions"
+                );
+                let message =
+                    format!("this upstream already holds {held} sessions, its limit on this stage");
+                let (h, p) = error_frame(ErrorCode::Protocol, session, &message);
+                if out
+                    .blocking_send((h, p, route::parse_reply(&payload)))
+                    .is_err()
+                {
+                    return;
+                }
                 continue;
             }
         }

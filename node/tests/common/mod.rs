@@ -78,7 +78,12 @@ fn free_addr() -> SocketAddr {
 
 /// Data-plane settings holding the key the test pipelines use.
 pub fn endpoint() -> EndpointConfig {
-    let identity = Identity::from_keypair(&Keypair::generate_ed25519()).unwrap();
+    endpoint_of(&Keypair::generate_ed25519())
+}
+
+/// [`endpoint`] with the identity `keypair` (its peer id is known in advance).
+pub fn endpoint_of(keypair: &Keypair) -> EndpointConfig {
+    let identity = Identity::from_keypair(keypair).unwrap();
     let mut config = shoal::pipeline::endpoint_config(identity, Arc::new(Libp2pIdentity));
     config.cluster_key = Some(ClusterKey::from_secret(b"api test cluster key"));
     config
@@ -186,8 +191,10 @@ pub async fn start_pipeline(
     wire: WireDtype,
 ) -> (Head, Vec<Stage>, Vec<SocketAddr>) {
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let keys: Vec<Keypair> = (0..2).map(|_| Keypair::generate_ed25519()).collect();
     let mut stages = Vec::new();
     for (i, layers) in [0..15, 15..30].into_iter().enumerate() {
+        let options = ShardOptions::default();
         let cfg = StageConfig {
             model: model_path("smollm2"),
             spec: ShardSpec {
@@ -195,14 +202,18 @@ pub async fn start_pipeline(
                 embed: false,
                 head: false,
             },
-            options: ShardOptions::default(),
+            max_sessions_per_peer: shoal::pipeline::default_sessions_per_peer(options.max_sessions),
+            options,
             listen: addrs[i],
             route: shoal::pipeline::Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
             metrics: Some(metrics.clone()),
             wire,
+            // Stage 2 carries every head's sessions: only stage 1 bounds them per peer.
+            previous_stage: i.checked_sub(1).map(|p| keys[p].public().to_peer_id()),
         };
-        stages.push(Stage::start(cfg, endpoint()).await.expect("stage"));
+        let stage = Stage::start(cfg, endpoint_of(&keys[i])).await;
+        stages.push(stage.expect("stage"));
     }
     let cfg = HeadConfig {
         model: model_path("smollm2"),
