@@ -33,6 +33,7 @@ fn config(model: ModelSource, bootstrap: Vec<Multiaddr>) -> NodeConfig {
         memory_budget: BUDGET,
         max_context: 512,
         max_sessions: 8,
+        max_sessions_per_peer: shoal::pipeline::default_sessions_per_peer(8),
         session_timeout: Duration::from_secs(60),
         replan_delay: Duration::from_millis(300),
         reply_timeout: Duration::from_secs(20),
