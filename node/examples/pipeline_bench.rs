@@ -46,6 +46,9 @@ async fn main() -> anyhow::Result<()> {
             session_timeout: Duration::from_secs(60),
             metrics: None,
             wire: shoal::pipeline::WireDtype::F32,
+            // One head drives every stream here: no per-peer share to enforce.
+            max_sessions_per_peer: ShardOptions::default().max_sessions,
+            previous_stage: None,
         };
         let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
         stages.push(Stage::start(cfg, ep).await?);
