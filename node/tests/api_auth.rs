@@ -184,3 +184,26 @@ async fn a_flood_is_shed_with_429_while_admitted_requests_finish_intact() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_are_refused_with_a_retry_time() {
+    let server = Server::pipeline_with(ApiOptions {
+        max_request_rate: Some(0.2),
+        ..ApiOptions::default()
+    })
+    .await;
+    let base = server.base.clone();
+    let req = json!({"prompt": "Hello", "max_tokens": 1, "temperature": 0});
+    let (status, body, _) = call(&base, "/v1/completions", Some(&req), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // One request per 5 s: the next one right away is refused, and told when to come back.
+    let (status, body, headers) = call(&base, "/v1/completions", Some(&req), None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(error_code(&body), "rate_limit_exceeded");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "{retry}");
+    // Reading the cluster is not a generation request: never rate-bound.
+    let (status, _, _) = call(&base, "/v1/models", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}

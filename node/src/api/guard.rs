@@ -1,12 +1,14 @@
 //! What stands between the network and the handlers: the optional bearer token, the bound on
-//! requests in flight, and the body size limit ([`ApiOptions`]).
+//! requests in flight, an optional bound on the rate of new generation requests, and the body
+//! size limit ([`ApiOptions`]).
 //!
-//! A request over the in-flight bound is answered 429 at once, never queued: a flood costs
+//! A request over either bound is answered 429 at once, never queued: a flood costs
 //! the node one small response per request, and the requests already admitted keep their
 //! pace. An admitted request holds its slot until its response body (an SSE stream
 //! included) is finished or dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -34,6 +36,9 @@ pub struct ApiOptions {
     pub max_requests: usize,
     /// Largest accepted request body, in bytes (413 above).
     pub max_body_bytes: usize,
+    /// New generation requests accepted per second, averaged (bursts up to one second's
+    /// worth); more are refused with 429. `None`: no rate bound.
+    pub max_request_rate: Option<f64>,
 }
 
 impl Default for ApiOptions {
@@ -42,6 +47,7 @@ impl Default for ApiOptions {
             token: None,
             max_requests: 64,
             max_body_bytes: 1 << 20,
+            max_request_rate: None,
         }
     }
 }
@@ -111,19 +117,71 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
-/// Admits a generation request only while a slot is free; the slot is released when the
-/// response body ends.
+/// The admission bounds of generation requests.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Requests running or streaming.
+    pub(crate) slots: Arc<Semaphore>,
+    /// New requests per second, when bounded.
+    pub(crate) rate: Option<RequestRate>,
+}
+
+/// A token bucket of requests: `per_second` refill, one second's worth of burst.
+#[derive(Debug)]
+pub(crate) struct RequestRate {
+    per_second: f64,
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl RequestRate {
+    pub(crate) fn new(per_second: f64) -> Self {
+        let per_second = per_second.max(f64::MIN_POSITIVE);
+        Self {
+            per_second,
+            bucket: Mutex::new((per_second.max(1.0), Instant::now())),
+        }
+    }
+
+    /// Takes one request's token, or says how many whole seconds until one is there.
+    fn take(&self) -> Result<(), u64> {
+        let mut bucket = self.bucket.lock().expect("rate lock");
+        let now = Instant::now();
+        let burst = self.per_second.max(1.0);
+        let tokens =
+            (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * self.per_second).min(burst);
+        *bucket = (tokens, now);
+        if tokens >= 1.0 {
+            bucket.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - tokens) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+fn too_many(retry_after_s: u64) -> Response {
+    let mut response = ApiError::Overloaded.into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        retry_after_s.to_string().parse().expect("valid header"),
+    );
+    response
+}
+
+/// Admits a generation request only under the rate bound and while a slot is free; the slot
+/// is released when the response body ends.
 pub(crate) async fn limit_in_flight(
-    State(slots): State<Arc<Semaphore>>,
+    State(admission): State<Arc<Admission>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
-        let mut response = ApiError::Overloaded.into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, "1".parse().expect("valid header"));
-        return response;
+    if let Some(rate) = &admission.rate {
+        if let Err(wait) = rate.take() {
+            return too_many(wait);
+        }
+    }
+    let Ok(permit) = admission.slots.clone().try_acquire_owned() else {
+        return too_many(1);
     };
     let response = next.run(req).await;
     let (parts, body) = response.into_parts();
@@ -132,4 +190,22 @@ pub(crate) async fn limit_in_flight(
         chunk
     });
     Response::from_parts(parts, Body::from_stream(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_admits_a_burst_then_says_when_to_retry() {
+        let rate = RequestRate::new(3.0);
+        assert!(
+            (0..3).all(|_| rate.take().is_ok()),
+            "a second's worth at once"
+        );
+        assert_eq!(rate.take(), Err(1));
+        let slow = RequestRate::new(0.2);
+        assert!(slow.take().is_ok());
+        assert_eq!(slow.take(), Err(5));
+    }
 }

@@ -54,12 +54,15 @@ pub fn router_with(
         metrics,
         started: request::unix_now(),
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_requests));
+    let admission = Arc::new(guard::Admission {
+        slots: Arc::new(tokio::sync::Semaphore::new(options.max_requests)),
+        rate: options.max_request_rate.map(guard::RequestRate::new),
+    });
     let generation = Router::new()
         .route("/v1/completions", post(completions::handle))
         .route("/v1/chat/completions", post(chat::handle))
         .layer(axum::middleware::from_fn_with_state(
-            slots,
+            admission,
             guard::limit_in_flight,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));

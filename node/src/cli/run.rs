@@ -61,6 +61,10 @@ pub(crate) struct Args {
     /// 429 at once.
     #[arg(long, env = "SHOAL_MAX_REQUESTS", default_value_t = 64)]
     max_requests: usize,
+    /// New generation requests per second this node's API accepts (bursts up to a second's
+    /// worth); more get 429 with Retry-After. 0: no rate bound.
+    #[arg(long, env = "SHOAL_MAX_REQUEST_RATE", default_value_t = 0.0)]
+    max_request_rate: f64,
     /// Serve no HTTP API on this node.
     #[arg(long, env = "SHOAL_NO_API")]
     no_api: bool,
@@ -238,9 +242,14 @@ fn api_options(args: &Args) -> anyhow::Result<shoal::api::ApiOptions> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     anyhow::ensure!(args.max_requests > 0, "--max-requests must be at least 1");
+    anyhow::ensure!(
+        args.max_request_rate >= 0.0 && args.max_request_rate.is_finite(),
+        "--max-request-rate must be a non-negative number"
+    );
     Ok(shoal::api::ApiOptions {
         token,
         max_requests: args.max_requests,
+        max_request_rate: (args.max_request_rate > 0.0).then_some(args.max_request_rate),
         ..Default::default()
     })
 }
