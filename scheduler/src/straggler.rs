@@ -13,8 +13,10 @@
 //! [`Monitor::apply`]; [`crate::planner::plan_in_order`] keeps the current stages so only a
 //! few layers move to its neighbours), [`Decision::Evict`] (replan without it) and
 //! [`Decision::Restore`] (replan with its nominal cost). A straggler planned out entirely has
-//! no steps to judge; it is restored after `recover_hold_ms` alive, so a persistently slow
-//! device flaps at most once per hold period.
+//! no steps to judge; it is restored after `recover_hold_ms` alive. Each such restore that
+//! is followed by the device being flagged again doubles its next hold (up to 32×), so a
+//! persistently slow device is tried again after 10 s, 20 s, 40 s … rather than every 10 s;
+//! a restore backed by fast steps resets it.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -120,6 +122,9 @@ struct Tracked {
     samples: VecDeque<(u64, f64)>,
     last_seen_ms: u64,
     health: Health,
+    /// Restores without evidence (the device was planned out) since its last restore backed
+    /// by fast steps: each doubles the hold before the next one.
+    blind_restores: u32,
 }
 
 impl Tracked {
@@ -129,9 +134,13 @@ impl Tracked {
             samples: VecDeque::new(),
             last_seen_ms: now_ms,
             health: Health::Healthy,
+            blind_restores: 0,
         }
     }
 }
+
+/// Most doublings of the hold before a blind restore (32 × `recover_hold_ms`).
+const MAX_BACKOFF_SHIFT: u32 = 5;
 
 /// Tracks the stages of a plan and turns measurements into [`Decision`]s.
 #[derive(Debug, Clone)]
@@ -210,6 +219,10 @@ impl Monitor {
             let slow = r.filter(|r| r.low >= c.slow_factor).map(|r| r.median);
             let fast = r.is_some_and(|r| r.high < c.recover_factor);
             let held = |since: u64| now_ms.saturating_sub(since) >= c.recover_hold_ms;
+            let backoff = 1u64 << t.blind_restores.min(MAX_BACKOFF_SHIFT);
+            let held_blind = |since: u64| {
+                now_ms.saturating_sub(since) >= c.recover_hold_ms.saturating_mul(backoff)
+            };
             let (next, decision) = match t.health {
                 Health::Dead { .. } if alive => (Health::Returning { since_ms: now_ms }, None),
                 Health::Dead { since_ms } => (Health::Dead { since_ms }, None),
@@ -253,7 +266,12 @@ impl Monitor {
                         (Health::Straggling { slowdown: m }, Some(rebalance(id, m)))
                     }
                     _ if r.is_some() && !fast => (Health::Straggling { slowdown }, None),
-                    _ if held(since_ms) && (r.is_some() || t.nominal_ms.is_none()) => {
+                    _ if held(since_ms) && r.is_some() => {
+                        t.blind_restores = 0;
+                        (Health::Healthy, Some(restore(id)))
+                    }
+                    _ if held_blind(since_ms) && t.nominal_ms.is_none() => {
+                        t.blind_restores = t.blind_restores.saturating_add(1);
                         (Health::Healthy, Some(restore(id)))
                     }
                     _ => (Health::Recovering { slowdown, since_ms }, None),

@@ -188,3 +188,57 @@ fn rejects_bad_input() {
     assert!(m.record_step("a", 0, f64::NAN).is_err());
     assert!(m.record_heartbeat("zz", 0).is_err());
 }
+
+/// A device that stays slow and is planned out entirely: each restore without evidence is
+/// followed by a longer hold than the last (10 s, 20 s, 40 s), not a flap every 10 s.
+#[test]
+fn a_device_that_stays_slow_is_retried_after_longer_and_longer_holds() {
+    let (g, _) = setup();
+    let config = Config::default();
+    let hold = config.recover_hold_ms;
+    // The plan without b: it runs no stage, so it has no steps to judge.
+    let without_b = {
+        let mut g = g.clone();
+        g.remove_device("b");
+        let lan = Link {
+            rtt_ms: 0.1,
+            bandwidth_bytes_per_s: 1e9,
+        };
+        g.set_link("a", "c", lan).unwrap();
+        let (_, r) = setup();
+        scheduler::planner::plan_in_order(&g, &r, &["a", "c"]).unwrap()
+    };
+    let (_, r) = setup();
+    let with_b = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    let mut m = Monitor::new(config, &with_b, 0);
+    let mut now = 0;
+    let mut gaps = Vec::new();
+    for _round in 0..3 {
+        // b is given layers and runs 4x slow until flagged.
+        m.set_plan(&with_b, now);
+        let d = drive(&mut m, &expected(&with_b), now, now + 3_000, 4.0);
+        assert!(
+            matches!(d.as_slice(), [(_, Decision::Rebalance { .. })]),
+            "{d:?}"
+        );
+        now += 3_000;
+        // Planned out: only heartbeats until the monitor gives it another chance.
+        m.set_plan(&without_b, now);
+        let flagged_out = now;
+        loop {
+            now += 100;
+            for id in ORDER {
+                m.record_heartbeat(id, now).unwrap();
+            }
+            if let [Decision::Restore { device }] = m.evaluate(now).as_slice() {
+                assert_eq!(device, "b");
+                break;
+            }
+            assert!(now < flagged_out + 100 * hold, "never restored");
+        }
+        gaps.push(now - flagged_out);
+    }
+    assert!(gaps[0] >= hold && gaps[0] < 2 * hold, "{gaps:?}");
+    assert!(gaps[1] >= 2 * hold && gaps[1] < 3 * hold, "{gaps:?}");
+    assert!(gaps[2] >= 4 * hold && gaps[2] < 5 * hold, "{gaps:?}");
+}
