@@ -239,7 +239,8 @@ async fn a_request_survives_the_loss_of_a_stage_with_the_same_tokens() {
 }
 
 /// `shoal status --json` against a cluster that lost a stage and cannot replan (the two
-/// nodes left cannot hold the model) exits non-zero and says why.
+/// nodes left cannot hold the model) exits non-zero and says why; when a node joins again the
+/// cluster serves and status says ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
     let _serial = SERIAL.lock().await;
@@ -295,7 +296,7 @@ async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = status(url).await;
+    let out = status(url.clone()).await;
     let json = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "degraded exits 1: {json}");
     assert!(
@@ -315,6 +316,17 @@ async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
         }
     };
     assert!(refusal.contains("cannot be placed"), "{refusal}");
+    // Capacity returns: a new node joins, the cluster replans and serves again, and status
+    // says ready.
+    nodes.push(start(seed.clone()).await);
+    let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
+    agree(&backends, |v| v.members.len() == 3).await;
+    let r = &references("smollm2")[0];
+    assert_eq!(
+        greedy(backends[0].as_ref(), &r.prompt_ids, 8).await,
+        r.greedy_ids[..8]
+    );
+    assert_eq!(status(url).await.status.code(), Some(0), "ready again");
     stop.cancel();
     let _ = api.await;
     for n in nodes {
