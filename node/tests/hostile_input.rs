@@ -139,6 +139,30 @@ async fn hostile_frames_never_disturb_the_good_client() {
     send(&mut link, hidden(FrameKind::Prefill, 83, 0, 2, N_EMBD)).await;
     good_client_served(&base, name).await;
 
+    let name = case("frames of kinds no pipeline uses (model chunks, probes, logits)");
+    let before = server.stage(0).forwarded();
+    for kind in [
+        FrameKind::Fetch,
+        FrameKind::Piece,
+        FrameKind::Ping,
+        FrameKind::Logits,
+    ] {
+        let junk = FrameHeader::bytes(kind, 83, 7, 32).unwrap();
+        let _ = link.send(&junk, &[0u8; 32]).await;
+    }
+    good_client_served(&base, name).await;
+    // The good client's frames went through; none of the junk was passed down the ring.
+    let passed = server.stage(0).forwarded() - before;
+    let r = references("smollm2")
+        .into_iter()
+        .find(|r| r.key == "p1")
+        .unwrap();
+    assert_eq!(
+        passed,
+        r.greedy_ids.len() as u64 + 2,
+        "{name}: {passed} forwarded"
+    );
+
     let name = case("close of an unknown session");
     send(&mut link, FrameHeader::empty(FrameKind::Close, 12345, 0)).await;
     good_client_served(&base, name).await;
@@ -228,6 +252,6 @@ async fn hostile_frames_never_disturb_the_good_client() {
     wait_for_sessions(&server, 1, "a new link after the garbage").await;
 
     eprintln!("{cases} hostile cases; the good client was served after each");
-    assert_eq!(cases, 14);
+    assert_eq!(cases, 15);
     server.stop().await;
 }
