@@ -46,6 +46,8 @@ async fn main() -> anyhow::Result<()> {
             session_timeout: Duration::from_secs(60),
             metrics: None,
             wire: shoal::pipeline::WireDtype::F32,
+            max_sessions_per_peer: shoal::pipeline::default_sessions_per_peer(64),
+            previous_stage: None,
         };
         let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
         stages.push(Stage::start(cfg, ep).await?);
