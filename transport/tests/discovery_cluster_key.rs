@@ -58,6 +58,11 @@ fn member_ids(h: &Handle) -> Vec<PeerId> {
 
 #[tokio::test]
 async fn only_nodes_holding_the_key_become_members() {
+    // RUST_LOG=transport=warn shows the seed's warnings about the refused outsiders.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     // The outsiders listen first, so the keyed seed can be told to dial them too.
     let wrong = start(Some("another cluster's key"), vec![]).await;
     let keyless = start(None, vec![]).await;

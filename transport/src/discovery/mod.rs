@@ -13,6 +13,8 @@ mod advert;
 mod config;
 mod error;
 mod event;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod membership;
 pub mod memory;
 pub mod swarm;

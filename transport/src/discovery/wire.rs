@@ -1,5 +1,6 @@
 //! Messages of the `/shoal/discovery/1` request-response protocol (CBOR encoded).
 
+use libp2p::request_response::cbor;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +14,16 @@ pub(crate) const PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/discover
 pub(crate) const MAX_PEER_RECORDS: usize = 256;
 /// At most this many addresses are taken per peer record.
 pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;
+/// Slack added to a request's maximum payload for the envelope around it.
+const ENVELOPE_SLACK: u64 = 64 * 1024;
+
+/// The codec every request stream is read and written with: CBOR, a request bounded by the
+/// largest application message plus its envelope, a response by the envelope alone.
+pub(crate) fn codec(max_message_bytes: usize) -> cbor::codec::Codec<Request, Response> {
+    cbor::codec::Codec::default()
+        .set_request_size_maximum(max_message_bytes as u64 + ENVELOPE_SLACK)
+        .set_response_size_maximum(ENVELOPE_SLACK)
+}
 
 /// A request from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]

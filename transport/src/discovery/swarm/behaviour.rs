@@ -22,15 +22,13 @@ use libp2p::{identify, mdns, noise, ping, tcp, yamux, PeerId, Swarm, SwarmBuilde
 
 use super::super::config::Config;
 use super::super::error::StartError;
-use super::super::wire::{Request, Response, PROTOCOL};
+use super::super::wire::{codec, Request, Response, PROTOCOL};
 
 /// Identify protocol version; peers announcing another are not our cluster.
 pub(crate) const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
 /// Connections stay open while idle: liveness, not idleness, decides when a
 /// peer is gone.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// Slack added to a request's maximum payload for the envelope around it.
-const ENVELOPE_SLACK: u64 = 64 * 1024;
 /// Bound on a new connection's pnet, noise and yamux handshakes.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -123,12 +121,8 @@ pub(crate) fn build_swarm(
                     .with_interval(liveness / 3)
                     .with_timeout(liveness),
             );
-            let max = config.max_message_bytes as u64 + ENVELOPE_SLACK;
-            let codec = cbor::codec::Codec::default()
-                .set_request_size_maximum(max)
-                .set_response_size_maximum(ENVELOPE_SLACK);
             let rpc = request_response::Behaviour::with_codec(
-                codec,
+                codec(config.max_message_bytes),
                 [(PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(config.request_timeout),
             );

@@ -2,6 +2,7 @@
 //! keeps the membership view.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +25,7 @@ use super::super::wire::{
     AdvertVersion, Hello, PeerRecord, Request, Response, MAX_ADDRS_PER_PEER, MAX_PEER_RECORDS,
 };
 use super::behaviour::{Behaviour, BehaviourEvent, IDENTIFY_PROTOCOL};
+use super::rejected::RejectLog;
 
 /// Most outstanding `send_to` requests; past it callers get `Overloaded`.
 const MAX_PENDING_SENDS: usize = 1024;
@@ -83,7 +85,13 @@ pub(crate) struct EventLoop {
     mdns_peers: HashMap<PeerId, Vec<Multiaddr>>,
     /// Next time disconnected mDNS peers are redialed.
     next_redial: Instant,
+    /// Sources of refused incoming connections recently warned about.
+    rejected: RejectLog,
 }
+
+/// A source whose incoming connections keep failing their handshake is warned about once
+/// per this interval; the repeats go to debug.
+const REJECT_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often disconnected peers known from mDNS are redialed.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
@@ -128,6 +136,7 @@ impl EventLoop {
             next_refresh: Instant::now() + config.refresh_interval,
             mdns_peers: HashMap::new(),
             next_redial: Instant::now() + REDIAL_INTERVAL,
+            rejected: RejectLog::new(REJECT_WARN_INTERVAL),
         }
     }
 
@@ -305,6 +314,31 @@ impl EventLoop {
                     if b.dialing == Some(connection_id) {
                         b.dialing = None;
                     }
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                // Under pnet a peer without this cluster's key fails here (noise cannot be
+                // negotiated through the wrong key's stream cipher); so does anything that is
+                // not a shoal node.
+                let ip = send_back_addr.iter().find_map(|p| match p {
+                    Protocol::Ip4(ip) => Some(IpAddr::from(ip)),
+                    Protocol::Ip6(ip) => Some(IpAddr::from(ip)),
+                    _ => None,
+                });
+                if ip.is_some_and(|ip| self.rejected.should_warn(ip, now)) {
+                    warn!(
+                        addr = %send_back_addr,
+                        %error,
+                        "refused a connection that failed its handshake: a peer without this \
+                         cluster's key, or not a shoal node (repeats from this address are \
+                         logged at debug for a minute)"
+                    );
+                } else {
+                    debug!(addr = %send_back_addr, %error, "refused a connection");
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

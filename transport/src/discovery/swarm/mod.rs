@@ -7,6 +7,7 @@
 
 mod behaviour;
 mod event_loop;
+mod rejected;
 
 use std::sync::Arc;
 use std::time::Duration;
