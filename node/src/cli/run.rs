@@ -88,7 +88,7 @@ pub(crate) struct Args {
     /// Requests open at once per stage.
     #[arg(long, env = "SHOAL_MAX_SESSIONS", default_value_t = 16)]
     max_sessions: usize,
-    /// Requests one head may hold open at once on this node's stage (default: half of
+    /// Requests one head may hold open at once on this node's stage (default: three quarters of
     /// --max-sessions). The plan's previous stage is exempt: it carries every head's requests.
     #[arg(long, env = "SHOAL_MAX_SESSIONS_PER_PEER")]
     max_sessions_per_peer: Option<usize>,

@@ -28,7 +28,7 @@ pub(crate) struct Args {
     /// Sessions open at once.
     #[arg(long, default_value_t = 64)]
     max_sessions: usize,
-    /// Sessions one upstream peer may hold open at once (default: half of --max-sessions on
+    /// Sessions one upstream peer may hold open at once (default: three quarters of --max-sessions on
     /// a first stage, whose upstreams are heads; no bound beyond --max-sessions on a later
     /// stage, whose only upstream is the previous stage).
     #[arg(long)]

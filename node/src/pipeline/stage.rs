@@ -64,11 +64,12 @@ pub struct StageConfig {
     pub previous_stage: Option<PeerId>,
 }
 
-/// The default of [`StageConfig::max_sessions_per_peer`]: half of the stage's sessions, at
-/// least one. One head alone can then use half of a stage; a node that serves all of a
-/// cluster's API traffic may want it raised up to `max_sessions`.
+/// The default of [`StageConfig::max_sessions_per_peer`]: three quarters of the stage's
+/// sessions, at least one. A flooding member leaves a quarter to the others, and one head
+/// serving all of a cluster's API traffic keeps most of a stage (raise it up to
+/// `max_sessions` for such a node).
 pub fn default_sessions_per_peer(max_sessions: usize) -> usize {
-    (max_sessions / 2).max(1)
+    (max_sessions * 3 / 4).max(1)
 }
 
 /// A running stage. Dropping it does not stop it; call [`Stage::shutdown`].
