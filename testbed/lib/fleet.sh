@@ -59,6 +59,11 @@ fleet_up() {
     # Every fleet is a private cluster with its own key (64 hex chars, as `shoal keygen`).
     [ -f "$TB_SECRETS_DIR/cluster.key" ] \
         || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TB_SECRETS_DIR/cluster.key"
+    # The nodes run as uid 65534, not as the file's owner: the key must be world-readable
+    # inside the mount whatever the caller's umask (077 would make it 0600 and every node
+    # would exit with "permission denied"). WORKDIR is mktemp's 0700 directory, so no
+    # other user of the host can reach it.
+    chmod 0755 "$TB_SECRETS_DIR" && chmod 0644 "$TB_SECRETS_DIR/cluster.key"
     printf '%s\n' "${ENV_ALL:-}" >"$TB_ENV_DIR/all.env"
     for i in 1 2 3 4; do
         local var="ENV_NODE$i" extra=""
