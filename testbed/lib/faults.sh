@@ -1,7 +1,7 @@
-# Fault scenarios for run.sh (sourced): kill, pause, throttle, partition, churn.
+# Fault scenarios for run.sh (sourced): kill, pause, throttle, partition, churn, smoke.
 # They run with --placement ${PLACEMENT:-even} so the pipeline has several stages and the
 # node under fault is a stage other than the API node (node1 unless it holds the last stage).
-# In-flight failover (issue 5) is not implemented yet: scenarios that need it fail honestly.
+# In-flight failover (issue 5) exists: a request running when its stage fails must complete.
 
 fault_fleet() {
     ENV_ALL="SHOAL_PLACEMENT=${PLACEMENT:-even}"
@@ -40,52 +40,65 @@ greedy_text() {
         ${PROMPT:+--prompt "$PROMPT"} | jq -c 'if .completed then .text else null end'
 }
 
+FAULT_AT_ENV=${FAULT_AT:-}
 LONG=${MAX_TOKENS:-200}
 FAULT_AT=${FAULT_AT:-40}
 
 # docker kill the last stage's node mid-generation.
 scenario_kill() {
     fault_fleet
-    local ref epoch t0 recovery inflight after
+    local ref epoch t0 recovery inflight after c at_kill
     ref=$(greedy_text)
     epoch=$(plan_epoch "$API_NODE")
+    # Looked up before the stream starts: `compose ps` takes long enough for a short
+    # stream to finish before the kill (smoke's first run killed after the last token).
+    c=$(container "$TARGET")
     stream_bg "$LONG"
     wait_progress "$FAULT_AT" || log "stream ended before $FAULT_AT chunks"
     t0=$(now)
-    docker kill "$(container "$TARGET")" >/dev/null
-    log "killed node$TARGET after $(cat "$STREAM_PROGRESS") chunks"
+    docker kill "$c" >/dev/null
+    # Read after the kill returned: at most this many chunks came before it.
+    at_kill=$(cat "$STREAM_PROGRESS")
+    event fault "docker kill node$TARGET"
+    log "killed node$TARGET after $at_kill chunks"
     recovery=$(wait_new_plan "$API_NODE" 120 "$epoch" "$t0")
     wait "$STREAM_PID" || true
     inflight=$(cat "$STREAM_OUT")
     after=$(greedy_text)
     jq -n --argjson ref "$ref" --argjson inflight "$inflight" --argjson after "$after" \
         --argjson rec "$recovery" --argjson target "$TARGET" --argjson api "$API_NODE" \
-        --argjson fault_at "$FAULT_AT" --argjson long "$LONG" --argjson plan "$(plan_json "$API_NODE")" '{
+        --argjson fault_at "$FAULT_AT" --argjson at_kill "$at_kill" --argjson long "$LONG" \
+        --argjson plan "$(plan_json "$API_NODE")" '{
         target: "node\($target)", api_node: "node\($api)", max_tokens: $long,
-        chunks_before_kill: $fault_at, reference_text: $ref,
+        fault_at: $fault_at, chunks_before_kill: $at_kill, reference_text: $ref,
         inflight: ($inflight | del(.text) + {text_matches_reference: ($inflight.text == $ref)}),
         recovery_s: $rec, plan_after: $plan,
         after_text_identical: ($after != null and $after == $ref)}' | write_result
-    local f=$RESULTS/kill.json
+    local f=$RESULTS/$NAME.json
     [ "$ref" != null ] || fail "the fault-free request failed"
     jq -e '.recovery_s != null' "$f" >/dev/null || fail "no healthy new plan within 120 s of the kill"
     jq -e '.after_text_identical' "$f" >/dev/null || fail "after recovery the greedy output differs from the fault-free run"
     jq -e '.inflight.completed' "$f" >/dev/null \
-        || fail "in-flight request lost ($(jq -r .inflight.error "$f")): failover not implemented (issue 5); recovered in $recovery s with identical output"
+        || fail "in-flight request lost ($(jq -r .inflight.error "$f")); recovered in $recovery s with identical output"
     jq -e '.inflight.text_matches_reference' "$f" >/dev/null || fail "in-flight request completed with different text"
-    pass "in-flight request completed; recovered in $recovery s; identical output"
+    jq -e '.chunks_before_kill < .inflight.chunks' "$f" >/dev/null \
+        || fail "the kill came after the stream's last chunk ($at_kill of $(jq -r .inflight.chunks "$f")): nothing was tested"
+    pass "killed after $at_kill of $(jq -r .inflight.chunks "$f") chunks; in-flight request completed with identical text; recovered in $(printf %.2f "$recovery") s; new request identical"
 }
 
 # docker pause the last stage's node for PAUSE_S (10) s mid-generation, then unpause.
 scenario_pause() {
     fault_fleet
-    local ref epoch t0 detect during after inflight e2 rejoin
+    local ref epoch t0 detect during after inflight e2 rejoin c at_pause
     ref=$(greedy_text)
     epoch=$(plan_epoch "$API_NODE")
+    c=$(container "$TARGET")
     stream_bg "$LONG"
     wait_progress "$FAULT_AT" || log "stream ended before $FAULT_AT chunks"
     t0=$(now)
-    docker pause "$(container "$TARGET")" >/dev/null
+    docker pause "$c" >/dev/null
+    at_pause=$(cat "$STREAM_PROGRESS")
+    event fault "docker pause node$TARGET"
     log "paused node$TARGET"
     detect=$(wait_new_plan "$API_NODE" "${PAUSE_S:-10}" "$epoch" "$t0")
     during=null
@@ -93,7 +106,8 @@ scenario_pause() {
     # Unpause PAUSE_S after the pause began.
     sleep "$(echo "x = ${PAUSE_S:-10} - ($(now) - $t0); if (x < 0) 0 else x" | bc)"
     e2=$(plan_epoch "$API_NODE")
-    docker unpause "$(container "$TARGET")" >/dev/null
+    docker unpause "$c" >/dev/null
+    event restore "unpause node$TARGET"
     local t1
     t1=$(now)
     log "unpaused node$TARGET"
@@ -103,19 +117,23 @@ scenario_pause() {
     after=$(greedy_text)
     jq -n --argjson ref "$ref" --argjson inflight "$inflight" --argjson during "$during" \
         --argjson after "$after" --argjson detect "$detect" --argjson rejoin "$rejoin" \
-        --argjson target "$TARGET" --argjson pause_s "${PAUSE_S:-10}" --argjson plan "$(plan_json "$API_NODE")" '{
-        target: "node\($target)", pause_s: $pause_s, reference_text: $ref,
+        --argjson target "$TARGET" --argjson pause_s "${PAUSE_S:-10}" --argjson plan "$(plan_json "$API_NODE")" \
+        --argjson api "$API_NODE" --argjson at "$at_pause" '{
+        target: "node\($target)", api_node: "node\($api)", pause_s: $pause_s,
+        chunks_before_pause: $at, reference_text: $ref,
         inflight: ($inflight | del(.text) + {text_matches_reference: ($inflight.text == $ref)}),
         replan_during_pause_s: $detect, during_text_identical: ($during != null and $during == $ref),
         replan_after_unpause_s: $rejoin, after_text_identical: ($after != null and $after == $ref),
         plan_after: $plan}' | write_result
-    local f=$RESULTS/pause.json
+    local f=$RESULTS/$NAME.json
     jq -e '.replan_during_pause_s != null' "$f" >/dev/null || fail "no replan around the paused node within the pause"
     jq -e '.during_text_identical' "$f" >/dev/null || fail "request during the pause failed or differed"
     jq -e '.after_text_identical' "$f" >/dev/null || fail "request after unpause failed or differed"
     jq -e '.inflight.completed and .inflight.text_matches_reference' "$f" >/dev/null \
-        || fail "in-flight request lost ($(jq -r .inflight.error "$f")): failover not implemented (issue 5); replan in $detect s, rejoin replan ${rejoin} s"
-    pass "in-flight completed; replan in $detect s; identical output during and after"
+        || fail "in-flight request lost or different ($(jq -r .inflight.error "$f")); replan in $detect s, rejoin replan ${rejoin} s"
+    jq -e '.chunks_before_pause < .inflight.chunks' "$f" >/dev/null \
+        || fail "the pause came after the stream's last chunk: nothing was tested"
+    pass "paused after $at_pause chunks; in-flight completed identical; replan in $detect s, after unpause $rejoin s; identical output during and after"
 }
 
 # docker update --cpus 0.1 on the last stage's node, then restore: does the plan adapt?
@@ -127,6 +145,7 @@ scenario_throttle() {
     before=$(bench "$API_NODE" 3 64)
     epoch=$(plan_epoch "$API_NODE")
     docker update --cpus 0.1 "$c" >/dev/null
+    event fault "node$TARGET --cpus 0.1"
     log "node$TARGET throttled from $cpus to 0.1 CPUs"
     sleep "${THROTTLE_SETTLE_S:-15}"
     during=$(bench "$API_NODE" 3 64)
@@ -134,16 +153,17 @@ scenario_throttle() {
     local plan_during
     plan_during=$(plan_json "$API_NODE")
     docker update --cpus "$cpus" "$c" >/dev/null
+    event restore "node$TARGET --cpus $cpus"
     log "node$TARGET restored to $cpus CPUs"
     after=$(bench "$API_NODE" 3 64)
     jq -n --argjson b "$before" --argjson d "$during" --argjson a "$after" --arg cpus "$cpus" \
         --argjson e0 "$epoch" --argjson e1 "$replanned" --argjson target "$TARGET" \
-        --argjson pd "$plan_during" '{
-        target: "node\($target)", cpus: $cpus, throttled_cpus: 0.1,
+        --argjson pd "$plan_during" --argjson api "$API_NODE" '{
+        target: "node\($target)", api_node: "node\($api)", cpus: $cpus, throttled_cpus: 0.1,
         before_tok_s: $b.median_decode_tok_s, during_tok_s: $d.median_decode_tok_s, after_tok_s: $a.median_decode_tok_s,
         all_ok: ($b.ok and $d.ok and $a.ok), identical_text: ($b.text == $d.text and $d.text == $a.text),
         replanned_while_throttled: ($e1 > $e0), plan_while_throttled: $pd}' | write_result
-    local f=$RESULTS/throttle.json
+    local f=$RESULTS/$NAME.json
     jq -e '.all_ok and .identical_text' "$f" >/dev/null || fail "requests failed or differed under throttling"
     jq -e '.replanned_while_throttled' "$f" >/dev/null \
         || fail "no replan while node$TARGET was throttled (decode $(jq -r .before_tok_s "$f") -> $(jq -r .during_tok_s "$f") tok/s): layer costs are only measured at start"
@@ -161,6 +181,7 @@ scenario_partition() {
     epoch=$(plan_epoch "$API_NODE")
     t0=$(now)
     docker network disconnect "$net" "$c"
+    event fault "disconnect node$TARGET"
     log "node$TARGET disconnected from $net"
     detect=$(wait_new_plan "$API_NODE" 60 "$epoch" "$t0")
     during=$(greedy_text)
@@ -168,6 +189,7 @@ scenario_partition() {
     e2=$(plan_epoch "$API_NODE")
     t1=$(now)
     docker network connect --ip "$ip" "$net" "$c"
+    event restore "reconnect node$TARGET"
     log "node$TARGET reconnected at $ip"
     rejoin=$(wait_new_plan "$API_NODE" 60 "$e2" "$t1")
     after=$(greedy_text)
@@ -175,12 +197,12 @@ scenario_partition() {
     members=$(cluster_json "$API_NODE" | jq '.members | length')
     jq -n --argjson ref "$ref" --argjson during "$during" --argjson after "$after" \
         --argjson detect "$detect" --argjson rejoin "$rejoin" --argjson target "$TARGET" \
-        --argjson members "$members" --argjson plan "$(plan_json "$API_NODE")" '{
-        target: "node\($target)", replan_after_disconnect_s: $detect,
+        --argjson members "$members" --argjson plan "$(plan_json "$API_NODE")" --argjson api "$API_NODE" '{
+        target: "node\($target)", api_node: "node\($api)", replan_after_disconnect_s: $detect,
         during_text_identical: ($during != null and $during == $ref),
         replan_after_reconnect_s: $rejoin, members_after: $members,
         after_text_identical: ($after != null and $after == $ref), plan_after: $plan}' | write_result
-    local f=$RESULTS/partition.json
+    local f=$RESULTS/$NAME.json
     jq -e '.replan_after_disconnect_s != null and .during_text_identical' "$f" >/dev/null \
         || fail "no working replan while node$TARGET was cut off"
     jq -e '.replan_after_reconnect_s != null and .members_after == 4' "$f" >/dev/null \
@@ -203,6 +225,7 @@ scenario_churn() {
     churn_step() {
         sleep "$1"
         docker "$2" "$(container "$3")" >/dev/null
+        event "$([ "$2" = stop ] && echo fault || echo restore)" "docker $2 node$3"
         events=$(jq --argjson t $((SECONDS - t0)) --arg a "$2" --arg n "node$3" '. + [{t_s: $t, action: $a, node: $n}]' <<<"$events")
         log "churn: $2 node$3 at $((SECONDS - t0)) s"
     }
@@ -221,10 +244,20 @@ scenario_churn() {
         wrong_texts: ([$l.results[] | select(.completed and .text != $ref)] | length),
         after_text_identical: ($after != null and $after == $ref), plan_after: $plan,
         results: [$l.results[] | del(.text)]}' | write_result
-    local f=$RESULTS/churn.json
+    local f=$RESULTS/$NAME.json
     jq -e '.after_text_identical' "$f" >/dev/null || fail "after churn the output differs or fails"
     jq -e '.wrong_texts == 0' "$f" >/dev/null || fail "completed requests with wrong text during churn"
     jq -e '.failed == 0' "$f" >/dev/null \
-        || fail "$(jq -r '"\(.failed) of \(.requests)"' "$f") requests failed during churn: failover not implemented (issue 5)"
+        || fail "$(jq -r '"\(.failed) of \(.requests)"' "$f") requests failed during churn: $(jq -r '.errors | join("; ")' "$f")"
     pass "$(jq -r .requests "$f") requests, none failed"
+}
+
+# CI-sized kill: 3 nodes (even placement: 3 stages), a MAX_TOKENS (80) greedy stream, the
+# last stage's node killed after FAULT_AT (20) chunks; passes when the in-flight request
+# completes with the fault-free text, a new plan is healthy and a new request is identical.
+scenario_smoke() {
+    FLEET_NODES="1 2 3"
+    LONG=${MAX_TOKENS:-80}
+    FAULT_AT=${FAULT_AT_ENV:-20}
+    scenario_kill
 }
