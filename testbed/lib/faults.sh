@@ -219,7 +219,7 @@ scenario_churn() {
     local ref load_pid
     LONG=64 ref=$(greedy_text)
     python3 "$TESTBED/lib/client.py" load "$(api_url 1)" --clients "${CHURN_CLIENTS:-3}" \
-        --seconds "${CHURN_S:-45}" --max-tokens 64 ${PROMPT:+--prompt "$PROMPT"} >"$WORKDIR/load.json" &
+        --seconds "${CHURN_S:-60}" --max-tokens 64 ${PROMPT:+--prompt "$PROMPT"} >"$WORKDIR/load.json" &
     load_pid=$!
     local events='[]' t0=$SECONDS
     churn_step() {
@@ -235,21 +235,29 @@ scenario_churn() {
     churn_step 8 start 3
     wait "$load_pid" || true
     wait_healthy 1
+    # Both restarted nodes are members again and a plan is active (within 60 s).
+    local members=0 t1=$SECONDS
+    while [ $((SECONDS - t1)) -lt 60 ]; do
+        members=$(cluster_json 1 | jq '.members | length' 2>/dev/null || echo 0)
+        [ "$members" = 4 ] && [ "$(health_code 1)" = 200 ] && break
+        sleep 1
+    done
     local after
     LONG=64 after=$(greedy_text)
     jq -n --slurpfile load "$WORKDIR/load.json" --argjson events "$events" --argjson ref "$ref" \
-        --argjson after "$after" --argjson plan "$(plan_json 1)" '$load[0] as $l | {
-        events: $events, requests: $l.requests, completed: $l.completed, failed: $l.failed,
+        --argjson after "$after" --argjson plan "$(plan_json 1)" --argjson members "$members" '$load[0] as $l | {
+        events: $events, members_after: $members, requests: $l.requests, completed: $l.completed, failed: $l.failed,
         errors: $l.errors, tokens_per_s: $l.tokens_per_s,
         wrong_texts: ([$l.results[] | select(.completed and .text != $ref)] | length),
         after_text_identical: ($after != null and $after == $ref), plan_after: $plan,
         results: [$l.results[] | del(.text)]}' | write_result
     local f=$RESULTS/$NAME.json
     jq -e '.after_text_identical' "$f" >/dev/null || fail "after churn the output differs or fails"
+    jq -e '.members_after == 4' "$f" >/dev/null || fail "restarted nodes did not rejoin: $(jq .members_after "$f") members"
     jq -e '.wrong_texts == 0' "$f" >/dev/null || fail "completed requests with wrong text during churn"
     jq -e '.failed == 0' "$f" >/dev/null \
         || fail "$(jq -r '"\(.failed) of \(.requests)"' "$f") requests failed during churn: $(jq -r '.errors | join("; ")' "$f")"
-    pass "$(jq -r .requests "$f") requests, none failed"
+    pass "$(jq -r '"\(.requests) requests under churn, none failed, all identical; \(.tokens_per_s) tok/s aggregate; 4 members again"' "$f")"
 }
 
 # CI-sized kill: 3 nodes (even placement: 3 stages), a MAX_TOKENS (80) greedy stream, the

@@ -110,7 +110,13 @@ def plot_stages(ax, tl, fleet, t0, last_plan, epochs):
     styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "v")]
     seen = defaultdict(int)
     for (node, layers), pts in sorted(series.items()):
-        xs, ys = zip(*pts)
+        xs, ys = [], []
+        for x, y in pts:
+            if xs and x - xs[-1] > 3:  # no sample for a while (node down, idle): a gap
+                xs.append(float("nan"))
+                ys.append(float("nan"))
+            xs.append(x)
+            ys.append(y)
         ls, marker = styles[seen[node] % len(styles)]
         seen[node] += 1
         ax.plot(xs, ys, marker=marker, ms=3, lw=1, ls=ls, color=NODE_COLORS.get(node),
