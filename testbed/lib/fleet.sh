@@ -222,3 +222,25 @@ wait_new_plan() {
     done
     echo null
 }
+
+# Waits (up to $1 s) until every node of the fleet is healthy, sees all the fleet's nodes as
+# members and serves the same ready plan (epoch and stages: a node that planned alone may
+# reuse an epoch number the others used for another plan); prints the seconds since the timestamp $2
+# (from `now`), or "null" on timeout.
+wait_converged() {
+    local timeout=$1 from=$2 t0=$SECONDS nodes=(${FLEET_NODES:-1 2 3 4}) views i
+    while [ $((SECONDS - t0)) -lt "$timeout" ]; do
+        views=""
+        for i in "${nodes[@]}"; do
+            views+="$(cluster_json "$i" | jq -c '[.state, (.members | length), .plan.epoch, [.plan.stages[]? | .peer_id, .layers]]' 2>/dev/null || echo null) "
+        done
+        if [ "$(tr ' ' '\n' <<<"$views" | grep -v '^$' | sort -u | wc -l)" = 1 ] \
+            && [[ "$views" == "[\"ready\",${#nodes[@]},"* ]]; then
+            since "$from"
+            return 0
+        fi
+        sleep 0.5
+    done
+    log "not converged after $timeout s: ${views:-no views}"
+    echo null
+}
