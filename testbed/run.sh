@@ -2,7 +2,13 @@
 # Runs one testbed scenario on fresh 4-node fleets and writes testbed/results/NAME.json
 # (with "pass" and "message"); exit 0 when the scenario's pass condition holds.
 #
-#   testbed/run.sh NAME     NAME: baseline hetero latency kill pause throttle partition churn
+#   testbed/run.sh NAME     NAME: baseline hetero latency kill pause throttle partition churn smoke
+#
+# Besides NAME.json it writes NAME-timeline.json (cluster views, stage metrics, token times
+# and fault marks sampled during the run) and NAME.png (tok/s over time with the faults,
+# per-stage decode latency, placement per plan epoch), drawn by lib/plot.py with matplotlib
+# from a venv in testbed/.venv that the first run creates (pip, from PyPI). A plot that
+# cannot be drawn is a warning in the log and in the JSON, never the scenario's verdict.
 #
 # Each fleet gets its own compose project and subnet and is ALWAYS torn down (success,
 # failure, Ctrl-C); its container logs are kept as results/NAME[-LABEL].log.
@@ -21,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 TESTBED=$PWD
 RESULTS=$TESTBED/results
-SCENARIOS="baseline hetero latency kill pause throttle partition churn"
+SCENARIOS="baseline hetero latency kill pause throttle partition churn smoke"
 
 usage() {
     echo "usage: $0 NAME   (one of: $SCENARIOS)" >&2
@@ -57,11 +63,40 @@ write_result() {
     log "wrote results/$NAME.json"
 }
 
-# Records the verdict in results/NAME.json (written before) and exits.
+# testbed/.venv with matplotlib (created on first use); prints its python, or fails.
+plot_python() {
+    local venv=$TESTBED/.venv
+    if ! "$venv/bin/python" -c 'import matplotlib' >/dev/null 2>&1; then
+        log "setting up $venv with matplotlib (pip, once)"
+        python3 -m venv "$venv" >&2 \
+            && "$venv/bin/pip" install -q --disable-pip-version-check 'matplotlib>=3.5,<4' >&2 \
+            || return 1
+    fi
+    echo "$venv/bin/python"
+}
+
+# results/NAME-timeline.json from the recording, then results/NAME.png; returns 1 (and says
+# why) when the plot could not be drawn.
+plot_results() {
+    local tl="$RESULTS/$NAME-timeline.json" py
+    jq -n --slurpfile ev <(cat "$REC/events.jsonl" 2>/dev/null) \
+        --slurpfile cl <(cat "$REC/cluster.jsonl" 2>/dev/null) \
+        --slurpfile me <(cat "$REC/metrics.jsonl" 2>/dev/null) \
+        --slurpfile tk <(cat "$REC/tokens.jsonl" 2>/dev/null) \
+        '{events: $ev, cluster: $cl, metrics: $me, tokens: $tk}' >"$tl" || return 1
+    py=$(plot_python) || { log "plot: could not set up matplotlib"; return 1; }
+    "$py" "$TESTBED/lib/plot.py" "$RESULTS/$NAME.json" "$tl" "$RESULTS/$NAME.png" >&2 || return 1
+    log "wrote results/$NAME.png"
+}
+
+# Records the verdict in results/NAME.json (written before), draws the plots and exits.
 verdict() {
-    local ok=$1 msg=$2 f="$RESULTS/$NAME.json"
+    local ok=$1 msg=$2 f="$RESULTS/$NAME.json" plot
     if [ -f "$f" ]; then
         jq --argjson ok "$ok" --arg m "$msg" '.pass = $ok | .message = $m' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+        plot=$(plot_results && echo ok || echo "failed (see the log)")
+        [ "$plot" = ok ] || log "WARNING: no plot for $NAME"
+        jq --arg p "$plot" '.plot = $p' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
     fi
     if [ "$ok" = true ]; then log "PASS $NAME: $msg"; exit 0; fi
     log "FAIL $NAME: $msg"

@@ -147,6 +147,8 @@ const MAX_BACKOFF_SHIFT: u32 = 5;
 pub struct Monitor {
     config: Config,
     devices: BTreeMap<String, Tracked>,
+    /// When [`Monitor::evaluate`] last ran.
+    last_eval_ms: Option<u64>,
 }
 
 impl Monitor {
@@ -155,6 +157,7 @@ impl Monitor {
         let mut m = Self {
             config,
             devices: BTreeMap::new(),
+            last_eval_ms: None,
         };
         m.set_plan(plan, now_ms);
         m
@@ -207,8 +210,22 @@ impl Monitor {
     }
 
     /// Advances every device's state to `now_ms` and returns the decisions, in device order.
+    ///
+    /// Meant to be called often (every second or so). When the previous call is more than
+    /// `heartbeat_timeout_ms` ago, the caller itself was not running (a stopped process or
+    /// container): it could not hear anyone, so every device's silence restarts from
+    /// `now_ms` instead of all of them being declared dead at once.
     pub fn evaluate(&mut self, now_ms: u64) -> Vec<Decision> {
         let c = &self.config;
+        let stalled = self
+            .last_eval_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) > c.heartbeat_timeout_ms);
+        self.last_eval_ms = Some(now_ms);
+        if stalled {
+            for t in self.devices.values_mut() {
+                t.last_seen_ms = t.last_seen_ms.max(now_ms);
+            }
+        }
         let mut out = Vec::new();
         for (id, t) in &mut self.devices {
             let horizon = now_ms.saturating_sub(c.window_ms);

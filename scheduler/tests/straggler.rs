@@ -180,6 +180,40 @@ fn silent_stage_is_evicted_then_restored_when_back() {
 }
 
 #[test]
+fn a_stalled_caller_does_not_declare_everyone_dead() {
+    let (g, r) = setup();
+    let plan = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();
+    let config = Config::default();
+    let mut m = Monitor::new(config.clone(), &plan, 0);
+    for t in (0..=2_000).step_by(500) {
+        for id in ORDER {
+            m.record_heartbeat(id, t).unwrap();
+        }
+        assert!(m.evaluate(t).is_empty());
+    }
+    // The caller was stopped for 10 s: no evaluation, no heartbeats. Waking, it judges
+    // nobody; a and b are heard again, c never is and goes a full timeout later.
+    assert!(m.evaluate(12_000).is_empty());
+    let mut evicted = None;
+    for t in (12_500..=20_000).step_by(500) {
+        m.record_heartbeat("a", t).unwrap();
+        m.record_heartbeat("b", t).unwrap();
+        if let Some(d) = m.evaluate(t).into_iter().next() {
+            evicted = Some((t, d));
+            break;
+        }
+    }
+    assert_eq!(
+        evicted,
+        Some((
+            12_500 + config.heartbeat_timeout_ms,
+            Decision::Evict { device: "c".into() }
+        ))
+    );
+    assert_eq!(m.health("a"), Some(Health::Healthy));
+}
+
+#[test]
 fn rejects_bad_input() {
     let (g, r) = setup();
     let plan = scheduler::planner::plan_in_order(&g, &r, &ORDER).unwrap();

@@ -11,10 +11,20 @@
       stream ended with [DONE] or an error, and what text arrived.
   client.py load   URL --clients C --seconds S --max-tokens M [--prompt P]
       C concurrent clients sending greedy completions back to back for S seconds.
+  client.py poll   OUT_DIR URL... [--interval S]
+      Until killed: every S seconds GET /v1/cluster and /metrics of every URL (one thread
+      per node, so a paused node does not stall the others) and append one JSON line per
+      answer to OUT_DIR/cluster.jsonl and OUT_DIR/metrics.jsonl (for the plots).
+
+With TB_TRACE=FILE in the environment, every completion appends one JSON line to FILE: its
+wall-clock start, the wall-clock time of each text chunk, whether it completed, and TB_FLEET
+(the fleet label run.sh sets). The plots draw tok/s over time from these.
 """
 import argparse
 import http.client
 import json
+import os
+import re
 import statistics
 import sys
 import threading
@@ -36,6 +46,7 @@ def stream_completion(url, prompt, max_tokens, progress=None, timeout=600):
     res = {"completed": False, "chunks": 0, "text": "", "error": None, "http_code": None,
            "finish_reason": None, "ttft_s": None, "seconds": None}
     start = time.monotonic()
+    wall0 = time.time()
     times = []
     try:
         conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
@@ -82,7 +93,23 @@ def stream_completion(url, prompt, max_tokens, progress=None, timeout=600):
             if len(times) > 1 and times[-1] > times[0]:
                 res["decode_tok_s"] = (len(times) - 1) / (times[-1] - times[0])
         res["e2e_tok_s"] = res["chunks"] / res["seconds"] if res["seconds"] else None
+        trace(wall0, times, res)
     return res
+
+
+_trace_lock = threading.Lock()
+
+
+def trace(wall0, times, res):
+    """Appends one completion's chunk times to $TB_TRACE (if set)."""
+    path = os.environ.get("TB_TRACE")
+    if not path:
+        return
+    line = json.dumps({"fleet": os.environ.get("TB_FLEET", ""), "start": wall0,
+                       "times": [round(wall0 + t, 4) for t in times],
+                       "completed": res["completed"], "error": res["error"]})
+    with _trace_lock, open(path, "a") as f:
+        f.write(line + "\n")
 
 
 def median(xs):
@@ -142,9 +169,74 @@ def cmd_load(a):
             "results": results}
 
 
+STEP_RE = re.compile(r'^shoal_stage_step_seconds_(sum|count)\{(.*)\} (\S+)$')
+HOP_RE = re.compile(r'^shoal_hop_send_seconds_(sum|count)\{(.*)\} (\S+)$')
+LABEL_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_metrics(text):
+    """Stage step and hop send sums/counts from a node's /metrics, keyed by their labels."""
+    out = {"stage_step": {}, "hop_send": {}}
+    for line in text.splitlines():
+        for key, rx in (("stage_step", STEP_RE), ("hop_send", HOP_RE)):
+            m = rx.match(line)
+            if m:
+                labels = dict(LABEL_RE.findall(m.group(2)))
+                name = "|".join(f"{k}={v}" for k, v in sorted(labels.items()))
+                out[key].setdefault(name, {})[m.group(1)] = float(m.group(3))
+    return out
+
+
+def get(url, path, timeout):
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        return body if resp.status == 200 else None
+    finally:
+        conn.close()
+
+
+def cmd_poll(a):
+    lock = threading.Lock()
+    fleet = os.environ.get("TB_FLEET", "")
+
+    def write(name, obj):
+        with lock, open(os.path.join(a.out_dir, name), "a") as f:
+            f.write(json.dumps(obj) + "\n")
+
+    def node(url):
+        while True:
+            t0 = time.time()
+            try:
+                view = get(url, "/v1/cluster", a.interval)
+                if view:
+                    write("cluster.jsonl", {"t": t0, "fleet": fleet, "url": url,
+                                            "view": json.loads(view)})
+                text = get(url, "/metrics", a.interval)
+                if text:
+                    write("metrics.jsonl", {"t": t0, "fleet": fleet, "url": url,
+                                            **parse_metrics(text)})
+            except Exception:  # noqa: BLE001 -- a node may be down, paused or cut off
+                pass
+            time.sleep(max(0.0, a.interval - (time.time() - t0)))
+
+    threads = [threading.Thread(target=node, args=(u,), daemon=True) for u in a.urls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
+    poll = sub.add_parser("poll")
+    poll.add_argument("out_dir")
+    poll.add_argument("urls", nargs="+")
+    poll.add_argument("--interval", type=float, default=1.0)
     for name in ("bench", "stream", "load"):
         s = sub.add_parser(name)
         s.add_argument("url")
@@ -158,6 +250,9 @@ def main():
             s.add_argument("--clients", type=int, default=4)
             s.add_argument("--seconds", type=float, default=30)
     a = p.parse_args()
+    if a.cmd == "poll":
+        cmd_poll(a)
+        return
     out = {"bench": cmd_bench, "stream": cmd_stream, "load": cmd_load}[a.cmd](a)
     json.dump(out, sys.stdout)
     print()

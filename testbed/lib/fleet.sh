@@ -3,7 +3,13 @@
 # one after the other (fleet_up LABEL ... fleet_down); the EXIT trap removes whichever is up.
 #
 # Per-run node settings: before fleet_up, set ENV_ALL (lines of SHOAL_*=value for every
-# node) and ENV_NODE1..ENV_NODE4 (extra lines for one node).
+# node) and ENV_NODE1..ENV_NODE4 (extra lines for one node). FLEET_NODES ("1 2 3 4") picks
+# which of the compose file's nodes start (smoke runs three).
+#
+# Recording (for the plots, lib/plot.py): while a fleet is up, `client.py poll` samples
+# every node's /v1/cluster and /metrics each second into $REC; every completion the client
+# makes appends its chunk times to $REC/tokens.jsonl (TB_TRACE); scenarios mark faults with
+# `event KIND TEXT`. run.sh folds it all into results/NAME-timeline.json.
 
 die() {
     echo "run.sh: $*" >&2
@@ -21,7 +27,17 @@ fi
 
 PROJECT=""
 FLEET_LABEL=""
+POLL_PID=""
 WORKDIR=$(mktemp -d)
+REC=$WORKDIR/rec
+mkdir -p "$REC"
+export TB_TRACE=$REC/tokens.jsonl TB_FLEET=""
+
+# event KIND TEXT: a timestamped mark (fault, restore, fleet start) for the plots.
+event() {
+    jq -cn --argjson t "$(date +%s.%N)" --arg f "$FLEET_LABEL" --arg k "$1" --arg x "$2" \
+        '{t: $t, fleet: $f, kind: $k, text: $x}' >>"$REC/events.jsonl"
+}
 
 # A /24 no other docker network uses, so parallel runs (and stale leftovers) never clash.
 pick_subnet() {
@@ -51,6 +67,7 @@ container() { compose ps -q "node$1"; }
 
 fleet_up() {
     FLEET_LABEL=$1
+    TB_FLEET=$1
     PROJECT="shoaltb-$(echo "$NAME-$FLEET_LABEL" | tr -c 'a-z0-9\n' '-')-$(date +%s)-$$"
     export SHOAL_SUBNET_PREFIX
     SHOAL_SUBNET_PREFIX=$(pick_subnet)
@@ -59,6 +76,11 @@ fleet_up() {
     # Every fleet is a private cluster with its own key (64 hex chars, as `shoal keygen`).
     [ -f "$TB_SECRETS_DIR/cluster.key" ] \
         || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TB_SECRETS_DIR/cluster.key"
+    # The nodes run as uid 65534, not as the file's owner: the key must be world-readable
+    # inside the mount whatever the caller's umask (077 would make it 0600 and every node
+    # would exit with "permission denied"). WORKDIR is mktemp's 0700 directory, so no
+    # other user of the host can reach it.
+    chmod 0755 "$TB_SECRETS_DIR" && chmod 0644 "$TB_SECRETS_DIR/cluster.key"
     printf '%s\n' "${ENV_ALL:-}" >"$TB_ENV_DIR/all.env"
     for i in 1 2 3 4; do
         local var="ENV_NODE$i" extra=""
@@ -66,19 +88,34 @@ fleet_up() {
             && extra="SHOAL_PEERS=/ip4/$SHOAL_SUBNET_PREFIX.11/tcp/7600"
         printf '%s\n%s\n' "${!var:-}" "$extra" >"$TB_ENV_DIR/node$i.env"
     done
-    log "starting fleet $PROJECT on $SHOAL_SUBNET_PREFIX.0/24 ($(tr '\n' ' ' <"$TB_ENV_DIR/all.env"))"
-    compose up -d >/dev/null 2>&1 || { compose up -d || true; die "compose up failed"; }
+    local services=()
+    for i in ${FLEET_NODES:-1 2 3 4}; do services+=("node$i"); done
+    log "starting fleet $PROJECT on $SHOAL_SUBNET_PREFIX.0/24 (${services[*]}; $(tr '\n' ' ' <"$TB_ENV_DIR/all.env"))"
+    event fleet_up "${services[*]}"
+    compose up -d "${services[@]}" >/dev/null 2>&1 \
+        || { compose up -d "${services[@]}" || true; die "compose up failed"; }
     FLEET_START=$SECONDS
     # Test traffic must stay on the fleet's bridge, never follow the default route.
     ip route get "$SHOAL_SUBNET_PREFIX.11" | grep -q ' dev br-' \
         || die "no bridge route to $SHOAL_SUBNET_PREFIX.11 ($(ip route get "$SHOAL_SUBNET_PREFIX.11" | head -1)); refusing to send traffic"
+    local urls=()
+    for i in ${FLEET_NODES:-1 2 3 4}; do urls+=("$(api_url "$i")"); done
+    python3 "$TESTBED/lib/client.py" poll "$REC" "${urls[@]}" >/dev/null 2>&1 &
+    POLL_PID=$!
     wait_healthy 1
-    wait_members 1 4 "${FORM_TIMEOUT:-60}"
+    wait_members 1 "${#services[@]}" "${FORM_TIMEOUT:-60}"
+    event ready "$(plan_summary 1)"
     log "fleet ready after $((SECONDS - FLEET_START)) s: $(plan_summary 1)"
 }
 
 fleet_down() {
     [ -n "$PROJECT" ] || return 0
+    if [ -n "$POLL_PID" ]; then
+        kill "$POLL_PID" 2>/dev/null || true
+        wait "$POLL_PID" 2>/dev/null || true
+        POLL_PID=""
+    fi
+    event fleet_down ""
     mkdir -p "$RESULTS"
     local logfile="$RESULTS/$NAME${FLEET_LABEL:+-$FLEET_LABEL}.log"
     compose logs --no-color >"$logfile" 2>&1 || true
@@ -183,5 +220,27 @@ wait_new_plan() {
         fi
         sleep 0.2
     done
+    echo null
+}
+
+# Waits (up to $1 s) until every node of the fleet is healthy, sees all the fleet's nodes as
+# members and serves the same ready plan (epoch and stages: a node that planned alone may
+# reuse an epoch number the others used for another plan); prints the seconds since the timestamp $2
+# (from `now`), or "null" on timeout.
+wait_converged() {
+    local timeout=$1 from=$2 t0=$SECONDS nodes=(${FLEET_NODES:-1 2 3 4}) views i
+    while [ $((SECONDS - t0)) -lt "$timeout" ]; do
+        views=""
+        for i in "${nodes[@]}"; do
+            views+="$(cluster_json "$i" | jq -c '[.state, (.members | length), .plan.epoch, [.plan.stages[]? | .peer_id, .layers]]' 2>/dev/null || echo null) "
+        done
+        if [ "$(tr ' ' '\n' <<<"$views" | grep -v '^$' | sort -u | wc -l)" = 1 ] \
+            && [[ "$views" == "[\"ready\",${#nodes[@]},"* ]]; then
+            since "$from"
+            return 0
+        fi
+        sleep 0.5
+    done
+    log "not converged after $timeout s: ${views:-no views}"
     echo null
 }

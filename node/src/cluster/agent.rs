@@ -211,9 +211,11 @@ impl Agent {
             }
             MembershipEvent::Updated(advert) => {
                 self.highest_epoch = self.highest_epoch.max(advert.state.epoch);
-                // A member lagging behind the current plan missed a message: resend.
+                // A member lagging behind the current plan missed a message: resend. One
+                // ahead of it follows a plan made while this node was away (paused, cut
+                // off): the coordinator must plan again, over everyone.
                 let current = self.current_epoch();
-                if advert.state.epoch < current && self.is_coordinator(&self.adverts()) {
+                if advert.state.epoch != current && self.is_coordinator(&self.adverts()) {
                     self.arm_replan();
                 }
             }
@@ -310,7 +312,11 @@ impl Agent {
                 .clone()
                 .or(state.active.as_ref().map(|a| a.assignment.clone()))
         };
-        if let Some(current) = current.filter(|c| c.same_layout(&assignment)) {
+        // The same layout as this node's plan changes nothing, unless members already follow
+        // a newer plan made without this node (it was paused or cut off and its plan's
+        // stages elsewhere are gone): then the layout goes out again under the new epoch.
+        let ahead = |c: &Assignment| adverts.iter().any(|a| a.state.epoch > c.epoch);
+        if let Some(current) = current.filter(|c| c.same_layout(&assignment) && !ahead(c)) {
             // Nothing to change; make sure nobody missed the current plan.
             for advert in adverts.iter().filter(|a| a.state.epoch < current.epoch) {
                 if advert.peer_id != self.shared.local {

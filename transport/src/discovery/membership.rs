@@ -19,6 +19,9 @@ use super::wire::{AdvertVersion, PeerRecord, MAX_ADDRS_PER_PEER};
 pub(crate) struct Membership {
     liveness_timeout: Duration,
     peers: BTreeMap<PeerId, PeerEntry>,
+    /// When [`Membership::expire`] last ran: a gap longer than the timeout means this node
+    /// itself was not running (frozen, suspended), not that every peer fell silent.
+    last_expire: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -34,6 +37,7 @@ impl Membership {
         Self {
             liveness_timeout,
             peers: BTreeMap::new(),
+            last_expire: None,
         }
     }
 
@@ -126,7 +130,23 @@ impl Membership {
 
     /// Removes every peer silent for longer than the liveness timeout.
     /// Returns the evicted peers (to disconnect) and the `Left` events.
+    ///
+    /// Called every fraction of the timeout. If the previous call was more than a timeout
+    /// ago, this node was stopped (SIGSTOP, a frozen cgroup, a suspended VM): its peers
+    /// could not be heard, which says nothing about them, so each gets a full timeout from
+    /// now to answer a ping instead of all being evicted at once. (Evicting them made a
+    /// thawed coordinator plan the whole model onto itself.)
     pub(crate) fn expire(&mut self, now: Instant) -> (Vec<PeerId>, Vec<MembershipEvent>) {
+        let stalled = self
+            .last_expire
+            .is_some_and(|last| now.saturating_duration_since(last) > self.liveness_timeout);
+        self.last_expire = Some(now);
+        if stalled {
+            for entry in self.peers.values_mut() {
+                entry.last_seen = entry.last_seen.max(now);
+            }
+            return (Vec::new(), Vec::new());
+        }
         let stale: Vec<PeerId> = self
             .peers
             .iter()
@@ -297,6 +317,32 @@ mod tests {
         // An advert arriving after eviction does not resurrect the peer.
         assert_eq!(m.apply_advert(dead, v(1, 2), advert(dead, 1)), Ok(None));
         assert!(!m.is_connected(&dead));
+    }
+
+    #[test]
+    fn a_stall_of_this_node_evicts_nobody_until_a_timeout_after_it() {
+        let t0 = Instant::now();
+        let secs = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut m = Membership::new(Duration::from_secs(3));
+        let (back, dead) = (PeerId::random(), PeerId::random());
+        for p in [back, dead] {
+            m.connected(p, t0);
+            m.apply_advert(p, v(1, 1), advert(p, 0)).unwrap();
+        }
+        assert_eq!(m.expire(secs(0.75)), (vec![], vec![]));
+        // The loop did not run for 10 s (this process was frozen): nobody is evicted.
+        assert_eq!(m.expire(secs(10.75)), (vec![], vec![]));
+        m.seen(back, secs(11.0));
+        assert_eq!(m.expire(secs(11.5)), (vec![], vec![]));
+        assert_eq!(m.expire(secs(12.25)), (vec![], vec![]));
+        assert_eq!(m.expire(secs(13.0)), (vec![], vec![]));
+        // A full timeout after the stall, the peer that never answered goes.
+        assert_eq!(m.expire(secs(13.75)), (vec![], vec![]));
+        assert_eq!(
+            m.expire(secs(14.0)),
+            (vec![dead], vec![MembershipEvent::Left(dead)])
+        );
+        assert_eq!(m.members(), vec![advert(back, 0)]);
     }
 
     #[test]
