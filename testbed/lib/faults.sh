@@ -137,10 +137,13 @@ scenario_pause() {
     pass "paused after $at_pause chunks; in-flight completed identical; replan $(printf %.2f "$detect") s into the pause; all nodes on one plan $(printf %.2f "$rejoin") s after the unpause; identical output during and after"
 }
 
-# docker update --cpus THROTTLE_CPUS (0.1) on the last stage's node for THROTTLE_S (30) s
-# while one client keeps requesting (the straggler policy judges stages by the step times
+# docker update --cpus THROTTLE_CPUS (0.1) on the last stage's node (PLACEMENT planned) for
+# THROTTLE_S (30) s while one client keeps requesting (the straggler policy judges stages by the step times
 # of real requests, so an idle fleet gives it nothing to see), then restore.
 scenario_throttle() {
+    # Planned placement: under `even` the planner ignores costs, so the straggler policy's
+    # rebalance (seen in the log) could never move a layer.
+    local PLACEMENT=${PLACEMENT:-planned}
     fault_fleet
     local c cpus to=${THROTTLE_CPUS:-0.1} hold=${THROTTLE_S:-30} before during after epoch t0 replan load_pid
     c=$(container "$TARGET")

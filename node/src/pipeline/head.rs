@@ -555,8 +555,15 @@ impl Head {
     }
 }
 
-/// Sends frames to first stages (one link per address: requests of different plans may
-/// enter at different stages); a frame that cannot be delivered fails its request.
+/// Frames waiting for one first stage; a full queue fails the frame's request.
+const FIRST_STAGE_QUEUE: usize = 64;
+/// A first stage's sender task ends after this long without frames (plans move on).
+const FIRST_STAGE_IDLE: Duration = Duration::from_secs(60);
+
+/// Hands frames to one sender task per first-stage address (requests of different plans
+/// may enter at different stages), so a first stage that is gone (a retired or dead plan's,
+/// which still gets its sessions' Close frames) holds up only its own frames while the
+/// connect times out, never those of requests running on a healthy plan.
 async fn send_loop(
     endpoint: Arc<Endpoint>,
     mut frames: mpsc::Receiver<Outgoing>,
@@ -564,11 +571,60 @@ async fn send_loop(
     cancel: CancellationToken,
     metrics: Option<Arc<Metrics>>,
 ) {
-    let mut links = Links::new(endpoint, metrics, 2, Duration::from_millis(50));
+    let mut queues: HashMap<SocketAddr, mpsc::Sender<Outgoing>> = HashMap::new();
     loop {
-        let (first, header, payload, reply) = tokio::select! {
+        let frame = tokio::select! {
             _ = cancel.cancelled() => return,
             f = frames.recv() => match f { Some(f) => f, None => return },
+        };
+        let first = frame.0;
+        let queue = match queues.get(&first) {
+            Some(q) if !q.is_closed() => q,
+            _ => {
+                queues.retain(|_, q| !q.is_closed());
+                let (tx, rx) = mpsc::channel(FIRST_STAGE_QUEUE);
+                tokio::spawn(send_to(
+                    first,
+                    Links::new(
+                        endpoint.clone(),
+                        metrics.clone(),
+                        2,
+                        Duration::from_millis(50),
+                    ),
+                    rx,
+                    inner.clone(),
+                    cancel.clone(),
+                ));
+                queues.entry(first).insert_entry(tx).into_mut()
+            }
+        };
+        if let Err(e) = queue.try_send(frame) {
+            let (_, header, _, reply) = e.into_inner();
+            if header.kind != FrameKind::Close {
+                let _ = reply.try_send(Event::Failed(format!(
+                    "first stage {first}: too many frames waiting"
+                )));
+            }
+        }
+    }
+}
+
+/// Sends the frames queued for one first stage, in order; a frame that cannot be delivered
+/// fails its request.
+async fn send_to(
+    first: SocketAddr,
+    mut links: Links,
+    mut frames: mpsc::Receiver<Outgoing>,
+    inner: Arc<Inner>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (_, header, payload, reply) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            f = tokio::time::timeout(FIRST_STAGE_IDLE, frames.recv()) => match f {
+                Ok(Some(f)) => f,
+                Ok(None) | Err(_) => return,
+            },
         };
         match links.send(first, &header, &payload).await {
             Ok(()) => {
