@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 pub const MAX_CHUNKS: u64 = 4096;
 /// Smallest chunk: one frame of 1 MiB per request keeps per-request overhead negligible.
 const MIN_CHUNK: u64 = 1 << 20;
+/// Largest file fetched from peers: its chunks (16 MiB) fit a frame, and a peer announcing
+/// an absurd length cannot make the fetcher allocate an absurd chunk buffer.
+pub const MAX_FETCHED_LEN: u64 = 64 << 30;
 /// Largest encoded manifest accepted from a peer.
 const MAX_ENCODED: usize = (MAX_CHUNKS as usize + 4) * 40;
 
@@ -107,6 +110,12 @@ impl Manifest {
                 super::hex(sha256)
             ));
         }
+        if manifest.len > MAX_FETCHED_LEN {
+            return bad(format!(
+                "a file of {} bytes (the most fetched from peers is {MAX_FETCHED_LEN})",
+                manifest.len
+            ));
+        }
         if manifest.chunk_size != Self::chunk_size_for(manifest.len) {
             return bad(format!(
                 "chunk size {} for a file of {} bytes",
@@ -184,5 +193,11 @@ mod tests {
         trailing.push(0);
         assert!(Manifest::decode(&trailing, &m.sha256).is_err());
         assert!(Manifest::decode(&[0xff; 64], &m.sha256).is_err());
+        // A holder announcing a petabyte file would make the fetcher allocate huge chunks.
+        let mut huge = sample(1 << 50);
+        huge.chunks = vec![[1; 32]; MAX_CHUNKS as usize];
+        assert!(Manifest::decode(&huge.encode(), &huge.sha256).is_err());
+        let largest = sample(MAX_FETCHED_LEN);
+        assert!(Manifest::decode(&largest.encode(), &largest.sha256).is_ok());
     }
 }

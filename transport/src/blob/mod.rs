@@ -24,7 +24,7 @@ mod server;
 
 pub use cache::PartialFile;
 pub use client::{FetchError, Fetcher};
-pub use manifest::{Manifest, ManifestError, MAX_CHUNKS};
+pub use manifest::{Manifest, ManifestError, MAX_CHUNKS, MAX_FETCHED_LEN};
 pub use rate::RateLimit;
 pub use server::BlobServer;
 
