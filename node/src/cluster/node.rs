@@ -381,20 +381,10 @@ fn outward_ip(addrs: &[Multiaddr]) -> Option<IpAddr> {
     })
 }
 
-/// Hashes the model with a progress bar on a terminal (hidden otherwise, e.g. under docker or
-/// with JSON logs piped away): a multi-GB model takes seconds to hash on an SBC.
+/// Hashes the model (whole and per chunk) with a progress bar.
 fn hash_with_progress(path: &std::path::Path) -> std::io::Result<blob::Manifest> {
     let len = std::fs::metadata(path)?.len();
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "hashing the model {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
-        )
-        .expect("a valid template"),
-    );
+    let bar = super::weights::progress_bar(len, "hashing the model");
     let manifest = blob::Manifest::build(path, |n| bar.inc(n))?;
     bar.finish_and_clear();
     Ok(manifest)

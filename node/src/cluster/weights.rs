@@ -211,7 +211,7 @@ impl Source {
                 r.end - r.start
             })
             .sum();
-        let bar = progress_bar(bytes, what);
+        let bar = progress_bar(bytes, &format!("fetching {what}"));
         let started = Instant::now();
         let mut last_error = None;
         for seed in seeds(&self.discovery, &self.sha256) {
@@ -310,15 +310,16 @@ fn read_prefix(path: &Path, len: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// A progress bar on a terminal (hidden otherwise), like the model hashing one.
-fn progress_bar(bytes: u64, what: &str) -> indicatif::ProgressBar {
+/// A byte progress bar labelled `what` on a terminal (hidden otherwise, e.g. under docker or
+/// with JSON logs piped away): hashing or fetching a multi-GB model takes a while on an SBC.
+pub(crate) fn progress_bar(bytes: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(bytes),
         indicatif::ProgressDrawTarget::stderr(),
     );
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "fetching {msg} {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
+            "{msg} {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
         )
         .expect("a valid template"),
     );
