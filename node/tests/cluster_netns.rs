@@ -343,23 +343,29 @@ fn a_streamed_request_survives_sigkill_of_a_middle_stage() {
     let server = (0..nodes.len()).find(|&i| i != victim).unwrap();
     let (prompt, want) = expected_text(40);
     let pid = nodes[victim].child.id().to_string();
-    let mut killed_at = None;
-    let mut gap = None;
-    let text = nodes[server].stream(&prompt, 40, |n, piece| {
-        if n == 15 {
-            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-            killed_at = Some(Instant::now());
-        } else if killed_at.is_some() && gap.is_none() && !piece.is_empty() {
-            gap = killed_at.map(|t| t.elapsed());
-        }
-    });
+    let (text, gap) = stream_killing(&nodes[server], &prompt, &pid);
     assert_eq!(text, want, "the streamed text equals the fault-free run");
-    let gap = gap.expect("tokens after the kill");
     eprintln!(
         "SIGKILL of the middle stage to the next token: {gap:?} (logs in {})",
         logs.display()
     );
     drop(nodes);
+}
+
+/// Streams 40 tokens of `prompt` through `server`, SIGKILLs process `pid` at the 15th piece;
+/// returns the text and the time from the kill to the next piece the client saw.
+fn stream_killing(server: &NodeProcess, prompt: &str, pid: &str) -> (String, Duration) {
+    let mut killed_at = None;
+    let mut gap = None;
+    let text = server.stream(prompt, 40, |n, piece| {
+        if n == 15 {
+            Command::new("kill").args(["-KILL", pid]).status().unwrap();
+            killed_at = Some(Instant::now());
+        } else if killed_at.is_some() && gap.is_none() && !piece.is_empty() {
+            gap = killed_at.map(|t| t.elapsed());
+        }
+    });
+    (text, gap.expect("tokens after the kill"))
 }
 
 /// Only the first node holds the model file; the others fetch what they run from it. A
@@ -402,18 +408,8 @@ fn a_stage_lost_mid_stream_is_rebuilt_from_weights_streamed_by_a_peer() {
         .map(|i| std::fs::read(log_of(i)).unwrap().len())
         .collect();
     let pid = nodes[victim].child.id().to_string();
-    let mut killed_at = None;
-    let mut gap = None;
-    let text = nodes[0].stream(&prompt, 40, |n, piece| {
-        if n == 15 {
-            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-            killed_at = Some(Instant::now());
-        } else if killed_at.is_some() && gap.is_none() && !piece.is_empty() {
-            gap = killed_at.map(|t| t.elapsed());
-        }
-    });
+    let (text, gap) = stream_killing(&nodes[0], &prompt, &pid);
     assert_eq!(text, want, "the streamed text equals the fault-free run");
-    let gap = gap.expect("tokens after the kill");
     let fetched_after_kill = (1..nodes.len())
         .filter(|&i| i != victim)
         .filter(|&i| {
