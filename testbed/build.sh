@@ -116,6 +116,7 @@ build_image() {
     trap 'rm -rf "$ctx"' RETURN
     cp "$bin" "$ctx/shoal"
     cp "$ROOT/testbed/Dockerfile" "$ctx/Dockerfile"
+    mkdir "$ctx/cache"
     local start end
     start=$(date +%s)
     # Quiet unless it fails (the legacy builder warns about BuildKit on every build).

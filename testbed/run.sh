@@ -2,7 +2,8 @@
 # Runs one testbed scenario on fresh 4-node fleets and writes testbed/results/NAME.json
 # (with "pass" and "message"); exit 0 when the scenario's pass condition holds.
 #
-#   testbed/run.sh NAME     NAME: baseline hetero latency kill pause throttle partition churn smoke
+#   testbed/run.sh NAME     NAME: baseline hetero latency kill seeder pause throttle partition
+#                                 churn smoke
 #
 # Besides NAME.json it writes NAME-timeline.json (cluster views, stage metrics, token times
 # and fault marks sampled during the run) and NAME.png (tok/s over time with the faults,
@@ -27,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 TESTBED=$PWD
 RESULTS=$TESTBED/results
-SCENARIOS="baseline hetero latency kill pause throttle partition churn smoke"
+SCENARIOS="baseline hetero latency kill seeder pause throttle partition churn smoke"
 
 usage() {
     echo "usage: $0 NAME   (one of: $SCENARIOS)" >&2

@@ -1,4 +1,4 @@
-# Fault scenarios for run.sh (sourced): kill, pause, throttle, partition, churn, smoke.
+# Fault scenarios for run.sh (sourced): kill, seeder, pause, throttle, partition, churn, smoke.
 # They run with --placement ${PLACEMENT:-even} so the pipeline has several stages and the
 # node under fault is a stage other than the API node (node1 unless it holds the last stage).
 # In-flight failover (issue 5) exists: a request running when its stage fails must complete.
@@ -6,7 +6,13 @@
 fault_fleet() {
     ENV_ALL="SHOAL_PLACEMENT=${PLACEMENT:-even}"
     fleet_up "${1:-default}"
-    TARGET=$(stage_node 1 -1)
+    # In a seeder fleet node1 is the only holder of the model: killing it would leave no one
+    # to fetch the lost layers from, so the target is the last stage on another node.
+    local k
+    for k in -1 -2 -3 -4; do
+        TARGET=$(stage_node 1 "$k")
+        { [ "${FLEET_SEEDER:-0}" = 1 ] && [ "$TARGET" = 1 ]; } || break
+    done
     [ -n "$TARGET" ] || die "could not find the node of the last stage: $(plan_summary 1)"
     API_NODE=1
     [ "$TARGET" = 1 ] && API_NODE=2
@@ -68,14 +74,19 @@ scenario_kill() {
     jq -n --argjson ref "$ref" --argjson inflight "$inflight" --argjson after "$after" \
         --argjson rec "$recovery" --argjson target "$TARGET" --argjson api "$API_NODE" \
         --argjson fault_at "$FAULT_AT" --argjson at_kill "$at_kill" --argjson long "$LONG" \
-        --argjson plan "$(plan_json "$API_NODE")" '{
+        --argjson plan "$(plan_json "$API_NODE")" --argjson ready "$FLEET_READY_S" \
+        --argjson seeder "$(seeder_json "$ref")" '{
         target: "node\($target)", api_node: "node\($api)", max_tokens: $long,
-        fault_at: $fault_at, chunks_before_kill: $at_kill, reference_text: $ref,
+        fleet_ready_s: $ready, fault_at: $fault_at, chunks_before_kill: $at_kill,
+        reference_text: $ref,
         inflight: ($inflight | del(.text) + {text_matches_reference: ($inflight.text == $ref)}),
         recovery_s: $rec, plan_after: $plan,
-        after_text_identical: ($after != null and $after == $ref)}' | write_result
+        after_text_identical: ($after != null and $after == $ref)}
+        + if $seeder == null then {} else {seeder: $seeder} end' | write_result
     local f=$RESULTS/$NAME.json
     [ "$ref" != null ] || fail "the fault-free request failed"
+    jq -e '.seeder == null or .seeder.text_matches_local_fleet' "$f" >/dev/null \
+        || fail "the fleet that fetched its weights from node1 generated other text than the fleet with the model on every node"
     jq -e '.recovery_s != null' "$f" >/dev/null || fail "no healthy new plan within 120 s of the kill"
     jq -e '.after_text_identical' "$f" >/dev/null || fail "after recovery the greedy output differs from the fault-free run"
     jq -e '.inflight.completed' "$f" >/dev/null \
@@ -84,6 +95,42 @@ scenario_kill() {
     jq -e '.chunks_before_kill < .inflight.chunks' "$f" >/dev/null \
         || fail "the kill came after the stream's last chunk ($at_kill of $(jq -r .inflight.chunks "$f")): nothing was tested"
     pass "killed after $at_kill of $(jq -r .inflight.chunks "$f") chunks; in-flight request completed with identical text; recovered in $(printf %.2f "$recovery") s; new request identical"
+}
+
+# Seeder variant of kill. A fleet with the model on every node gives the reference text; a
+# fleet where only node1 has the file (docker-compose.seeder.yml: the others fetch their
+# layers from it, checked chunk by chunk) must generate the same text, then lose a fetching
+# stage mid-generation like `kill`: the survivors fetch its layers from node1 while the
+# in-flight request waits, and it completes with the same text.
+scenario_seeder() {
+    fault_fleet local
+    SEEDER_REF=$(greedy_text)
+    LOCAL_READY_S=$FLEET_READY_S
+    fleet_down
+    [ "$SEEDER_REF" != null ] || die "the fleet with the model on every node failed a request"
+    FLEET_SEEDER=1
+    scenario_kill
+}
+
+# In a seeder fleet: the comparison with the local fleet and every weight fetch the living
+# nodes report (their /v1/cluster events); null otherwise.
+seeder_json() {
+    if [ "${FLEET_SEEDER:-0}" != 1 ]; then
+        echo null
+        return
+    fi
+    local i fetches=""
+    for i in ${FLEET_NODES:-1 2 3 4}; do
+        [ "$i" = "$TARGET" ] && continue
+        fetches+=$(cluster_json "$i" | jq -c --arg n "node$i" \
+            '[.events[]? | select(.what | startswith("fetched")) | {node: $n, at_unix_ms, what}]' \
+            2>/dev/null || echo '[]')
+    done
+    jq -n --arg ref "$1" --arg local "$SEEDER_REF" --argjson lr "$LOCAL_READY_S" \
+        --argjson sr "$FLEET_READY_S" --argjson f "$(jq -s 'add // []' <<<"$fetches")" '{
+        holder: "node1", local_fleet_ready_s: $lr, seeder_fleet_ready_s: $sr,
+        text_matches_local_fleet: ($ref == $local), fetches: $f,
+        fetched_mb: ([$f[].what | capture("\\((?<mb>[0-9.]+) MB\\)").mb | tonumber] | add)}'
 }
 
 # docker pause the last stage's node for PAUSE_S (10) s mid-generation, then unpause.
@@ -137,34 +184,39 @@ scenario_pause() {
     pass "paused after $at_pause chunks; in-flight completed identical; replan $(printf %.2f "$detect") s into the pause; all nodes on one plan $(printf %.2f "$rejoin") s after the unpause; identical output during and after"
 }
 
-# docker update --cpus THROTTLE_CPUS (0.1) on the last stage's node (PLACEMENT planned) for
-# THROTTLE_S (30) s while one client keeps requesting (the straggler policy judges stages by the step times
-# of real requests, so an idle fleet gives it nothing to see), then restore.
+# Throttles the last stage's node (PLACEMENT planned) to THROTTLE_CPUS (0.1) of a CPU for
+# THROTTLE_S (30) s while one client keeps requesting (the straggler policy judges stages by
+# the step times of real requests, so an idle fleet gives it nothing to see), then restores
+# it. The fleet's quotas are over a 4 ms CFS period, whose 1 ms minimum quota is a quarter
+# CPU, so the throttle uses a 10 ms period (`docker update --cpu-period/--cpu-quota`; a
+# container created with quota and period refuses `--cpus`).
 scenario_throttle() {
     # Planned placement: under `even` the planner ignores costs, so the straggler policy's
     # rebalance (seen in the log) could never move a layer.
     local PLACEMENT=${PLACEMENT:-planned}
     fault_fleet
     local c cpus to=${THROTTLE_CPUS:-0.1} hold=${THROTTLE_S:-30} before during after epoch t0 replan load_pid
+    local period quota
     c=$(container "$TARGET")
-    cpus=$(docker inspect -f '{{.HostConfig.NanoCpus}}' "$c" | awk '{print $1 / 1e9}')
+    read -r period quota <<<"$(docker inspect -f '{{.HostConfig.CpuPeriod}} {{.HostConfig.CpuQuota}}' "$c")"
+    cpus=$(echo "scale=2; $quota / $period" | bc)
     before=$(bench "$API_NODE" 3 64)
     epoch=$(plan_epoch "$API_NODE")
     python3 "$TESTBED/lib/client.py" load "$(api_url "$API_NODE")" --clients 1 --seconds "$hold" \
         --max-tokens 64 ${PROMPT:+--prompt "$PROMPT"} >"$WORKDIR/load.json" &
     load_pid=$!
     sleep 2
-    docker update --cpus "$to" "$c" >/dev/null
+    docker update --cpu-period 10000 --cpu-quota "$(echo "$to * 10000 / 1" | bc)" "$c" >/dev/null
     t0=$(now)
-    event fault "node$TARGET --cpus $to"
+    event fault "node$TARGET throttled to $to CPU"
     log "node$TARGET throttled from $cpus to $to CPUs for $hold s under load"
     replan=$(wait_new_plan "$API_NODE" "$hold" "$epoch" "$t0")
     wait "$load_pid" || true
     during=$(bench "$API_NODE" 3 64)
     local plan_during
     plan_during=$(plan_json "$API_NODE")
-    docker update --cpus "$cpus" "$c" >/dev/null
-    event restore "node$TARGET --cpus $cpus"
+    docker update --cpu-period "$period" --cpu-quota "$quota" "$c" >/dev/null
+    event restore "node$TARGET back to $cpus CPU"
     log "node$TARGET restored to $cpus CPUs"
     after=$(bench "$API_NODE" 3 64)
     jq -n --argjson b "$before" --argjson d "$during" --argjson a "$after" --arg cpus "$cpus" \

@@ -4,7 +4,9 @@
 #
 # Per-run node settings: before fleet_up, set ENV_ALL (lines of SHOAL_*=value for every
 # node) and ENV_NODE1..ENV_NODE4 (extra lines for one node). FLEET_NODES ("1 2 3 4") picks
-# which of the compose file's nodes start (smoke runs three).
+# which of the compose file's nodes start (smoke runs three). FLEET_SEEDER=1 adds
+# docker-compose.seeder.yml: only node1 has the model file, the others fetch their layers
+# from it.
 #
 # Recording (for the plots, lib/plot.py): while a fleet is up, `client.py poll` samples
 # every node's /v1/cluster and /metrics each second into $REC; every completion the client
@@ -58,7 +60,14 @@ pick_subnet() {
 }
 
 compose() {
-    "${COMPOSE[@]}" -p "$PROJECT" -f "$TESTBED/docker-compose.yml" "$@"
+    local files=(-f "$TESTBED/docker-compose.yml")
+    [ "${FLEET_SEEDER:-0}" = 1 ] && files+=(-f "$TESTBED/docker-compose.seeder.yml")
+    "${COMPOSE[@]}" -p "$PROJECT" "${files[@]}" "$@"
+}
+
+# The model file the fleet runs, on the host.
+model_path() {
+    echo "${SHOAL_MODELS_DIR:-$TESTBED/../models}/${SHOAL_MODEL_FILE:-SmolLM2-135M-Instruct.Q4_1.gguf}"
 }
 
 # node index (1-4) -> its API URL on the internal bridge (the host reaches it directly).
@@ -88,9 +97,16 @@ fleet_up() {
             && extra="SHOAL_PEERS=/ip4/$SHOAL_SUBNET_PREFIX.11/tcp/7600"
         printf '%s\n%s\n' "${!var:-}" "$extra" >"$TB_ENV_DIR/node$i.env"
     done
+    if [ "${FLEET_SEEDER:-0}" = 1 ]; then
+        # Nodes 2-4 get an empty /models and the hash of the file node1 holds.
+        export TB_EMPTY_DIR=$WORKDIR/empty SHOAL_MODEL_SHA256
+        mkdir -p "$TB_EMPTY_DIR"
+        SHOAL_MODEL_SHA256=$(sha256sum "$(model_path)" | cut -d' ' -f1) \
+            || die "cannot hash $(model_path)"
+    fi
     local services=()
     for i in ${FLEET_NODES:-1 2 3 4}; do services+=("node$i"); done
-    log "starting fleet $PROJECT on $SHOAL_SUBNET_PREFIX.0/24 (${services[*]}; $(tr '\n' ' ' <"$TB_ENV_DIR/all.env"))"
+    log "starting fleet $PROJECT on $SHOAL_SUBNET_PREFIX.0/24 (${services[*]}$([ "${FLEET_SEEDER:-0}" = 1 ] && echo '; only node1 holds the model'); $(tr '\n' ' ' <"$TB_ENV_DIR/all.env"))"
     event fleet_up "${services[*]}"
     compose up -d "${services[@]}" >/dev/null 2>&1 \
         || { compose up -d "${services[@]}" || true; die "compose up failed"; }
@@ -104,8 +120,9 @@ fleet_up() {
     POLL_PID=$!
     wait_healthy 1
     wait_members 1 "${#services[@]}" "${FORM_TIMEOUT:-60}"
+    FLEET_READY_S=$((SECONDS - FLEET_START))
     event ready "$(plan_summary 1)"
-    log "fleet ready after $((SECONDS - FLEET_START)) s: $(plan_summary 1)"
+    log "fleet ready after $FLEET_READY_S s: $(plan_summary 1)"
 }
 
 fleet_down() {
