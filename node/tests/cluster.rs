@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shoal::backend::Backend;
 use shoal::cluster::coordinator::Placement;
-use shoal::cluster::{ClusterState, ClusterView, ModelSource, Node, NodeConfig};
+use shoal::cluster::{ClusterState, ModelSource, Node, NodeConfig};
 use shoal_tests::{argmax, model_path, references};
 use transport::cluster_key::ClusterKey;
 use transport::discovery::{Config, Keypair, Multiaddr};
@@ -15,6 +15,13 @@ use transport::discovery::{Config, Keypair, Multiaddr};
 /// Too little for the whole model (weights ~110 MB with KV): the plan needs several nodes.
 /// The tests here measure the machine and plan from what they measure; run one at a time so
 /// their nodes do not measure each other's load.
+#[path = "common/agree.rs"]
+mod agree;
+use agree::agree;
+
+/// How long nodes get to agree on a plan.
+const AGREE_WITHIN: Duration = Duration::from_secs(60);
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BUDGET: u64 = 100 << 20;
@@ -52,42 +59,6 @@ async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placeme
     Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()
 }
 
-/// Waits until every backend reports `ready` on one and the same plan epoch that satisfies
-/// `want`; returns the views.
-async fn agree(
-    backends: &[std::sync::Arc<dyn Backend>],
-    want: impl Fn(&ClusterView) -> bool,
-) -> Vec<ClusterView> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let views: Vec<ClusterView> = backends.iter().map(|b| b.view()).collect();
-        let epochs: Vec<Option<u64>> = views
-            .iter()
-            .map(|v| v.plan.as_ref().map(|p| p.epoch))
-            .collect();
-        if views
-            .iter()
-            .all(|v| v.state == ClusterState::Ready && want(v))
-            && epochs.windows(2).all(|w| w[0] == w[1])
-        {
-            return views;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreement: {:#?}",
-            views
-                .iter()
-                .map(|v| (
-                    &v.state,
-                    &v.problem,
-                    v.plan.as_ref().map(|p| (p.epoch, &p.stages))
-                ))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn greedy(backend: &dyn Backend, prompt: &[u32], n: usize) -> Vec<u32> {
     let head = backend.head().expect("a ready cluster serves");
     head.generate(prompt, n, argmax, |_| true).await.unwrap()
@@ -108,7 +79,7 @@ async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
     let seed = first.listen_addrs().await;
     let mut nodes = vec![first, even(seed.clone()).await, even(seed.clone()).await];
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
-    let views = agree(&backends, |v| v.members.len() == 3).await;
+    let views = agree(&backends, AGREE_WITHIN, |v| v.members.len() == 3).await;
     let plan = views[0].plan.clone().unwrap();
     assert!(
         plan.stages.len() >= 2,
@@ -129,7 +100,7 @@ async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
     // A fourth node joins: a new plan (4 stages), agreed by all, without restarts.
     nodes.push(even(seed.clone()).await);
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
-    let joined = agree(&backends, |v| {
+    let joined = agree(&backends, AGREE_WITHIN, |v| {
         v.members.len() == 4 && v.plan.as_ref().is_some_and(|p| p.epoch > plan.epoch)
     })
     .await;
@@ -150,7 +121,7 @@ async fn nodes_agree_serve_exact_tokens_and_replan_on_join_and_leave() {
         .unwrap();
     nodes.remove(index).shutdown().await;
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
-    let left = agree(&backends, |v| {
+    let left = agree(&backends, AGREE_WITHIN, |v| {
         v.members.len() == 3 && v.plan.as_ref().is_some_and(|p| p.epoch > after_join.epoch)
     })
     .await;
@@ -181,7 +152,7 @@ async fn a_request_survives_the_loss_of_a_stage_with_the_same_tokens() {
         start_with(seed.clone(), budget).await,
     ];
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
-    let views = agree(&backends, |v| v.members.len() == 3).await;
+    let views = agree(&backends, AGREE_WITHIN, |v| v.members.len() == 3).await;
     let plan = views[0].plan.clone().unwrap();
     // Serve from a node that keeps running; take away the one running the last stage.
     let victim = plan.stages.last().unwrap().peer_id.clone();
@@ -248,7 +219,7 @@ async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
     let seed = first.listen_addrs().await;
     let mut nodes = vec![first, start(seed.clone()).await, start(seed.clone()).await];
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
-    let views = agree(&backends, |v| v.members.len() == 3).await;
+    let views = agree(&backends, AGREE_WITHIN, |v| v.members.len() == 3).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -320,7 +291,7 @@ async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
     // says ready.
     nodes.push(start(seed.clone()).await);
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
-    agree(&backends, |v| v.members.len() == 3).await;
+    agree(&backends, AGREE_WITHIN, |v| v.members.len() == 3).await;
     let r = &references("smollm2")[0];
     assert_eq!(
         greedy(backends[0].as_ref(), &r.prompt_ids, 8).await,

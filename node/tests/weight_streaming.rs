@@ -11,13 +11,20 @@ use std::time::{Duration, Instant};
 
 use shoal::backend::Backend;
 use shoal::cluster::coordinator::Placement;
-use shoal::cluster::{ClusterState, ClusterView, ModelSource, Node, NodeConfig};
+use shoal::cluster::{ModelSource, Node, NodeConfig};
 use shoal_tests::{argmax, model_path, references};
 use transport::blob::{self, Manifest, PartialFile};
 use transport::cluster_key::ClusterKey;
 use transport::discovery::{Config, Keypair, Multiaddr};
 
 /// Too little for the whole model with its head (~110 MB with KV), enough for two nodes.
+#[path = "common/agree.rs"]
+mod agree;
+use agree::agree;
+
+/// How long nodes get to agree on a plan.
+const AGREE_WITHIN: Duration = Duration::from_secs(90);
+
 const BUDGET: u64 = 140 << 20;
 
 fn config(model: ModelSource, bootstrap: Vec<Multiaddr>) -> NodeConfig {
@@ -76,36 +83,6 @@ fn held(cache: &Cache, sha256: &[u8; 32]) -> (u64, u64) {
     (part.present_bytes(), part.manifest().len)
 }
 
-async fn agree(
-    backends: &[Arc<dyn Backend>],
-    want: impl Fn(&ClusterView) -> bool,
-) -> Vec<ClusterView> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let views: Vec<ClusterView> = backends.iter().map(|b| b.view()).collect();
-        let epochs: Vec<Option<u64>> = views
-            .iter()
-            .map(|v| v.plan.as_ref().map(|p| p.epoch))
-            .collect();
-        if views
-            .iter()
-            .all(|v| v.state == ClusterState::Ready && want(v))
-            && epochs.windows(2).all(|w| w[0] == w[1])
-        {
-            return views;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreement: {:#?}",
-            views
-                .iter()
-                .map(|v| (&v.state, &v.problem, v.plan.as_ref().map(|p| &p.stages)))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_without_the_model_fetch_their_layers_and_take_over_a_lost_stage() {
     let _ = tracing_subscriber::fmt()
@@ -130,7 +107,7 @@ async fn nodes_without_the_model_fetch_their_layers_and_take_over_a_lost_stage()
         nodes.push(Node::start(cfg, Keypair::generate_ed25519()).await.unwrap());
     }
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
-    let views = agree(&backends, |v| v.members.len() == 3).await;
+    let views = agree(&backends, AGREE_WITHIN, |v| v.members.len() == 3).await;
     let plan = views[0].plan.clone().unwrap();
     assert_eq!(
         plan.stages.len(),
@@ -201,7 +178,7 @@ async fn nodes_without_the_model_fetch_their_layers_and_take_over_a_lost_stage()
     assert_eq!(got, r.greedy_ids, "same tokens as the fault-free run");
     assert_eq!(head.recoveries(), 1);
     let after = held(&caches[survivor - 1], &sha256).0;
-    let views = agree(&backends_of(&nodes), |v| v.members.len() == 2).await;
+    let views = agree(&backends_of(&nodes), AGREE_WITHIN, |v| v.members.len() == 2).await;
     let new_plan = views[0].plan.clone().unwrap();
     let survivor_id = nodes[1].peer_id().to_string();
     assert!(
