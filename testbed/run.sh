@@ -15,7 +15,7 @@
 # failure, Ctrl-C); its container logs are kept as results/NAME[-LABEL].log.
 #
 # Tunables (environment):
-#   SHOAL_IMAGE      image (shoal:latest; build it with testbed/build.sh)
+#   SHOAL_IMAGE      image (shoal:latest; testbed/build.sh builds it, run.sh does when absent)
 #   HEALTH_TIMEOUT   seconds to wait for GET /health = 200 (300)
 #   RUNS, MAX_TOKENS greedy requests per measurement and their length (baseline 3, else 5; 64)
 #   PROMPT           completion prompt (lib/client.py has the default)
@@ -42,8 +42,17 @@ for tool in docker curl jq python3 bc; do
     command -v "$tool" >/dev/null 2>&1 || { echo "run.sh: needs $tool" >&2; exit 1; }
 done
 export SHOAL_IMAGE=${SHOAL_IMAGE:-shoal:latest}
-docker image inspect "$SHOAL_IMAGE" >/dev/null 2>&1 \
-    || { echo "run.sh: no image $SHOAL_IMAGE; run testbed/build.sh first" >&2; exit 1; }
+# A fresh clone has neither the image nor the model: make them (once) rather than fail.
+if ! docker image inspect "$SHOAL_IMAGE" >/dev/null 2>&1; then
+    echo "run.sh: no image $SHOAL_IMAGE yet; building it with testbed/build.sh (about 10 min cold)" >&2
+    SHOAL_IMAGE=$SHOAL_IMAGE "$TESTBED/build.sh" x86_64 >&2 \
+        || { echo "run.sh: testbed/build.sh failed" >&2; exit 1; }
+fi
+if [ -z "${SHOAL_MODELS_DIR:-}" ] && [ ! -f "$TESTBED/../models/${SHOAL_MODEL_FILE:-SmolLM2-135M-Instruct.Q4_1.gguf}" ]; then
+    echo "run.sh: fetching the default model into models/ (scripts/fetch-models smollm2)" >&2
+    "$TESTBED/../scripts/fetch-models" smollm2 >&2 \
+        || { echo "run.sh: could not fetch the model" >&2; exit 1; }
+fi
 
 # shellcheck source=lib/fleet.sh
 . "$TESTBED/lib/fleet.sh"
