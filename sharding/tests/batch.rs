@@ -9,6 +9,9 @@ use sharding::model::{
     BatchError, Input, Output, Shard, ShardOptions, ShardSpec, StepError, MAX_BATCH,
 };
 
+/// A batch's steps, its input rows, and the refusal it must get.
+type Refusal = (Vec<(u64, usize)>, Vec<f32>, BatchError);
+
 fn load(file: &GgufFile, spec: ShardSpec) -> Shard {
     Shard::load(file, spec, ShardOptions::default()).expect("load shard")
 }
@@ -206,7 +209,7 @@ fn refused_batches_change_nothing() {
     let lens = |s: &Shard| [1, 2, 3].map(|id| s.session(id).unwrap().len());
     assert_eq!(lens(&shard), [0, 1, 0]);
 
-    let cases: Vec<(Vec<(u64, usize)>, Vec<f32>, BatchError)> = vec![
+    let cases: Vec<Refusal> = vec![
         (vec![], rows(0), BatchError::Empty),
         (
             (0..MAX_BATCH as u64 + 1).map(|i| (i, 0)).collect(),
