@@ -164,11 +164,11 @@ impl QMatrix {
             let mut t = 0;
             // Prefill and batched decode: one weight row against up to four positions at a
             // time reuses the unpacked weights; the kernel's per-row results are
-            // bit-identical to `vec_dot`. Two or three rows fill the four slots by repeating
-            // the last one (its extra results are dropped): still cheaper than unpacking the
-            // weights once per row.
+            // bit-identical to `vec_dot`. Three rows fill the four slots by repeating the
+            // last one (its extra result is dropped): cheaper than three `vec_dot`s. For two
+            // rows it is not (the kernel costs about 2.5 `vec_dot`s; examples/batch_cost.rs).
             if let Some(dot4) = vec_dot_4 {
-                while n - t >= 2 {
+                while n - t >= 3 {
                     let k = (n - t).min(4);
                     let a = |i: usize| act(t + i.min(k - 1));
                     for r in r0..r1 {
