@@ -45,6 +45,11 @@ struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LayersLabels {
+    layers: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HopLabels {
     to: String,
 }
@@ -63,6 +68,7 @@ pub struct Metrics {
     replans: Counter,
     reassignments: Counter,
     stage_step: HistogramFamily<StepLabels>,
+    stage_batched: Family<LayersLabels, Counter>,
     hop_bytes: Family<HopLabels, Counter<u64, AtomicU64>>,
     hop_send: HistogramFamily<HopLabels>,
     recovery: Histogram,
@@ -129,6 +135,12 @@ impl Metrics {
             "Compute time of one stage step, by layer range and kind",
             stage_step.clone(),
         );
+        let stage_batched = Family::<LayersLabels, Counter>::default();
+        registry.register(
+            "stage_batched_decode_steps",
+            "Decode steps a stage computed in one batch with other sessions' steps, by layer range",
+            stage_batched.clone(),
+        );
         let hop_bytes = Family::<HopLabels, Counter>::default();
         registry.register(
             "hop_sent_bytes",
@@ -160,6 +172,7 @@ impl Metrics {
             replans,
             reassignments,
             stage_step,
+            stage_batched,
             hop_bytes,
             hop_send,
         }
@@ -232,6 +245,16 @@ impl Metrics {
         self.stage_step.get_or_create(&labels).observe(seconds);
     }
 
+    /// A stage running `layers` computed `steps` sessions' decode steps as one batch.
+    pub fn stage_batched(&self, layers: &str, steps: usize) {
+        let labels = LayersLabels {
+            layers: layers.to_owned(),
+        };
+        self.stage_batched
+            .get_or_create(&labels)
+            .inc_by(steps as u64);
+    }
+
     /// `bytes` went to the hop `to` (an address or peer id), taking `seconds` to send.
     pub fn hop_sent(&self, to: &str, bytes: usize, seconds: f64) {
         let labels = HopLabels { to: to.to_owned() };
@@ -278,6 +301,7 @@ mod tests {
         let m = Metrics::new();
         m.request("/v1/completions", 200);
         m.stage_step("10..20", StepKind::Decode, 0.002);
+        m.stage_batched("10..20", 3);
         m.hop_sent("127.0.0.1:7000", 2304, 0.0001);
         {
             let _s = m.session();
@@ -286,6 +310,7 @@ mod tests {
         assert!(text
             .contains(r#"shoal_http_requests_total{endpoint="/v1/completions",status="200"} 1"#));
         assert!(text.contains(r#"shoal_stage_step_seconds_count{layers="10..20",kind="decode"} 1"#));
+        assert!(text.contains(r#"shoal_stage_batched_decode_steps_total{layers="10..20"} 3"#));
         assert!(text.contains(r#"shoal_hop_sent_bytes_total{to="127.0.0.1:7000"} 2304"#));
         assert!(text.contains("shoal_sessions_in_flight 0"));
     }

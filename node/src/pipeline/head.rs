@@ -20,6 +20,9 @@ use super::failover::Plans;
 use super::links::Links;
 use super::protocol::{self, WireDtype};
 use crate::metrics::Metrics;
+use logits::Logits;
+
+mod logits;
 
 /// Where the head sits and how long it waits.
 #[derive(Clone, Debug)]
@@ -102,7 +105,8 @@ enum Event {
 }
 
 struct Inner {
-    shard: Mutex<Shard>,
+    shard: Arc<Mutex<Shard>>,
+    logits: Logits,
     n_embd: usize,
     wire: WireDtype,
     to_first: mpsc::Sender<Outgoing>,
@@ -167,8 +171,10 @@ impl Head {
         };
         let cancel = CancellationToken::new();
         let (to_first, rx) = mpsc::channel(64);
+        let shard = Arc::new(Mutex::new(shard));
         let inner = Arc::new(Inner {
-            shard: Mutex::new(shard),
+            logits: Logits::start(shard.clone())?,
+            shard,
             n_embd,
             wire: cfg.wire,
             to_first,
@@ -531,19 +537,17 @@ impl Head {
     }
 
     async fn logits(&self, hidden: Vec<f32>) -> Result<Vec<f32>, PipelineError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut logits = Vec::new();
-            inner
-                .shard
-                .lock()
-                .expect("shard lock")
-                .logits(&hidden, &mut logits)
-                .map_err(|e| PipelineError::Head(e.to_string()))?;
-            Ok(logits)
-        })
-        .await
-        .map_err(|e| PipelineError::Head(e.to_string()))?
+        self.inner
+            .logits
+            .of(hidden)
+            .await
+            .map_err(PipelineError::Head)
+    }
+
+    /// Output-head batches of two or more sessions computed so far, and the sessions they
+    /// held.
+    pub fn batched_logits(&self) -> (u64, u64) {
+        self.inner.logits.batched()
     }
 
     /// Stops the link tasks and closes the endpoint, telling the stages (bounded wait), so

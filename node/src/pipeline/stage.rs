@@ -1,15 +1,14 @@
 //! A stage: accepts hidden states from upstream, runs its layers, forwards downstream.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use sharding::gguf::GgufFile;
-use sharding::model::{Input, Shard, ShardOptions, ShardSpec, StepError};
+use sharding::model::{Shard, ShardOptions, ShardSpec};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -17,13 +16,16 @@ use transport::discovery::PeerId;
 use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError};
 
 use super::links::Links;
-use super::protocol::{self, WireDtype};
+use super::protocol::WireDtype;
 use super::route::{self, Route};
+use compute::{compute, BatchCounts, Reports, Settings};
+
+mod compute;
 
 /// A frame on its way downstream, with the head address of its session (for
 /// [`Route::ReplyToHead`]).
 type Outgoing = (FrameHeader, Vec<u8>, Option<SocketAddr>);
-use crate::metrics::{Metrics, StepKind};
+use crate::metrics::Metrics;
 
 /// Frames queued between the network tasks and the compute thread, each way. Bounded, so a
 /// flood from upstream slows the sender down instead of growing memory.
@@ -81,6 +83,7 @@ pub struct Stage {
     forwarded: Arc<AtomicU64>,
     sessions: Arc<AtomicUsize>,
     steps: Arc<StepTimes>,
+    batched: Arc<BatchCounts>,
     route: watch::Sender<Route>,
 }
 
@@ -95,8 +98,10 @@ struct StepTimes {
 const RECENT_STEPS: usize = 32;
 
 impl StepTimes {
-    fn record(&self, step: Duration) {
-        self.count.fetch_add(1, Ordering::Relaxed);
+    /// One step of the compute thread, which decoded `count` sessions' positions (a batch
+    /// counts once in the median: it is one step of the stage).
+    fn record(&self, step: Duration, count: u64) {
+        self.count.fetch_add(count, Ordering::Relaxed);
         let mut recent = self.recent.lock().expect("steps lock");
         if recent.len() == RECENT_STEPS {
             recent.pop_front();
@@ -184,14 +189,16 @@ impl Stage {
             previous_stage: cfg.previous_stage.as_ref().map(upstream_key),
         };
         let compute_out = out_tx.clone();
-        let open = sessions.clone();
+        let batched = Arc::new(BatchCounts::default());
+        let reports = Reports {
+            open: sessions.clone(),
+            metrics: cfg.metrics.clone().map(|m| (m, layers_label(&cfg.spec))),
+            steps: steps.clone(),
+            batched: batched.clone(),
+        };
         std::thread::Builder::new()
             .name("shoal-stage-compute".into())
-            .spawn({
-                let timed = cfg.metrics.clone().map(|m| (m, layers_label(&cfg.spec)));
-                let steps = steps.clone();
-                move || compute(shard, job_rx, compute_out, settings, open, timed, steps)
-            })?;
+            .spawn(move || compute(shard, job_rx, compute_out, settings, reports))?;
 
         tasks.spawn(downstream(
             endpoint.clone(),
@@ -226,8 +233,18 @@ impl Stage {
             forwarded,
             sessions,
             steps,
+            batched,
             route: route_tx,
         })
+    }
+
+    /// Decode batches of two or more sessions computed so far, and the decode steps they
+    /// held.
+    pub fn batched_decode(&self) -> (u64, u64) {
+        (
+            self.batched.batches.load(Ordering::Relaxed),
+            self.batched.steps.load(Ordering::Relaxed),
+        )
     }
 
     /// Decode steps computed so far, and the median time of the recent ones: what the
@@ -393,185 +410,4 @@ pub(crate) fn error_frame(code: ErrorCode, session: u64, message: &str) -> (Fram
         .unwrap_or_else(|_| FrameHeader::empty(FrameKind::Error(code), session, 0));
     let bytes = if header.cols == 0 { Vec::new() } else { bytes };
     (header, bytes)
-}
-
-/// The compute thread's settings.
-struct Settings {
-    /// Sessions idle this long are closed.
-    timeout: Duration,
-    /// What hidden states go downstream as.
-    wire: WireDtype,
-    /// Sessions one upstream may hold, unless it is `previous_stage`.
-    per_peer: usize,
-    /// The upstream exempt from `per_peer`.
-    previous_stage: Option<Upstream>,
-}
-
-/// The compute thread: owns the shard, runs one frame at a time in arrival order.
-fn compute(
-    mut shard: Shard,
-    mut jobs: mpsc::Receiver<Job>,
-    out: mpsc::Sender<Outgoing>,
-    settings: Settings,
-    open: Arc<AtomicUsize>,
-    metrics: Option<(Arc<Metrics>, String)>,
-    steps: Arc<StepTimes>,
-) {
-    let n_embd = shard.config().n_embd;
-    let mut hidden = Vec::new();
-    let mut result = Vec::new();
-    // Per open session: when it was last used, the head that opened it, and the upstream
-    // peer that owns it.
-    let mut last_seen: HashMap<u64, (Instant, Option<SocketAddr>, Upstream)> = HashMap::new();
-    while let Some(job) = jobs.blocking_recv() {
-        open.store(last_seen.len(), Ordering::Relaxed);
-        let (header, payload, from) = match job {
-            Job::Sweep => {
-                let now = Instant::now();
-                last_seen.retain(|&session, &mut (seen, _, _)| {
-                    let alive = now.duration_since(seen) < settings.timeout;
-                    if !alive && shard.close_session(session) {
-                        info!(session, "closed an abandoned session");
-                    }
-                    alive
-                });
-                continue;
-            }
-            Job::Frame(h, p, from) => (h, p, from),
-        };
-        let session = header.session;
-        if let Some(&(_, _, owner)) = last_seen.get(&session) {
-            if owner != from {
-                // Another peer's session: drop this frame only. No error frame: it would carry
-                // the owner's session id downstream and end the session there.
-                warn!(session, kind = ?header.kind, "dropped a frame for a session another upstream owns");
-                continue;
-            }
-        }
-        if header.kind == FrameKind::Open
-            && !last_seen.contains_key(&session)
-            && settings.previous_stage != Some(from)
-        {
-            let held = last_seen.values().filter(|s| s.2 == from).count();
-            if held >= settings.per_peer {
-                // Refused before the shard sees it: the table keeps room for other peers.
-                warn!(
-                    session,
-                    held, "refused an open: this upstream holds its share of sessions"
-                );
-                let message =
-                    format!("this upstream already holds {held} sessions, its limit on this stage");
-                let (h, p) = error_frame(ErrorCode::Protocol, session, &message);
-                if out
-                    .blocking_send((h, p, route::parse_reply(&payload)))
-                    .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
-        }
-        let head = last_seen.get(&session).and_then(|s| s.1);
-        let reply = match header.kind {
-            FrameKind::Open => {
-                let head = route::parse_reply(&payload);
-                last_seen.insert(session, (Instant::now(), head, from));
-                shard
-                    .open_session(session, header.n_pos as usize)
-                    .map(|()| (header, payload))
-            }
-            FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
-                let started = Instant::now();
-                if let Some(seen) = last_seen.get_mut(&session) {
-                    seen.0 = started;
-                }
-                let reply = step(
-                    &mut shard,
-                    (header, &payload),
-                    (n_embd, settings.wire),
-                    &mut hidden,
-                    &mut result,
-                );
-                if header.kind == FrameKind::Decode && reply.is_ok() {
-                    steps.record(started.elapsed());
-                }
-                if let Some((m, layers)) = &metrics {
-                    let kind = if header.kind == FrameKind::Decode {
-                        StepKind::Decode
-                    } else {
-                        StepKind::Prefill
-                    };
-                    m.stage_step(layers, kind, started.elapsed().as_secs_f64());
-                }
-                reply
-            }
-            FrameKind::Close => {
-                last_seen.remove(&session);
-                shard.close_session(session);
-                Ok((header, Vec::new()))
-            }
-            FrameKind::Error(_) => {
-                last_seen.remove(&session);
-                shard.close_session(session);
-                Ok((header, payload))
-            }
-            // Not part of a pipeline (model chunks, probes): never forwarded, so junk sent to
-            // one stage does not travel the ring.
-            other => {
-                debug!(session, kind = ?other, "dropped a frame a stage does not route");
-                continue;
-            }
-        };
-        let head = head.or_else(|| last_seen.get(&session).and_then(|s| s.1));
-        let frame = match reply {
-            Ok(frame) => frame,
-            Err(e) => {
-                // The session cannot continue here; free it and tell the head why.
-                warn!(session, error = %e, "step refused");
-                last_seen.remove(&session);
-                shard.close_session(session);
-                error_frame(ErrorCode::Protocol, session, &e.to_string())
-            }
-        };
-        if out.blocking_send((frame.0, frame.1, head)).is_err() {
-            return;
-        }
-    }
-}
-
-fn step(
-    shard: &mut Shard,
-    (header, payload): (FrameHeader, &[u8]),
-    (n_embd, wire): (usize, WireDtype),
-    hidden: &mut Vec<f32>,
-    result: &mut Vec<f32>,
-) -> Result<(FrameHeader, Vec<u8>), StepError> {
-    if header.cols as usize != n_embd {
-        return Err(StepError::WrongInput {
-            expected: "hidden states of the model's width",
-        });
-    }
-    let count = header.rows as usize * n_embd;
-    protocol::decode_hidden(header.dtype, payload, count, hidden).ok_or(StepError::WrongInput {
-        expected: "f32, f16 or q8 hidden states of the announced shape",
-    })?;
-    shard.forward(
-        header.session,
-        header.pos as usize,
-        Input::Hidden(hidden),
-        result,
-    )?;
-    let rows = result.len() / n_embd;
-    let mut bytes = Vec::new();
-    protocol::encode_hidden(result, wire, &mut bytes);
-    let out = protocol::hidden(
-        header.kind,
-        header.session,
-        header.seq,
-        header.pos as usize,
-        rows,
-        n_embd,
-        wire,
-    );
-    Ok((out, bytes))
 }

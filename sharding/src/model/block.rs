@@ -1,4 +1,9 @@
 //! One transformer block: weights and the forward pass of a batch of positions.
+//!
+//! The pass is split in three so that a batch may mix sessions: the projections and the
+//! feed-forward run over every row at once, attention per run of rows of one session.
+
+use std::ops::Range;
 
 use super::attention::{attend, AttnShape};
 use super::config::{Activation, ModelConfig};
@@ -118,14 +123,29 @@ impl Block {
         s: &mut Scratch,
         pool: &rayon::ThreadPool,
     ) {
+        let n = x.len() / cfg.n_embd;
+        self.project(cfg, x, s, pool);
+        self.attend_rows(cfg, 0..n, pos0, cache, s, pool);
+        self.finish(cfg, x, s, pool);
+    }
+
+    /// First part of [`Block::forward`], over every row of `x` whatever session it belongs
+    /// to: the normalized queries, keys and values into `s.q`, `s.k`, `s.v`, rotated with
+    /// row `t`'s angles from `s.angles` / `s.angles_swa`.
+    pub(crate) fn project(
+        &self,
+        cfg: &ModelConfig,
+        x: &[f32],
+        s: &mut Scratch,
+        pool: &rayon::ThreadPool,
+    ) {
         let e = cfg.n_embd;
         let n = x.len() / e;
-        let (hd, hdv) = (cfg.head_dim, cfg.head_dim_v);
+        let hd = cfg.head_dim;
         let k_dim = cfg.n_head_kv * hd;
-        let v_dim = cfg.n_head_kv * hdv;
+        let v_dim = cfg.n_head_kv * cfg.head_dim_v;
         s.ensure(cfg, n);
 
-        // Attention.
         let cur = &mut s.cur[..n * e];
         cur.copy_from_slice(x);
         ops::rms_norm(cur, &self.attn_norm, cfg.rms_eps);
@@ -180,12 +200,33 @@ impl Block {
                 cfg.rope_style,
             );
         }
+    }
+
+    /// Middle part of [`Block::forward`] for `rows` of the batch, which are positions
+    /// `pos0..pos0 + rows.len()` of one session: stores their keys and values in that
+    /// session's `cache` (which must have room) and writes their attention into `s.att`.
+    pub(crate) fn attend_rows(
+        &self,
+        cfg: &ModelConfig,
+        rows: Range<usize>,
+        pos0: usize,
+        cache: &mut LayerCache,
+        s: &mut Scratch,
+        pool: &rayon::ThreadPool,
+    ) {
+        let (hd, hdv) = (cfg.head_dim, cfg.head_dim_v);
+        let q_dim = cfg.n_head * hd;
+        let k_dim = cfg.n_head_kv * hd;
+        let v_dim = cfg.n_head_kv * hdv;
+        let n = rows.len();
+        let k = &s.k[rows.start * k_dim..rows.end * k_dim];
+        let v = &s.v[rows.start * v_dim..rows.end * v_dim];
         let kc = &mut cache.k[pos0 * k_dim..(pos0 + n) * k_dim];
-        for (d, &v) in kc.iter_mut().zip(k.iter()) {
-            *d = half::f16::from_f32(v);
+        for (d, &x) in kc.iter_mut().zip(k) {
+            *d = half::f16::from_f32(x);
         }
         let vc = &mut cache.v[pos0 * v_dim..(pos0 + n) * v_dim];
-        for (d, &x) in vc.iter_mut().zip(v.iter()) {
+        for (d, &x) in vc.iter_mut().zip(v) {
             *d = half::f16::from_f32(x);
         }
         let shape = AttnShape {
@@ -200,8 +241,23 @@ impl Block {
                 None
             },
         };
-        let att = &mut s.att[..n * cfg.n_head * hdv];
+        let q = &s.q[rows.start * q_dim..rows.end * q_dim];
+        let att = &mut s.att[rows.start * cfg.n_head * hdv..rows.end * cfg.n_head * hdv];
         attend(shape, q, &cache.k, &cache.v, pos0, att, pool);
+    }
+
+    /// Last part of [`Block::forward`], over every row again: the output projection of
+    /// `s.att`, the residual, and the feed-forward, into `x`.
+    pub(crate) fn finish(
+        &self,
+        cfg: &ModelConfig,
+        x: &mut [f32],
+        s: &mut Scratch,
+        pool: &rayon::ThreadPool,
+    ) {
+        let e = cfg.n_embd;
+        let n = x.len() / e;
+        let att = &s.att[..n * cfg.n_head * cfg.head_dim_v];
         let cur = &mut s.cur[..n * e];
         self.wo.mul(att, cur, &mut s.qbuf, pool);
         if let Some(w) = &self.post_attn_norm {

@@ -162,23 +162,27 @@ impl QMatrix {
             let r0 = task * ROWS_PER_TASK;
             let r1 = (r0 + ROWS_PER_TASK).min(rows);
             let mut t = 0;
-            // Prefill: one weight row against four positions at a time reuses the unpacked
-            // weights; the kernel's per-row results are bit-identical to `vec_dot`.
+            // Prefill and batched decode: one weight row against up to four positions at a
+            // time reuses the unpacked weights; the kernel's per-row results are
+            // bit-identical to `vec_dot`. Three rows fill the four slots by repeating the
+            // last one (its extra result is dropped): cheaper than three `vec_dot`s. For two
+            // rows it is not (the kernel costs about 2.5 `vec_dot`s; examples/batch_cost.rs).
             if let Some(dot4) = vec_dot_4 {
-                while t + 4 <= n {
+                while n - t >= 3 {
+                    let k = (n - t).min(4);
+                    let a = |i: usize| act(t + i.min(k - 1));
                     for r in r0..r1 {
+                        // Only the first pass over the task's rows streams them from memory.
+                        if t == 0 {
+                            self.prefetch_ahead(r);
+                        }
                         let mut v = [0.0f32; 4];
-                        dot4(
-                            cols,
-                            self.row(r),
-                            [act(t), act(t + 1), act(t + 2), act(t + 3)],
-                            &mut v,
-                        );
-                        for (i, &x) in v.iter().enumerate() {
+                        dot4(cols, self.row(r), [a(0), a(1), a(2), a(3)], &mut v);
+                        for (i, &x) in v.iter().enumerate().take(k) {
                             put(t + i, r, x);
                         }
                     }
-                    t += 4;
+                    t += k;
                 }
             }
             for t in t..n {

@@ -17,7 +17,7 @@ mod shard;
 mod weights;
 
 pub use config::{Activation, Arch, ConfigError, ModelConfig, RopeStyle};
-pub use shard::{Input, Output, Shard, ShardOptions, ShardSpec};
+pub use shard::{BatchError, Input, Output, Shard, ShardOptions, ShardSpec, MAX_BATCH};
 
 use crate::gguf::GgufError;
 

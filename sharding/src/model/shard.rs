@@ -11,6 +11,10 @@ use super::{LoadError, StepError};
 use crate::gguf::{GgufFile, Header};
 use crate::kv::KvCache;
 
+mod batch;
+
+pub use batch::{BatchError, MAX_BATCH};
+
 /// Which part of the model a shard runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardSpec {
@@ -402,24 +406,7 @@ impl Shard {
         let s = &mut self.scratch;
         s.ensure(cfg, n);
         for t in 0..n {
-            let rd = cfg.rope_dim;
-            ops::rope_angles(
-                pos + t,
-                cfg.rope_base,
-                rd,
-                &mut s.angles[t * rd..(t + 1) * rd],
-            );
-            ops::rope_angles(
-                pos + t,
-                cfg.rope_base_swa,
-                rd,
-                &mut s.angles_swa[t * rd..(t + 1) * rd],
-            );
-        }
-        if let Some(ff) = &self.rope_freqs {
-            for a in [&mut s.angles, &mut s.angles_swa] {
-                apply_freq_factors(cfg, ff, pos, n, a);
-            }
+            row_angles(cfg, self.rope_freqs.as_deref(), t, pos + t, s);
         }
         let pool = &self.pool;
         let blocks = &self.blocks;
@@ -452,17 +439,31 @@ impl Shard {
     }
 }
 
-/// Recomputes the rotary angles with per-pair frequency divisors (Llama 3 `rope_freqs`).
-fn apply_freq_factors(cfg: &ModelConfig, ff: &[f32], pos: usize, n: usize, angles: &mut [f32]) {
+/// The rotary angles of position `pos` into row `row` of both of `s`'s tables.
+fn row_angles(cfg: &ModelConfig, freqs: Option<&[f32]>, row: usize, pos: usize, s: &mut Scratch) {
     let rd = cfg.rope_dim;
-    let theta_scale = cfg.rope_base.powf(-2.0 / rd as f32);
-    for t in 0..n {
-        let mut theta = (pos + t) as f32;
-        for (pair, &f) in angles[t * rd..(t + 1) * rd].chunks_exact_mut(2).zip(ff) {
-            let th = theta / f;
-            pair[0] = th.cos();
-            pair[1] = th.sin();
-            theta *= theta_scale;
+    let full = &mut s.angles[row * rd..(row + 1) * rd];
+    let swa = &mut s.angles_swa[row * rd..(row + 1) * rd];
+    match freqs {
+        None => {
+            ops::rope_angles(pos, cfg.rope_base, rd, full);
+            ops::rope_angles(pos, cfg.rope_base_swa, rd, swa);
         }
+        Some(ff) => {
+            freq_angles(cfg, ff, pos, full);
+            freq_angles(cfg, ff, pos, swa);
+        }
+    }
+}
+
+/// The rotary angles of `pos` with per-pair frequency divisors (Llama 3 `rope_freqs`).
+fn freq_angles(cfg: &ModelConfig, ff: &[f32], pos: usize, angles: &mut [f32]) {
+    let theta_scale = cfg.rope_base.powf(-2.0 / cfg.rope_dim as f32);
+    let mut theta = pos as f32;
+    for (pair, &f) in angles.chunks_exact_mut(2).zip(ff) {
+        let th = theta / f;
+        pair[0] = th.cos();
+        pair[1] = th.sin();
+        theta *= theta_scale;
     }
 }
