@@ -98,15 +98,17 @@ struct StepTimes {
 const RECENT_STEPS: usize = 32;
 
 impl StepTimes {
-    /// One step of the compute thread, which decoded `count` sessions' positions (a batch
-    /// counts once in the median: it is one step of the stage).
+    /// One step of the compute thread, which decoded `count` sessions' positions. The
+    /// median is over the time per position: the plan predicts one position's cost, and a
+    /// batch of four taking twice one step's time is a stage working faster, not a
+    /// straggler (counting the whole batch made busy stages look slow under concurrency).
     fn record(&self, step: Duration, count: u64) {
         self.count.fetch_add(count, Ordering::Relaxed);
         let mut recent = self.recent.lock().expect("steps lock");
         if recent.len() == RECENT_STEPS {
             recent.pop_front();
         }
-        recent.push_back(step);
+        recent.push_back(step / count.max(1) as u32);
     }
 
     fn summary(&self) -> (u64, Option<Duration>) {
@@ -247,8 +249,9 @@ impl Stage {
         )
     }
 
-    /// Decode steps computed so far, and the median time of the recent ones: what the
-    /// straggler policy compares with the plan's prediction.
+    /// Decode positions computed so far, and the median time per position of the recent
+    /// steps (a batch's time divided by its rows): what the straggler policy compares with
+    /// the plan's prediction.
     pub fn decode_steps(&self) -> (u64, Option<Duration>) {
         self.steps.summary()
     }
