@@ -21,8 +21,10 @@
 #   PROMPT           completion prompt (lib/client.py has the default)
 #   LATENCY_DELAYS   one-way delays in ms for `latency` ("0 2 10")
 #   PLACEMENT        --placement for latency (planned) and the fault scenarios (even)
-#   TB_STATIC_PEER   1 (default): nodes 2-4 also get SHOAL_PEERS=node1; 0: mDNS only, which
-#                    fails on this host (see README: internal networks drop multicast)
+#   TB_STATIC_PEER   0 (default): nodes find each other by mDNS only (run.sh opens the
+#                    bridge to mDNS multicast with an iptables rule, removed at teardown;
+#                    without iptables it falls back to 1); 1: nodes 2-4 also get
+#                    SHOAL_PEERS=node1
 set -euo pipefail
 
 cd "$(dirname "$0")"

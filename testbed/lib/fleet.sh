@@ -29,6 +29,7 @@ fi
 
 PROJECT=""
 FLEET_LABEL=""
+MDNS_RULE=()
 POLL_PID=""
 WORKDIR=$(mktemp -d)
 REC=$WORKDIR/rec
@@ -91,9 +92,16 @@ fleet_up() {
     # other user of the host can reach it.
     chmod 0755 "$TB_SECRETS_DIR" && chmod 0644 "$TB_SECRETS_DIR/cluster.key"
     printf '%s\n' "${ENV_ALL:-}" >"$TB_ENV_DIR/all.env"
+    # mDNS needs a host firewall rule (open_mdns); without one, nodes 2-4 get node1 as a
+    # static peer instead.
+    STATIC_PEER=${TB_STATIC_PEER:-0}
+    if [ "$STATIC_PEER" = 0 ] && ! iptables -S DOCKER-USER >/dev/null 2>&1; then
+        log "WARNING: cannot edit the DOCKER-USER iptables chain (not root, or no iptables): mDNS cannot cross the bridge, so nodes 2-4 get node1 as a static peer"
+        STATIC_PEER=1
+    fi
     for i in 1 2 3 4; do
         local var="ENV_NODE$i" extra=""
-        [ "${TB_STATIC_PEER:-1}" = 1 ] && [ "$i" != 1 ] \
+        [ "$STATIC_PEER" = 1 ] && [ "$i" != 1 ] \
             && extra="SHOAL_PEERS=/ip4/$SHOAL_SUBNET_PREFIX.11/tcp/7600"
         printf '%s\n%s\n' "${!var:-}" "$extra" >"$TB_ENV_DIR/node$i.env"
     done
@@ -111,6 +119,7 @@ fleet_up() {
     compose up -d "${services[@]}" >/dev/null 2>&1 \
         || { compose up -d "${services[@]}" || true; die "compose up failed"; }
     FLEET_START=$SECONDS
+    [ "$STATIC_PEER" = 1 ] || open_mdns
     # Test traffic must stay on the fleet's bridge, never follow the default route.
     ip route get "$SHOAL_SUBNET_PREFIX.11" | grep -q ' dev br-' \
         || die "no bridge route to $SHOAL_SUBNET_PREFIX.11 ($(ip route get "$SHOAL_SUBNET_PREFIX.11" | head -1)); refusing to send traffic"
@@ -125,8 +134,25 @@ fleet_up() {
     log "fleet ready after $FLEET_READY_S s: $(plan_summary 1)"
 }
 
+# Docker isolates an internal network with `DOCKER-ISOLATION-STAGE-1 ! -d <subnet> -i br-X
+# -j DROP`, which (bridge-nf-call-iptables=1) also drops the mDNS multicast between the
+# containers on the bridge. This accepts exactly that traffic, bridge to same bridge, in the
+# DOCKER-USER chain that FORWARD consults first; fleet_down removes it. Multicast to
+# 224.0.0.251 is link-local: it never leaves the bridge.
+open_mdns() {
+    local net
+    net=$(docker network ls -q --no-trunc -f "name=^${PROJECT}_fleet\$") \
+        && [ -n "$net" ] || die "no network ${PROJECT}_fleet"
+    MDNS_RULE=(DOCKER-USER -i "br-${net:0:12}" -o "br-${net:0:12}" -d 224.0.0.251/32 -p udp --dport 5353 -j ACCEPT)
+    iptables -I "${MDNS_RULE[@]}" || die "could not add the mDNS rule (iptables -I ${MDNS_RULE[*]})"
+}
+
 fleet_down() {
     [ -n "$PROJECT" ] || return 0
+    if [ ${#MDNS_RULE[@]} -gt 0 ]; then
+        iptables -D "${MDNS_RULE[@]}" 2>/dev/null || log "WARNING: could not remove iptables rule ${MDNS_RULE[*]}"
+        MDNS_RULE=()
+    fi
     if [ -n "$POLL_PID" ]; then
         kill "$POLL_PID" 2>/dev/null || true
         wait "$POLL_PID" 2>/dev/null || true
@@ -202,7 +228,7 @@ wait_members() {
         sleep 0.5
     done
     log "cluster view of node$n: $(cluster_json "$n" | jq -c '{state, problem, members: (.members | length), plan}' 2>/dev/null)"
-    die "fleet did not form: node$n sees ${got:-0} of $m members after $t s (discovery: $([ "${TB_STATIC_PEER:-1}" = 1 ] && echo 'mDNS + static peer' || echo 'mDNS only'))"
+    die "fleet did not form: node$n sees ${got:-0} of $m members after $t s (discovery: $([ "$STATIC_PEER" = 1 ] && echo 'mDNS + static peer' || echo 'mDNS only'))"
 }
 
 plan_epoch() { cluster_json "$1" | jq -r '.plan.epoch // 0' 2>/dev/null || echo 0; }
