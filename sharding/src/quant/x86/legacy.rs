@@ -207,10 +207,28 @@ fn dot_vnni(w: __m256i, a: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
 }
 
+/// Σ (q - o) a for unsigned weight quants `q` and offset `o` (AVX2): one signed dot, the
+/// sign moved onto the activations as ggml does, instead of two unsigned ones. `|q - o| ≤ 16`
+/// and `|a| ≤ 127`, so no pair saturates. The `q - o` and `|q - o|` work is shared when the
+/// same weights meet several activation rows.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn offset_dot_avx2(q: __m256i, a: __m256i, o: i8) -> __m256i {
+    let s = _mm256_sub_epi8(q, _mm256_set1_epi8(o));
+    dot_avx2(_mm256_abs_epi8(s), _mm256_sign_epi8(a, s))
+}
+
+/// [`offset_dot_avx2`] with VNNI: `vpdpbusd` is cheap enough to run twice.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+fn offset_dot_vnni(q: __m256i, a: __m256i, o: i8) -> __m256i {
+    _mm256_sub_epi32(dot_vnni(q, a), dot_vnni(_mm256_set1_epi8(o), a))
+}
+
 /// The block loops, instantiated once per level with that level's target features and
 /// integer primitives.
 macro_rules! block_kernels {
-    ($module:ident, $features:literal, $dot:ident, $high_bits:ident) => {
+    ($module:ident, $features:literal, $dot:ident, $offset_dot:ident, $high_bits:ident) => {
         mod $module {
             use super::*;
 
@@ -229,14 +247,14 @@ macro_rules! block_kernels {
             }
 
             /// Exact integer dot of weight quants `q` (format `F`) with activation quants
-            /// `a`, in 8 i32 lanes. Offsets: Σ(q-o)a = Σqa - Σoa. Q8_0 is signed × signed:
-            /// move the sign onto the activations (|a| ≤ 127, as quantized here).
+            /// `a`, in 8 i32 lanes. Q8_0 is signed × signed: move the sign onto the
+            /// activations (|a| ≤ 127, as quantized here).
             #[inline]
             #[target_feature(enable = $features)]
             fn lanes<const F: u8>(q: __m256i, a: __m256i) -> __m256i {
                 match F {
-                    Q4_0 => _mm256_sub_epi32($dot(q, a), $dot(_mm256_set1_epi8(8), a)),
-                    Q5_0 => _mm256_sub_epi32($dot(q, a), $dot(_mm256_set1_epi8(16), a)),
+                    Q4_0 => $offset_dot(q, a, 8),
+                    Q5_0 => $offset_dot(q, a, 16),
                     Q8_0 => $dot(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q)),
                     _ => $dot(q, a),
                 }
@@ -372,11 +390,18 @@ macro_rules! block_kernels {
     };
 }
 
-block_kernels!(avx2, "avx2,fma,f16c", dot_avx2, high_bits_avx2);
+block_kernels!(
+    avx2,
+    "avx2,fma,f16c",
+    dot_avx2,
+    offset_dot_avx2,
+    high_bits_avx2
+);
 block_kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     dot_vnni,
+    offset_dot_vnni,
     high_bits_avx512
 );
 
