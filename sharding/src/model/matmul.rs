@@ -163,7 +163,8 @@ impl QMatrix {
             let r1 = (r0 + ROWS_PER_TASK).min(rows);
             let mut t = 0;
             // Prefill: one weight row against four positions at a time reuses the unpacked
-            // weights; the kernel's per-row results are bit-identical to `vec_dot`.
+            // weights; the kernel's per-row results equal `vec_dot`'s up to float rounding
+            // (bit for bit where both kernels are of the same instruction set).
             if let Some(dot4) = vec_dot_4 {
                 while t + 4 <= n {
                     for r in r0..r1 {
