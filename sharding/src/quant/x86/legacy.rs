@@ -285,6 +285,18 @@ macro_rules! block_kernels {
                 (w, a)
             }
 
+            /// `d_w * d_a[r]` in lane r of both halves, for formats without a min (f16 `d`
+            /// at the start of both blocks).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales4(wb: *const u8, ab: [*const u8; 4]) -> __m256 {
+                let d = |p: *const u8| p.cast::<i16>().read_unaligned();
+                let sw = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(d(wb))));
+                let da = _mm_setr_epi16(d(ab[0]), d(ab[1]), d(ab[2]), d(ab[3]), 0, 0, 0, 0);
+                let s = _mm_mul_ps(_mm_broadcastss_ps(sw), _mm_cvtph_ps(da));
+                _mm256_set_m128(s, s)
+            }
+
             /// Adds block `i` of the rows to `acc` (scaled integer lanes) and `mins`.
             #[inline]
             #[target_feature(enable = $features)]
@@ -346,6 +358,23 @@ macro_rules! block_kernels {
                 for i in 0..nb {
                     let wb = w.add(i * weight_bytes(F));
                     let q = weight_quants::<F>(wb);
+                    if !has_min(F) {
+                        // The four rows' scale products from one conversion and one multiply;
+                        // lane r is the `s` of `step`, rounded the same way.
+                        let ab = a.map(|p| p.add(i * activation_bytes(F)));
+                        let s = scales4(wb, ab);
+                        let s = [
+                            _mm256_permute_ps::<0x00>(s),
+                            _mm256_permute_ps::<0x55>(s),
+                            _mm256_permute_ps::<0xAA>(s),
+                            _mm256_permute_ps::<0xFF>(s),
+                        ];
+                        for r in 0..4 {
+                            let l = lanes::<F>(q, activation_quants::<F>(ab[r]));
+                            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), s[r], acc[r]);
+                        }
+                        continue;
+                    }
                     for r in 0..4 {
                         let ab = a[r].add(i * activation_bytes(F));
                         let l = lanes::<F>(q, activation_quants::<F>(ab));
