@@ -5,6 +5,10 @@
 //! use other types): Qwen2.5-0.5B 896 x 4864 and Gemma-3-270M 640 x 2048. One thread, the
 //! kernels this CPU picks, plus the scalar reference for Q4_K as a baseline.
 //!
+//! Where the type has a four-row (prefill) kernel, `x4` runs it over four activation rows;
+//! its throughput counts the weights once per activation row, so it compares directly with
+//! the one-row figure (four one-row matvecs stream the same bytes four times).
+//!
 //! Run briefly: `cargo bench -p sharding --bench kquant_kernels -- --warm-up-time 1
 //! --measurement-time 2`.
 
@@ -47,6 +51,16 @@ fn matvec(k: &TypeKernels, n: usize, w: &[u8], a: &[u8], out: &mut [f32]) {
     }
 }
 
+/// `out[t][r] = W[r] · a[t]` for four activation rows with the four-row kernel.
+fn matvec4(k: &TypeKernels, n: usize, w: &[u8], a: [&[u8]; 4], out: &mut [f32]) {
+    let dot4 = k.vec_dot_4.expect("four-row kernel");
+    let row_bytes = w.len() / (out.len() / 4);
+    for (o, row) in out.chunks_exact_mut(4).zip(w.chunks_exact(row_bytes)) {
+        let o: &mut [f32; 4] = o.try_into().expect("chunk of 4");
+        dot4(n, row, a, o);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("kquant_matvec");
     for (rows, n) in [(896, 4864), (640, 2048)] {
@@ -67,6 +81,25 @@ fn bench(c: &mut Criterion) {
                 let id = BenchmarkId::new(format!("{ty}/{}", k.isa), format!("{rows}x{n}"));
                 group.bench_with_input(id, &w, |b, w| {
                     b.iter(|| matvec(&k, n, black_box(w), black_box(&a), &mut out))
+                });
+            }
+            if best.vec_dot_4.is_some() {
+                // Four different activation rows: the same floats, shifted.
+                let acts: Vec<Vec<u8>> = (0..4)
+                    .map(|t| {
+                        let mut xt = x.clone();
+                        xt.rotate_left(7 * t);
+                        let mut at = vec![0_u8; a.len()];
+                        (best.quantize_activations)(&xt, &mut at);
+                        at
+                    })
+                    .collect();
+                let mut out4 = vec![0.0_f32; 4 * rows];
+                group.throughput(Throughput::Bytes(4 * w.len() as u64));
+                let id = BenchmarkId::new(format!("{ty}/{}/x4", best.isa), format!("{rows}x{n}"));
+                group.bench_with_input(id, &w, |b, w| {
+                    let a4 = [&acts[0][..], &acts[1][..], &acts[2][..], &acts[3][..]];
+                    b.iter(|| matvec4(&best, n, black_box(w), black_box(a4), &mut out4))
                 });
             }
         }

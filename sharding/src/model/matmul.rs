@@ -163,10 +163,11 @@ impl QMatrix {
             let r1 = (r0 + ROWS_PER_TASK).min(rows);
             let mut t = 0;
             // Prefill and batched decode: one weight row against up to four positions at a
-            // time reuses the unpacked weights; the kernel's per-row results are
-            // bit-identical to `vec_dot`. Three rows fill the four slots by repeating the
-            // last one (its extra result is dropped): cheaper than three `vec_dot`s. For two
-            // rows it is not (the kernel costs about 2.5 `vec_dot`s; examples/batch_cost.rs).
+            // time reuses the unpacked weights; the kernels are picked so that per-row
+            // results are bit-identical to `vec_dot` (quant::x86 leaves `vec_dot_4` out
+            // where it would not be). Three rows fill the four slots by repeating the last
+            // one (its extra result is dropped): cheaper than three `vec_dot`s. For two rows
+            // it is not (the kernel costs about 2.5 `vec_dot`s; examples/batch_cost.rs).
             if let Some(dot4) = vec_dot_4 {
                 while n - t >= 3 {
                     let k = (n - t).min(4);

@@ -10,16 +10,17 @@
 
 use std::arch::x86_64::*;
 
+use super::kquants4;
 use crate::quant::blocks::QK_K;
-use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDotFn};
+use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDot4Fn, VecDotFn};
 
 /// Byte layout of the blocks (checked against `blocks.rs` in the tests).
-const Q4K_BYTES: usize = 144;
+pub(super) const Q4K_BYTES: usize = 144;
 const Q5K_BYTES: usize = 176;
-const Q6K_BYTES: usize = 210;
-const Q8K_BYTES: usize = 292;
-const Q8K_QS: usize = 4;
-const Q8K_BSUMS: usize = 260;
+pub(super) const Q6K_BYTES: usize = 210;
+pub(super) const Q8K_BYTES: usize = 292;
+pub(super) const Q8K_QS: usize = 4;
+pub(super) const Q8K_BSUMS: usize = 260;
 
 /// The x86 kernels for `ty` if it is a K-quant weight type and the CPU has AVX2 and FMA.
 pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
@@ -36,19 +37,29 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         (GgmlType::Q6_K, false) => (vec_dot_q6k_avx2, "avx2"),
         _ => return None,
     };
+    // The four-row kernels are AVX2 only, bit-identical per row to the AVX2 one-row
+    // kernels. Where the one-row kernels are AVX-512 they would sum in another order, so a
+    // prompt would round differently from the one-row path that matched llama.cpp's tokens
+    // on AVX-512 machines, and a batched decode row would differ from the same step alone;
+    // there prefill keeps the one-row kernels until AVX-512 four-row twins exist.
+    let vec_dot_4: Option<VecDot4Fn> = match (ty, avx512) {
+        (GgmlType::Q4_K, false) => Some(kquants4::vec_dot_4_q4k_avx2),
+        (GgmlType::Q6_K, false) => Some(kquants4::vec_dot_4_q6k_avx2),
+        _ => None,
+    };
     let quantize_activations: QuantizeFn = quantize_q8k_avx2;
     Some(TypeKernels {
         ty,
         vec_dot,
         quantize_activations,
         dequantize: reference.dequantize,
-        vec_dot_4: None,
+        vec_dot_4,
         isa,
     })
 }
 
 /// Whether AVX2, FMA and F16C (every AVX2 CPU has the latter two) are present.
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -67,7 +78,7 @@ fn has_avx512() -> bool {
 /// # Panics
 /// When a slice does not hold exactly `n` elements of its type: the unsafe kernels rely on
 /// it, and callers size rows from the validated tensor index.
-fn super_blocks(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> usize {
+pub(super) fn super_blocks(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> usize {
     assert_eq!(
         ty.row_bytes(n),
         Some(weights.len()),
@@ -87,7 +98,7 @@ fn super_blocks(ty: GgmlType, n: usize, weights: &[u8], activations: &[u8]) -> u
 /// `p` must be valid for reading 2 bytes; F16C must be available.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes(p.cast::<[u8; 2]>().read());
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
@@ -98,7 +109,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 /// `p` must be valid for reading 4 bytes; F16C must be available.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_pair_at(p: *const u8) -> (f32, f32) {
+pub(super) unsafe fn f16_pair_at(p: *const u8) -> (f32, f32) {
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
@@ -107,7 +118,7 @@ unsafe fn f16_pair_at(p: *const u8) -> (f32, f32) {
 ///
 /// # Safety
 /// `p` must be valid for reading 4 bytes.
-unsafe fn q8k_d(p: *const u8) -> f32 {
+pub(super) unsafe fn q8k_d(p: *const u8) -> f32 {
     f32::from_le_bytes(p.cast::<[u8; 4]>().read())
 }
 
@@ -115,7 +126,7 @@ unsafe fn q8k_d(p: *const u8) -> f32 {
 /// mins, byte `j` of each word for sub-block `j` (ggml's `get_scale_min_k4` for all eight
 /// sub-blocks at once). Words, not arrays, so they go to a vector register without a
 /// store-to-load round trip.
-fn scales_mins_k4(q: &[u8; 12]) -> (u64, u64) {
+pub(super) fn scales_mins_k4(q: &[u8; 12]) -> (u64, u64) {
     let word = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
     let (w0, w1, w2) = (word(0), word(4), word(8));
     const LOW6: u32 = 0x3F3F_3F3F;
@@ -133,7 +144,7 @@ fn scales_mins_k4(q: &[u8; 12]) -> (u64, u64) {
 
 /// Horizontal sum of 8 floats.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum_ps(v: __m256) -> f32 {
+pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -145,7 +156,7 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
 /// # Safety
 /// `bsums` must be valid for reading 32 bytes; AVX2 must be available.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn mins_dot(bsums: *const u8, mins: u64) -> __m128i {
+pub(super) unsafe fn mins_dot(bsums: *const u8, mins: u64) -> __m128i {
     let lo = _mm_loadu_si128(bsums.cast());
     let hi = _mm_loadu_si128(bsums.add(16).cast());
     // Pair sums are at most 2 * 16 * 128 in magnitude: no i16 overflow.
@@ -156,11 +167,11 @@ unsafe fn mins_dot(bsums: *const u8, mins: u64) -> __m128i {
 
 /// Shuffle masks picking i16 word `k` of a 128-bit lane into every word.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn word_broadcast_mask(k: i16) -> __m256i {
+pub(super) unsafe fn word_broadcast_mask(k: i16) -> __m256i {
     _mm256_set1_epi16(((2 * k + 1) << 8) | (2 * k))
 }
 
-fn vec_dot_q4k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+pub(super) fn vec_dot_q4k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q4_K, n, weights, activations);
     // SAFETY: `kernels` hands this out only with AVX2 + FMA + F16C detected; lengths checked above.
     unsafe { q4k_avx2(nb, weights.as_ptr(), activations.as_ptr()) }
@@ -257,7 +268,7 @@ unsafe fn q5k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
 /// # Safety
 /// `ql` must be valid for 64 bytes and `qh` for 32; AVX2 must be available.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn q6k_half(ql: *const u8, qh: *const u8) -> [__m256i; 4] {
+pub(super) unsafe fn q6k_half(ql: *const u8, qh: *const u8) -> [__m256i; 4] {
     let nibble = _mm256_set1_epi8(0x0F);
     let two = _mm256_set1_epi8(3);
     let l0 = _mm256_loadu_si256(ql.cast());
@@ -281,13 +292,13 @@ unsafe fn q6k_half(ql: *const u8, qh: *const u8) -> [__m256i; 4] {
 /// # Safety
 /// `scales` must be valid for 16 bytes, `bsums` for 32; AVX2 must be available.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn q6k_offset(scales: *const u8, bsums: *const u8) -> __m256i {
+pub(super) unsafe fn q6k_offset(scales: *const u8, bsums: *const u8) -> __m256i {
     let s = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.cast()));
     let b = _mm256_loadu_si256(bsums.cast());
     _mm256_slli_epi32::<5>(_mm256_madd_epi16(s, b))
 }
 
-fn vec_dot_q6k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+pub(super) fn vec_dot_q6k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q6_K, n, weights, activations);
     // SAFETY: `kernels` hands this out only with AVX2 + FMA + F16C detected; lengths checked above.
     unsafe { q6k_avx2(nb, weights.as_ptr(), activations.as_ptr()) }

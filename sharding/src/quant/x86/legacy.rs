@@ -207,10 +207,28 @@ fn dot_vnni(w: __m256i, a: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
 }
 
+/// Σ (q - o) a for unsigned weight quants `q` and offset `o` (AVX2): one signed dot, the
+/// sign moved onto the activations as ggml does, instead of two unsigned ones. `|q - o| ≤ 16`
+/// and `|a| ≤ 127`, so no pair saturates. The `q - o` and `|q - o|` work is shared when the
+/// same weights meet several activation rows.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn offset_dot_avx2(q: __m256i, a: __m256i, o: i8) -> __m256i {
+    let s = _mm256_sub_epi8(q, _mm256_set1_epi8(o));
+    dot_avx2(_mm256_abs_epi8(s), _mm256_sign_epi8(a, s))
+}
+
+/// [`offset_dot_avx2`] with VNNI: `vpdpbusd` is cheap enough to run twice.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+fn offset_dot_vnni(q: __m256i, a: __m256i, o: i8) -> __m256i {
+    _mm256_sub_epi32(dot_vnni(q, a), dot_vnni(_mm256_set1_epi8(o), a))
+}
+
 /// The block loops, instantiated once per level with that level's target features and
 /// integer primitives.
 macro_rules! block_kernels {
-    ($module:ident, $features:literal, $dot:ident, $high_bits:ident) => {
+    ($module:ident, $features:literal, $dot:ident, $offset_dot:ident, $high_bits:ident) => {
         mod $module {
             use super::*;
 
@@ -229,14 +247,14 @@ macro_rules! block_kernels {
             }
 
             /// Exact integer dot of weight quants `q` (format `F`) with activation quants
-            /// `a`, in 8 i32 lanes. Offsets: Σ(q-o)a = Σqa - Σoa. Q8_0 is signed × signed:
-            /// move the sign onto the activations (|a| ≤ 127, as quantized here).
+            /// `a`, in 8 i32 lanes. Q8_0 is signed × signed: move the sign onto the
+            /// activations (|a| ≤ 127, as quantized here).
             #[inline]
             #[target_feature(enable = $features)]
             fn lanes<const F: u8>(q: __m256i, a: __m256i) -> __m256i {
                 match F {
-                    Q4_0 => _mm256_sub_epi32($dot(q, a), $dot(_mm256_set1_epi8(8), a)),
-                    Q5_0 => _mm256_sub_epi32($dot(q, a), $dot(_mm256_set1_epi8(16), a)),
+                    Q4_0 => $offset_dot(q, a, 8),
+                    Q5_0 => $offset_dot(q, a, 16),
                     Q8_0 => $dot(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q)),
                     _ => $dot(q, a),
                 }
@@ -265,6 +283,18 @@ macro_rules! block_kernels {
                 let w = _mm_cvtph_ps(_mm_cvtsi32_si128(word(wb)));
                 let a = _mm_cvtph_ps(_mm_cvtsi32_si128(word(ab)));
                 (w, a)
+            }
+
+            /// `d_w * d_a[r]` in lane r of both halves, for formats without a min (f16 `d`
+            /// at the start of both blocks).
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales4(wb: *const u8, ab: [*const u8; 4]) -> __m256 {
+                let d = |p: *const u8| p.cast::<i16>().read_unaligned();
+                let sw = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(d(wb))));
+                let da = _mm_setr_epi16(d(ab[0]), d(ab[1]), d(ab[2]), d(ab[3]), 0, 0, 0, 0);
+                let s = _mm_mul_ps(_mm_broadcastss_ps(sw), _mm_cvtph_ps(da));
+                _mm256_set_m128(s, s)
             }
 
             /// Adds block `i` of the rows to `acc` (scaled integer lanes) and `mins`.
@@ -328,6 +358,23 @@ macro_rules! block_kernels {
                 for i in 0..nb {
                     let wb = w.add(i * weight_bytes(F));
                     let q = weight_quants::<F>(wb);
+                    if !has_min(F) {
+                        // The four rows' scale products from one conversion and one multiply;
+                        // lane r is the `s` of `step`, rounded the same way.
+                        let ab = a.map(|p| p.add(i * activation_bytes(F)));
+                        let s = scales4(wb, ab);
+                        let s = [
+                            _mm256_permute_ps::<0x00>(s),
+                            _mm256_permute_ps::<0x55>(s),
+                            _mm256_permute_ps::<0xAA>(s),
+                            _mm256_permute_ps::<0xFF>(s),
+                        ];
+                        for r in 0..4 {
+                            let l = lanes::<F>(q, activation_quants::<F>(ab[r]));
+                            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), s[r], acc[r]);
+                        }
+                        continue;
+                    }
                     for r in 0..4 {
                         let ab = a[r].add(i * activation_bytes(F));
                         let l = lanes::<F>(q, activation_quants::<F>(ab));
@@ -372,11 +419,18 @@ macro_rules! block_kernels {
     };
 }
 
-block_kernels!(avx2, "avx2,fma,f16c", dot_avx2, high_bits_avx2);
+block_kernels!(
+    avx2,
+    "avx2,fma,f16c",
+    dot_avx2,
+    offset_dot_avx2,
+    high_bits_avx2
+);
 block_kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     dot_vnni,
+    offset_dot_vnni,
     high_bits_avx512
 );
 

@@ -1,6 +1,7 @@
 //! x86 SIMD kernels, chosen at run time by CPU feature detection.
 
 mod kquants;
+mod kquants4;
 mod legacy;
 
 use super::{GgmlType, TypeKernels};
