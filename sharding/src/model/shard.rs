@@ -313,18 +313,7 @@ impl Shard {
                 n_embd: e,
             });
         }
-        let head = self.head.as_ref().ok_or(StepError::WrongInput {
-            expected: "token ids or hidden states for its layers (this shard has no head)",
-        })?;
-        let last = &mut self.hidden;
-        last.clear();
-        last.extend_from_slice(&hidden[hidden.len() - e..]);
-        ops::rms_norm(last, &head.norm, self.config.rms_eps);
-        out.clear();
-        out.resize(self.config.vocab_size, 0.0);
-        head.output
-            .mul(last, out, &mut self.scratch.qbuf, &self.pool);
-        Ok(())
+        self.logits_each(&hidden[hidden.len() - e..], out)
     }
 
     /// Runs the shard on `input` for positions `pos..pos + n` of session `id`, which must
