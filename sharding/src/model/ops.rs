@@ -82,8 +82,10 @@ pub(crate) fn v_expf(x: f32) -> f32 {
 }
 
 /// `gate = gelu(gate) * up`, with gelu evaluated as ggml's f16 table does: on the input
-/// rounded to f16, result rounded to f16.
+/// rounded to f16, result rounded to f16. Like ggml we look the result up in a table of all
+/// 65536 f16 inputs (built once): `tanh` per element cost Gemma's prefill ~9 % of its time.
 pub(crate) fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
     for (g, &u) in gate.iter_mut().zip(up) {
         let x = *g;
         let y = if x <= -10.0 {
@@ -91,11 +93,20 @@ pub(crate) fn geglu(gate: &mut [f32], up: &[f32]) {
         } else if x >= 10.0 {
             x
         } else {
-            let xh = f16::from_f32(x).to_f32();
-            f16::from_f32(gelu_tanh(xh)).to_f32()
+            table[usize::from(f16::from_f32(x).to_bits())]
         };
         *g = y * u;
     }
+}
+
+/// `f16(gelu_tanh(x))` as f32 for every f16 bit pattern `x`.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())).to_f32())
+            .collect()
+    })
 }
 
 fn gelu_tanh(x: f32) -> f32 {
@@ -195,5 +206,18 @@ mod tests {
         geglu(&mut g, &[1.0, 1.0, 1.0]);
         assert_eq!(&g[..2], &[0.0, 20.0]);
         assert!((g[2] - 0.8413).abs() < 1e-3);
+    }
+
+    #[test]
+    fn geglu_table_is_the_formula_on_f16_inputs() {
+        // Inputs across (-10, 10), most of them between f16 values: the table must give what
+        // rounding to f16, the tanh formula and rounding back give.
+        let x: Vec<f32> = (0..199_990).map(|i| -9.9999 + i as f32 * 1e-4 + 3e-5).collect();
+        let mut g = x.clone();
+        geglu(&mut g, &vec![1.0; x.len()]);
+        for (&x, &got) in x.iter().zip(&g) {
+            let want = f16::from_f32(gelu_tanh(f16::from_f32(x).to_f32())).to_f32();
+            assert_eq!(got.to_bits(), want.to_bits(), "gelu({x})");
+        }
     }
 }
