@@ -174,6 +174,11 @@ pub type DequantizeFn = fn(row: &[u8], out: &mut [f32]);
 /// product with `activations[i]`. Reusing the unpacked weights for four rows saves most of
 /// the unpacking work.
 pub type VecDot4Fn = fn(n: usize, weights: &[u8], activations: [&[u8]; 4], out: &mut [f32; 4]);
+/// Four weight rows against four activation rows (prefill): `out[k][r]` is the dot product
+/// of `weights[k]` with `activations[r]`. Each activation block is loaded and prepared once
+/// for the four weight rows, each weight block unpacked once for the four activation rows.
+pub type VecDot4x4Fn =
+    fn(n: usize, weights: [&[u8]; 4], activations: [&[u8]; 4], out: &mut [[f32; 4]; 4]);
 
 /// The kernels for one weight type, as picked for this CPU.
 #[derive(Clone, Copy, Debug)]
@@ -189,6 +194,9 @@ pub struct TypeKernels {
     /// Four-activation-row variant of `vec_dot`, where a kernel exists for this CPU;
     /// results equal four `vec_dot` calls up to float rounding.
     pub vec_dot_4: Option<VecDot4Fn>,
+    /// Four-weight-row variant of `vec_dot_4`, where a kernel exists for this CPU; results
+    /// are bit-identical to `vec_dot_4` (and so to `vec_dot` wherever that one is).
+    pub vec_dot_4x4: Option<VecDot4x4Fn>,
     /// Name of the instruction set the kernels use ("avx512", "avx2", "neon", "scalar").
     pub isa: &'static str,
 }

@@ -63,6 +63,7 @@ fn table(ty: GgmlType, level: Level) -> Option<TypeKernels> {
         quantize_activations,
         dequantize: reference.dequantize,
         vec_dot_4: None,
+        vec_dot_4x4: None,
         isa: "neon",
     })
 }

@@ -34,6 +34,7 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         quantize_activations,
         dequantize,
         vec_dot_4: None,
+        vec_dot_4x4: None,
         isa: "scalar",
     })
 }

@@ -54,6 +54,7 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         quantize_activations,
         dequantize: reference.dequantize,
         vec_dot_4,
+        vec_dot_4x4: None,
         isa,
     })
 }

@@ -13,7 +13,9 @@
 use std::arch::x86_64::*;
 
 use crate::quant::blocks::QK;
-use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDot4Fn, VecDotFn};
+use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDot4Fn, VecDot4x4Fn, VecDotFn};
+
+mod tile;
 
 /// Which x86 kernel set this CPU can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +65,13 @@ fn table(ty: GgmlType, level: Level) -> Option<TypeKernels> {
         (GgmlType::Q8_0, Level::Avx512) => (vnni::dot::<Q8_0>, Some(vnni::dot4::<Q8_0>)),
         _ => return None,
     };
+    // Four weight rows at a time only where there are registers for the 16 accumulators.
+    let vec_dot_4x4: Option<VecDot4x4Fn> = match (ty, level) {
+        (GgmlType::Q4_0, Level::Avx512) => Some(tile::dot4x4::<Q4_0>),
+        (GgmlType::Q5_0, Level::Avx512) => Some(tile::dot4x4::<Q5_0>),
+        (GgmlType::Q8_0, Level::Avx512) => Some(tile::dot4x4::<Q8_0>),
+        _ => None,
+    };
     let quantize_activations: QuantizeFn = match ty.vec_dot_type() {
         GgmlType::F32 => floats::to_f32,
         GgmlType::F16 => floats::to_f16,
@@ -78,6 +87,7 @@ fn table(ty: GgmlType, level: Level) -> Option<TypeKernels> {
         quantize_activations,
         dequantize: reference.dequantize,
         vec_dot_4,
+        vec_dot_4x4,
         isa: match level {
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
@@ -236,7 +246,7 @@ macro_rules! block_kernels {
             /// in [`lanes`]), signed for Q8_0.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn weight_quants<const F: u8>(wb: *const u8) -> __m256i {
+            pub(super) unsafe fn weight_quants<const F: u8>(wb: *const u8) -> __m256i {
                 match F {
                     Q4_0 => nibbles(wb.add(2)),
                     Q4_1 => nibbles(wb.add(4)),
@@ -263,7 +273,7 @@ macro_rules! block_kernels {
             /// Activation quants of the block at `ab`.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn activation_quants<const F: u8>(ab: *const u8) -> __m256i {
+            pub(super) unsafe fn activation_quants<const F: u8>(ab: *const u8) -> __m256i {
                 let at = if has_min(F) { 4 } else { 2 };
                 _mm256_loadu_si256(ab.add(at).cast())
             }
@@ -835,6 +845,19 @@ mod tests {
                         for (r, row) in rows.iter().enumerate() {
                             let want = (reference(ty).vec_dot)(n, &w, row);
                             prop_assert_eq!(out[r].to_bits(), want.to_bits(), "{} {:?} row {}: {} vs {}", ty, level, r, out[r], want);
+                        }
+                        if let Some(dot4x4) = simd.vec_dot_4x4 {
+                            let ws: Vec<Vec<u8>> =
+                                (0..4).map(|k| weight_row(ty, n, seed ^ (k << 40))).collect();
+                            let mut tile = [[0.0f32; 4]; 4];
+                            dot4x4(n, [&ws[0], &ws[1], &ws[2], &ws[3]], [&rows[0], &rows[1], &rows[2], &rows[3]], &mut tile);
+                            for (k, w) in ws.iter().enumerate() {
+                                for (r, row) in rows.iter().enumerate() {
+                                    let want = (reference(ty).vec_dot)(n, w, row);
+                                    let got = tile[k][r];
+                                    prop_assert_eq!(got.to_bits(), want.to_bits(), "{} {:?} tile {},{}: {} vs {}", ty, level, k, r, got, want);
+                                }
+                            }
                         }
                     }
                 }
