@@ -104,6 +104,20 @@ fn matvec(c: &mut Criterion) {
                         black_box(&y4);
                     })
                 });
+                // Four weight rows at a time as well (rows is a multiple of 4 here).
+                if let Some(dot4x4) = k.vec_dot_4x4 {
+                    let mut y16 = vec![[[0.0f32; 4]; 4]; rows / 4];
+                    group.bench_function(format!("{ty}/{}/4x4", k.isa), |b| {
+                        b.iter(|| {
+                            for (out, w4) in y16.iter_mut().zip(w.chunks_exact(4 * row_bytes)) {
+                                let wr = |k: usize| &w4[k * row_bytes..(k + 1) * row_bytes];
+                                let acts = [&acts[0][..], &acts[1], &acts[2], &acts[3]];
+                                dot4x4(cols, [wr(0), wr(1), wr(2), wr(3)], acts, out);
+                            }
+                            black_box(&y16);
+                        })
+                    });
+                }
             }
         }
         group.finish();

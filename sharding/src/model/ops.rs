@@ -212,7 +212,9 @@ mod tests {
     fn geglu_table_is_the_formula_on_f16_inputs() {
         // Inputs across (-10, 10), most of them between f16 values: the table must give what
         // rounding to f16, the tanh formula and rounding back give.
-        let x: Vec<f32> = (0..199_990).map(|i| -9.9999 + i as f32 * 1e-4 + 3e-5).collect();
+        let x: Vec<f32> = (0..199_990)
+            .map(|i| -9.9999 + i as f32 * 1e-4 + 3e-5)
+            .collect();
         let mut g = x.clone();
         geglu(&mut g, &vec![1.0; x.len()]);
         for (&x, &got) in x.iter().zip(&g) {

@@ -68,7 +68,16 @@ unsafe fn dot4x4_blocks<const F: u8>(
             }
         });
         let d = |p: *const u8| p.cast::<i16>().read_unaligned();
-        let da = _mm_cvtph_ps(_mm_setr_epi16(d(ab[0]), d(ab[1]), d(ab[2]), d(ab[3]), 0, 0, 0, 0));
+        let da = _mm_cvtph_ps(_mm_setr_epi16(
+            d(ab[0]),
+            d(ab[1]),
+            d(ab[2]),
+            d(ab[3]),
+            0,
+            0,
+            0,
+            0,
+        ));
         let da = _mm256_set_m128(da, da);
         let da = [
             _mm256_permute_ps::<0x00>(da),
