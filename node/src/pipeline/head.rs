@@ -518,19 +518,27 @@ impl Head {
     }
 
     async fn embed(&self, tokens: &[u32]) -> Result<Vec<u8>, PipelineError> {
-        let inner = self.inner.clone();
-        let tokens = tokens.to_vec();
-        tokio::task::spawn_blocking(move || {
+        let embed = |inner: &Inner, shard: &Shard, tokens: &[u32]| {
             let mut rows = Vec::new();
-            inner
-                .shard
-                .lock()
-                .expect("shard lock")
-                .embed(&tokens, &mut rows)
+            shard
+                .embed(tokens, &mut rows)
                 .map_err(|e| PipelineError::Head(e.to_string()))?;
             let mut bytes = Vec::new();
             protocol::encode_hidden(&rows, inner.wire, &mut bytes);
             Ok(bytes)
+        };
+        // A decode step's one row is a few microseconds of work: done here unless the logits
+        // thread holds the shard, it saves a hand-off to a blocking thread on every token.
+        if let [_] = tokens {
+            if let Ok(shard) = self.inner.shard.try_lock() {
+                return embed(&self.inner, &shard, tokens);
+            }
+        }
+        let inner = self.inner.clone();
+        let tokens = tokens.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let shard = inner.shard.lock().expect("shard lock");
+            embed(&inner, &shard, &tokens)
         })
         .await
         .map_err(|e| PipelineError::Head(e.to_string()))?
