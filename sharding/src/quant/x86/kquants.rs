@@ -10,7 +10,8 @@
 
 use std::arch::x86_64::*;
 
-use super::kquants4;
+use super::kquants4::{vec_dot_4_q4k_avx2, vec_dot_4_q6k_avx2};
+use super::kquants4_avx512::vec_dot_4_q4k_avx512;
 use crate::quant::blocks::QK_K;
 use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDot4Fn, VecDotFn};
 
@@ -29,23 +30,18 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
     }
     let reference = scalar::kernels(ty)?;
     let avx512 = has_avx512();
-    let (vec_dot, isa): (VecDotFn, &'static str) = match (ty, avx512) {
-        (GgmlType::Q4_K, true) => (vec_dot_q4k_avx512, "avx512"),
-        (GgmlType::Q4_K, false) => (vec_dot_q4k_avx2, "avx2"),
-        (GgmlType::Q5_K, _) => (vec_dot_q5k_avx2, "avx2"),
-        (GgmlType::Q6_K, true) => (vec_dot_q6k_avx512, "avx512"),
-        (GgmlType::Q6_K, false) => (vec_dot_q6k_avx2, "avx2"),
+    // Each four-row kernel is bit-identical per row to the one-row kernel it is paired
+    // with: a prompt rounds as the one-row path that matched llama.cpp's tokens does, and a
+    // batched decode row equals the same step alone. So the pairs never mix instruction
+    // sets (the AVX2 and AVX-512 kernels sum in different orders). Q5_K has no four-row
+    // kernel yet.
+    let (vec_dot, vec_dot_4, isa): (VecDotFn, Option<VecDot4Fn>, _) = match (ty, avx512) {
+        (GgmlType::Q4_K, true) => (vec_dot_q4k_avx512, Some(vec_dot_4_q4k_avx512), "avx512"),
+        (GgmlType::Q4_K, false) => (vec_dot_q4k_avx2, Some(vec_dot_4_q4k_avx2), "avx2"),
+        (GgmlType::Q5_K, _) => (vec_dot_q5k_avx2, None, "avx2"),
+        (GgmlType::Q6_K, true) => (vec_dot_q6k_avx512, None, "avx512"),
+        (GgmlType::Q6_K, false) => (vec_dot_q6k_avx2, Some(vec_dot_4_q6k_avx2), "avx2"),
         _ => return None,
-    };
-    // The four-row kernels are AVX2 only, bit-identical per row to the AVX2 one-row
-    // kernels. Where the one-row kernels are AVX-512 they would sum in another order, so a
-    // prompt would round differently from the one-row path that matched llama.cpp's tokens
-    // on AVX-512 machines, and a batched decode row would differ from the same step alone;
-    // there prefill keeps the one-row kernels until AVX-512 four-row twins exist.
-    let vec_dot_4: Option<VecDot4Fn> = match (ty, avx512) {
-        (GgmlType::Q4_K, false) => Some(kquants4::vec_dot_4_q4k_avx2),
-        (GgmlType::Q6_K, false) => Some(kquants4::vec_dot_4_q6k_avx2),
-        _ => None,
     };
     let quantize_activations: QuantizeFn = quantize_q8k_avx2;
     Some(TypeKernels {
@@ -66,7 +62,7 @@ pub(super) fn has_avx2() -> bool {
 }
 
 /// Whether the AVX-512 subsets the VNNI kernels use are present.
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
@@ -338,7 +334,7 @@ unsafe fn q6k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     hsum_ps(acc)
 }
 
-fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+pub(super) fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q4_K, n, weights, activations);
     // SAFETY: `kernels` hands this out only with AVX-512 F/BW/VL/VNNI detected; lengths
     // checked above.
@@ -632,10 +628,22 @@ mod tests {
         }
     }
 
+    use super::super::kquants4::testing::{check_dot4_bits, extreme_case};
     use crate::quant::scalar::kquant_testing::{case, check_dot};
 
     fn avx2() -> bool {
         has_avx2()
+    }
+
+    /// What `model::matmul` relies on: the four-row kernel handed out for `ty` equals the
+    /// one-row kernel handed out with it, bit for bit, whichever instruction set this CPU
+    /// gets.
+    fn check_handed_out_pair(ty: GgmlType, c: &(usize, Vec<u8>, Vec<u8>)) {
+        if let Some(k) = kernels(ty) {
+            if let Some(dot4) = k.vec_dot_4 {
+                check_dot4_bits(ty, dot4, k.vec_dot, c);
+            }
+        }
     }
 
     proptest! {
@@ -664,6 +672,20 @@ mod tests {
         #[test]
         fn avx512_q6k_matches_scalar(c in case(GgmlType::Q6_K)) {
             if avx2() && has_avx512() { check_dot(GgmlType::Q6_K, vec_dot_q6k_avx512, &c) }
+        }
+
+        #[test]
+        fn handed_out_q4k_dot4_matches_dot(
+            c in prop_oneof![case(GgmlType::Q4_K), extreme_case(GgmlType::Q4_K)],
+        ) {
+            check_handed_out_pair(GgmlType::Q4_K, &c)
+        }
+
+        #[test]
+        fn handed_out_q6k_dot4_matches_dot(
+            c in prop_oneof![case(GgmlType::Q6_K), extreme_case(GgmlType::Q6_K)],
+        ) {
+            check_handed_out_pair(GgmlType::Q6_K, &c)
         }
 
         #[test]

@@ -19,7 +19,7 @@ use crate::quant::GgmlType;
 ///
 /// # Panics
 /// When a row does not hold exactly `n` elements of its type (see `kquants::super_blocks`).
-fn rows4(ty: GgmlType, n: usize, weights: &[u8], activations: &[&[u8]; 4]) -> usize {
+pub(super) fn rows4(ty: GgmlType, n: usize, weights: &[u8], activations: &[&[u8]; 4]) -> usize {
     for a in activations {
         super_blocks(ty, n, weights, a);
     }
