@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::kquants4::{vec_dot_4_q4k_avx2, vec_dot_4_q6k_avx2};
-use super::kquants4_avx512::vec_dot_4_q4k_avx512;
+use super::kquants4_avx512::{vec_dot_4_q4k_avx512, vec_dot_4_q6k_avx512};
 use crate::quant::blocks::QK_K;
 use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDot4Fn, VecDotFn};
 
@@ -39,7 +39,7 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         (GgmlType::Q4_K, true) => (vec_dot_q4k_avx512, Some(vec_dot_4_q4k_avx512), "avx512"),
         (GgmlType::Q4_K, false) => (vec_dot_q4k_avx2, Some(vec_dot_4_q4k_avx2), "avx2"),
         (GgmlType::Q5_K, _) => (vec_dot_q5k_avx2, None, "avx2"),
-        (GgmlType::Q6_K, true) => (vec_dot_q6k_avx512, None, "avx512"),
+        (GgmlType::Q6_K, true) => (vec_dot_q6k_avx512, Some(vec_dot_4_q6k_avx512), "avx512"),
         (GgmlType::Q6_K, false) => (vec_dot_q6k_avx2, Some(vec_dot_4_q6k_avx2), "avx2"),
         _ => return None,
     };
@@ -411,7 +411,7 @@ pub(super) unsafe fn add_scaled_dot(isum: __m512i, q: __m512i, y: __m512i, s: __
     _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s))
 }
 
-fn vec_dot_q6k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+pub(super) fn vec_dot_q6k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q6_K, n, weights, activations);
     // SAFETY: `kernels` hands this out only with AVX-512 F/BW/VL/VNNI detected; lengths
     // checked above.
@@ -735,6 +735,8 @@ mod tests {
             if let Some(k) = kernels(ty) {
                 assert_eq!(k.ty, ty);
                 assert!(["avx2", "avx512"].contains(&k.isa));
+                // Both instruction sets have four-row twins of Q4_K and Q6_K.
+                assert_eq!(k.vec_dot_4.is_some(), ty != GgmlType::Q5_K, "{ty}");
             }
         }
         assert!(kernels(GgmlType::Q8_0).is_none());
