@@ -5,9 +5,11 @@
 //! use other types): Qwen2.5-0.5B 896 x 4864 and Gemma-3-270M 640 x 2048. One thread, the
 //! kernels this CPU picks, plus the scalar reference for Q4_K as a baseline.
 //!
-//! Where the type has a four-row (prefill) kernel, `x4` runs it over four activation rows;
-//! its throughput counts the weights once per activation row, so it compares directly with
-//! the one-row figure (four one-row matvecs stream the same bytes four times).
+//! Where the type has a four-row (prefill, batched decode) kernel, `x4` runs it over four
+//! activation rows: Q4_K and Q6_K, in the instruction set of their one-row kernels (AVX-512
+//! VNNI or AVX2), so `Q4_K/avx512/x4` sits next to `Q4_K/avx512`. Its throughput counts the
+//! weights once per activation row, so it compares directly with the one-row figure (four
+//! one-row matvecs stream the same bytes four times).
 //!
 //! Run briefly: `cargo bench -p sharding --bench kquant_kernels -- --warm-up-time 1
 //! --measurement-time 2`.

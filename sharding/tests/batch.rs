@@ -1,12 +1,13 @@
 //! `Shard::forward_batch` and `Shard::logits_each` against one-session-at-a-time runs on the
-//! real SmolLM2: the same bits per row, llama.cpp's greedy tokens for several sessions decoded
-//! together, and refusals that leave every session as it was.
+//! real SmolLM2 (and Gemma 3 for the K-quant kernels): the same bits per row, llama.cpp's
+//! greedy tokens for several sessions decoded together, and refusals that leave every session
+//! as it was.
 
 mod common;
 
 use sharding::gguf::GgufFile;
 use sharding::model::{
-    BatchError, Input, Output, Shard, ShardOptions, ShardSpec, StepError, MAX_BATCH,
+    BatchError, Input, ModelConfig, Output, Shard, ShardOptions, ShardSpec, StepError, MAX_BATCH,
 };
 
 /// A batch's steps, its input rows, and the refusal it must get.
@@ -87,6 +88,52 @@ fn batched_decode_equals_each_session_alone_and_llama_cpp() {
     for (i, c) in cases.iter().take(lens.len()).enumerate() {
         assert_eq!(got[i], c.greedy_ids[..lens[i]], "prompt {}", c.name);
         assert_eq!(batched.session(100 + i as u64).unwrap().len(), pos[i]);
+    }
+}
+
+/// The same on a K-quant model, Gemma 3 Q4_K_M (Q4_K and Q6_K matrices beside Q5_0 and
+/// Q8_0): its three reference sessions decode together, three rows that the four-row kernels
+/// take, and each row's logits equal, bit for bit, those of the session decoded alone.
+#[test]
+fn k_quant_batched_decode_equals_each_session_alone() {
+    let file = GgufFile::open(common::model_path("gemma3")).expect("open");
+    let n_layers = ModelConfig::from_metadata(file.metadata())
+        .expect("config")
+        .n_layers;
+    let mut alone = load(&file, ShardSpec::full(n_layers));
+    let mut batched = load(&file, ShardSpec::full(n_layers));
+    let vocab = alone.config().vocab_size;
+    let cases = common::cases("gemma3");
+    assert_eq!(cases.len(), 3, "three prompts");
+    let mut next = Vec::new();
+    let mut pos = Vec::new();
+    let mut logits = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let id = i as u64;
+        for shard in [&mut alone, &mut batched] {
+            shard.open_session(id, 0).unwrap();
+            shard
+                .forward(id, 0, Input::Tokens(&c.prompt_ids), &mut logits)
+                .unwrap();
+        }
+        next.push(argmax(&logits));
+        pos.push(c.prompt_ids.len());
+    }
+    let mut out = Vec::new();
+    for step in 0..6 {
+        let steps: Vec<(u64, usize)> = (0..3).map(|i| (i as u64, pos[i])).collect();
+        batched
+            .forward_batch(&steps, Input::Tokens(&next), &mut out)
+            .unwrap();
+        for i in 0..3 {
+            alone
+                .forward(i as u64, pos[i], Input::Tokens(&[next[i]]), &mut logits)
+                .unwrap();
+            let mine = &out[i * vocab..(i + 1) * vocab];
+            assert_eq!(bits(mine), bits(&logits), "session {i} at step {step}");
+            next[i] = argmax(mine);
+            pos[i] += 1;
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 
 use std::arch::x86_64::*;
 
-use super::kquants4;
+use super::kquants4::{vec_dot_4_q4k_avx2, vec_dot_4_q6k_avx2};
+use super::kquants4_avx512::{vec_dot_4_q4k_avx512, vec_dot_4_q6k_avx512};
 use crate::quant::blocks::QK_K;
 use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDot4Fn, VecDotFn};
 
@@ -29,23 +30,18 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
     }
     let reference = scalar::kernels(ty)?;
     let avx512 = has_avx512();
-    let (vec_dot, isa): (VecDotFn, &'static str) = match (ty, avx512) {
-        (GgmlType::Q4_K, true) => (vec_dot_q4k_avx512, "avx512"),
-        (GgmlType::Q4_K, false) => (vec_dot_q4k_avx2, "avx2"),
-        (GgmlType::Q5_K, _) => (vec_dot_q5k_avx2, "avx2"),
-        (GgmlType::Q6_K, true) => (vec_dot_q6k_avx512, "avx512"),
-        (GgmlType::Q6_K, false) => (vec_dot_q6k_avx2, "avx2"),
+    // Each four-row kernel is bit-identical per row to the one-row kernel it is paired
+    // with: a prompt rounds as the one-row path that matched llama.cpp's tokens does, and a
+    // batched decode row equals the same step alone. So the pairs never mix instruction
+    // sets (the AVX2 and AVX-512 kernels sum in different orders). Q5_K has no four-row
+    // kernel yet.
+    let (vec_dot, vec_dot_4, isa): (VecDotFn, Option<VecDot4Fn>, _) = match (ty, avx512) {
+        (GgmlType::Q4_K, true) => (vec_dot_q4k_avx512, Some(vec_dot_4_q4k_avx512), "avx512"),
+        (GgmlType::Q4_K, false) => (vec_dot_q4k_avx2, Some(vec_dot_4_q4k_avx2), "avx2"),
+        (GgmlType::Q5_K, _) => (vec_dot_q5k_avx2, None, "avx2"),
+        (GgmlType::Q6_K, true) => (vec_dot_q6k_avx512, Some(vec_dot_4_q6k_avx512), "avx512"),
+        (GgmlType::Q6_K, false) => (vec_dot_q6k_avx2, Some(vec_dot_4_q6k_avx2), "avx2"),
         _ => return None,
-    };
-    // The four-row kernels are AVX2 only, bit-identical per row to the AVX2 one-row
-    // kernels. Where the one-row kernels are AVX-512 they would sum in another order, so a
-    // prompt would round differently from the one-row path that matched llama.cpp's tokens
-    // on AVX-512 machines, and a batched decode row would differ from the same step alone;
-    // there prefill keeps the one-row kernels until AVX-512 four-row twins exist.
-    let vec_dot_4: Option<VecDot4Fn> = match (ty, avx512) {
-        (GgmlType::Q4_K, false) => Some(kquants4::vec_dot_4_q4k_avx2),
-        (GgmlType::Q6_K, false) => Some(kquants4::vec_dot_4_q6k_avx2),
-        _ => None,
     };
     let quantize_activations: QuantizeFn = quantize_q8k_avx2;
     Some(TypeKernels {
@@ -67,7 +63,7 @@ pub(super) fn has_avx2() -> bool {
 }
 
 /// Whether the AVX-512 subsets the VNNI kernels use are present.
-fn has_avx512() -> bool {
+pub(super) fn has_avx512() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
@@ -339,7 +335,7 @@ unsafe fn q6k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     hsum_ps(acc)
 }
 
-fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+pub(super) fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q4_K, n, weights, activations);
     // SAFETY: `kernels` hands this out only with AVX-512 F/BW/VL/VNNI detected; lengths
     // checked above.
@@ -354,9 +350,6 @@ fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
 /// must be available.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    let nibble = _mm512_set1_epi8(0x0F);
-    // Lanes 0..8 of a 64-element group belong to sub-block 2j, lanes 8..16 to 2j + 1.
-    let lane_sub = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut acc = _mm512_setzero_ps();
     let mut acc_min = _mm_setzero_ps();
     for i in 0..nb {
@@ -371,22 +364,55 @@ unsafe fn q4k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
         let scales = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
         let mut isum = _mm512_setzero_si512();
         for j in 0..4 {
-            let q4 = _mm256_loadu_si256(wb.add(16 + 32 * j).cast());
-            let both =
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q4), _mm256_srli_epi16::<4>(q4));
-            let q = _mm512_and_si512(both, nibble);
+            let q = q4k_nibbles512(wb.add(16 + 32 * j));
             let y = _mm512_loadu_si512(ab.add(Q8K_QS + 64 * j).cast());
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
-            let idx = _mm512_add_epi32(lane_sub, _mm512_set1_epi32(2 * j as i32));
-            let s = _mm512_permutexvar_epi32(idx, scales);
-            isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s));
+            isum = add_scaled_dot(isum, q, y, q4k_group_scales(scales, j));
         }
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(isum), acc);
     }
     _mm512_reduce_add_ps(acc) - hsum_ps(_mm256_castps128_ps256(acc_min))
 }
 
-fn vec_dot_q6k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
+/// The 64 unsigned quants of the 32 Q4_K bytes at `p` (sub-blocks 2j and 2j + 1): low
+/// nibbles in bytes 0..32, high nibbles in bytes 32..64, the order of the Q8_K quants.
+///
+/// # Safety
+/// `p` must be valid for reading 32 bytes; AVX-512 F/BW/VL must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn q4k_nibbles512(p: *const u8) -> __m512i {
+    let q4 = _mm256_loadu_si256(p.cast());
+    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q4), _mm256_srli_epi16::<4>(q4));
+    _mm512_and_si512(both, _mm512_set1_epi8(0x0F))
+}
+
+/// The scale of every i32 lane of 64-element group `j` of a Q4_K block, from the eight
+/// sub-block scales in lanes 0..8 of `scales`: lanes 0..8 belong to sub-block 2j, lanes
+/// 8..16 to 2j + 1.
+///
+/// # Safety
+/// AVX-512 F must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn q4k_group_scales(scales: __m512i, j: usize) -> __m512i {
+    let lane_sub = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let idx = _mm512_add_epi32(lane_sub, _mm512_set1_epi32(2 * j as i32));
+    _mm512_permutexvar_epi32(idx, scales)
+}
+
+/// `isum + s * dot`, lane-wise, where `dot` is `vpdpbusd`'s sum of each lane's four
+/// unsigned `q` × signed `y` byte products. All exact in i32.
+///
+/// # Safety
+/// AVX-512 F/VNNI must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn add_scaled_dot(isum: __m512i, q: __m512i, y: __m512i, s: __m512i) -> __m512i {
+    let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+    _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s))
+}
+
+pub(super) fn vec_dot_q6k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     let nb = super_blocks(GgmlType::Q6_K, n, weights, activations);
     // SAFETY: `kernels` hands this out only with AVX-512 F/BW/VL/VNNI detected; lengths
     // checked above.
@@ -400,31 +426,50 @@ fn vec_dot_q6k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
 /// available.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q6k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    // Lanes 4k..4k+4 of a 64-element group belong to scale group k.
-    let lane_group = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     let mut acc = _mm512_setzero_ps();
     for i in 0..nb {
         let (wb, ab) = (w.add(i * Q6K_BYTES), a.add(i * Q8K_BYTES));
         let d = f16_at(wb.add(208)) * q8k_d(ab);
         let scales = _mm512_cvtepi8_epi32(_mm_loadu_si128(wb.add(192).cast()));
-        let offset = q6k_offset(wb.add(192), ab.add(Q8K_BSUMS));
-        let mut isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(offset));
+        let mut isum = q6k_offset512(wb, ab);
         for half in 0..2 {
             let q = q6k_half(wb.add(64 * half), wb.add(128 + 32 * half));
             for pair in 0..2 {
                 let qq =
                     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q[2 * pair]), q[2 * pair + 1]);
                 let y = _mm512_loadu_si512(ab.add(Q8K_QS + 128 * half + 64 * pair).cast());
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qq, y);
-                let first = (8 * half + 4 * pair) as i32;
-                let idx = _mm512_add_epi32(lane_group, _mm512_set1_epi32(first));
-                let s = _mm512_permutexvar_epi32(idx, scales);
-                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(dot, s));
+                let s = q6k_group_scales(scales, 8 * half + 4 * pair);
+                isum = add_scaled_dot(isum, qq, y, s);
             }
         }
         acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(isum), acc);
     }
     _mm512_reduce_add_ps(acc)
+}
+
+/// The starting i32 sums of a Q6_K block `wb` against the Q8_K block `ab`: minus the -32
+/// offset of every quant ([`q6k_offset`]) in lanes 0..8, zero in lanes 8..16.
+///
+/// # Safety
+/// `wb` and `ab` must be one Q6_K and one Q8_K block; AVX-512 F must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn q6k_offset512(wb: *const u8, ab: *const u8) -> __m512i {
+    let offset = q6k_offset(wb.add(192), ab.add(Q8K_BSUMS));
+    _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(offset))
+}
+
+/// The scale of every i32 lane of a 64-element Q6_K group whose first 16-element scale group
+/// is `first`, from the 16 scales in `scales`: lanes 4k..4k+4 belong to group `first + k`.
+///
+/// # Safety
+/// AVX-512 F must be available.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn q6k_group_scales(scales: __m512i, first: usize) -> __m512i {
+    let lane_group = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let idx = _mm512_add_epi32(lane_group, _mm512_set1_epi32(first as i32));
+    _mm512_permutexvar_epi32(idx, scales)
 }
 
 /// Q8_K quantization, bit-identical to the scalar reference.
@@ -584,10 +629,22 @@ mod tests {
         }
     }
 
+    use super::super::kquants4::testing::{check_dot4_bits, extreme_case};
     use crate::quant::scalar::kquant_testing::{case, check_dot};
 
     fn avx2() -> bool {
         has_avx2()
+    }
+
+    /// What `model::matmul` relies on: the four-row kernel handed out for `ty` equals the
+    /// one-row kernel handed out with it, bit for bit, whichever instruction set this CPU
+    /// gets.
+    fn check_handed_out_pair(ty: GgmlType, c: &(usize, Vec<u8>, Vec<u8>)) {
+        if let Some(k) = kernels(ty) {
+            if let Some(dot4) = k.vec_dot_4 {
+                check_dot4_bits(ty, dot4, k.vec_dot, c);
+            }
+        }
     }
 
     proptest! {
@@ -616,6 +673,20 @@ mod tests {
         #[test]
         fn avx512_q6k_matches_scalar(c in case(GgmlType::Q6_K)) {
             if avx2() && has_avx512() { check_dot(GgmlType::Q6_K, vec_dot_q6k_avx512, &c) }
+        }
+
+        #[test]
+        fn handed_out_q4k_dot4_matches_dot(
+            c in prop_oneof![case(GgmlType::Q4_K), extreme_case(GgmlType::Q4_K)],
+        ) {
+            check_handed_out_pair(GgmlType::Q4_K, &c)
+        }
+
+        #[test]
+        fn handed_out_q6k_dot4_matches_dot(
+            c in prop_oneof![case(GgmlType::Q6_K), extreme_case(GgmlType::Q6_K)],
+        ) {
+            check_handed_out_pair(GgmlType::Q6_K, &c)
         }
 
         #[test]
@@ -665,6 +736,8 @@ mod tests {
             if let Some(k) = kernels(ty) {
                 assert_eq!(k.ty, ty);
                 assert!(["avx2", "avx512"].contains(&k.isa));
+                // Both instruction sets have four-row twins of Q4_K and Q6_K.
+                assert_eq!(k.vec_dot_4.is_some(), ty != GgmlType::Q5_K, "{ty}");
             }
         }
         assert!(kernels(GgmlType::Q8_0).is_none());

@@ -19,7 +19,7 @@ use crate::quant::GgmlType;
 ///
 /// # Panics
 /// When a row does not hold exactly `n` elements of its type (see `kquants::super_blocks`).
-fn rows4(ty: GgmlType, n: usize, weights: &[u8], activations: &[&[u8]; 4]) -> usize {
+pub(super) fn rows4(ty: GgmlType, n: usize, weights: &[u8], activations: &[&[u8]; 4]) -> usize {
     for a in activations {
         super_blocks(ty, n, weights, a);
     }
@@ -141,13 +141,62 @@ unsafe fn q6k_4_avx2(nb: usize, w: *const u8, a: [*const u8; 4], out: &mut [f32;
     }
 }
 
+/// Test helpers shared with the AVX-512 four-row kernels' tests.
 #[cfg(test)]
-mod tests {
-    use super::super::kquants::{has_avx2, vec_dot_q4k_avx2, vec_dot_q6k_avx2};
-    use super::*;
-    use crate::quant::scalar::kquant_testing::{case, check_dot};
-    use crate::quant::{VecDot4Fn, VecDotFn};
+pub(super) mod testing {
     use proptest::prelude::*;
+
+    use super::super::kquants::{Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
+    use crate::quant::blocks::QK_K;
+    use crate::quant::scalar::kquant_testing::{case, check_dot};
+    use crate::quant::{GgmlType, VecDot4Fn, VecDotFn};
+
+    /// Like `case`, but with extreme scales in every block: the weights' `d` (and `dmin`)
+    /// among the largest finite `f16`, the smallest subnormal and normal ones, zeros and
+    /// ordinary values, both signs; the activations' `d` among huge, tiny, subnormal and
+    /// ordinary `f32`s. Products of the two overflow to infinity or vanish, so dot products
+    /// may be infinite or NaN: fit for bit-for-bit comparisons of two kernels only.
+    pub(in super::super) fn extreme_case(
+        ty: GgmlType,
+    ) -> impl Strategy<Value = (usize, Vec<u8>, Vec<u8>)> {
+        const F16_BITS: [u16; 9] = [
+            0x7BFF, 0xFBFF, 0x0001, 0x8001, 0x0400, 0x0000, 0x8000, 0x3C00, 0xAE66,
+        ];
+        const F32S: [f32; 9] = [
+            3.0e38,
+            -3.0e38,
+            1.0e20,
+            f32::MIN_POSITIVE,
+            -1.0e-40,
+            f32::from_bits(1),
+            0.0,
+            0.5,
+            -7.25e-3,
+        ];
+        case(ty)
+            .prop_flat_map(|(n, w, a)| {
+                let nb = n / QK_K;
+                (
+                    Just((n, w, a)),
+                    prop::collection::vec(prop::sample::select(&F16_BITS[..]), 2 * nb),
+                    prop::collection::vec(prop::sample::select(&F32S[..]), nb),
+                )
+            })
+            .prop_map(move |((n, mut w, mut a), halves, ds)| {
+                for (b, h) in w.chunks_exact_mut(ty.block_bytes()).zip(halves.chunks(2)) {
+                    if ty == GgmlType::Q6_K {
+                        b[208..210].copy_from_slice(&h[0].to_le_bytes());
+                    } else {
+                        b[0..2].copy_from_slice(&h[0].to_le_bytes());
+                        b[2..4].copy_from_slice(&h[1].to_le_bytes());
+                    }
+                }
+                for (b, d) in a.chunks_exact_mut(Q8K_BYTES).zip(ds) {
+                    b[0..4].copy_from_slice(&d.to_le_bytes());
+                }
+                (n, w, a)
+            })
+    }
 
     /// Four valid activation rows: the case's row and three made from it by rotating each
     /// block's quants (sums recomputed) and nudging its `d`.
@@ -162,21 +211,21 @@ mod tests {
                     let to = Q8K_BSUMS + 2 * k;
                     b[to..to + 2].copy_from_slice(&(sum as i16).to_le_bytes());
                 }
-                // Lowest mantissa byte of the f32 scale: a different, still finite `d`.
+                // Lowest mantissa byte of the f32 scale: a slightly different `d`.
                 b[0] = b[0].wrapping_add(r as u8);
             }
             row
         })
     }
 
-    /// `dot4` equals four calls of the one-row SIMD kernel bit for bit, and each row is
-    /// within rounding of the scalar reference.
-    fn check_dot4(
+    /// `dot4` equals four calls of the one-row SIMD kernel `dot` bit for bit (infinities and
+    /// NaNs included); returns the four activation rows.
+    pub(in super::super) fn check_dot4_bits(
         ty: GgmlType,
         dot4: VecDot4Fn,
         dot: VecDotFn,
         (n, w, a): &(usize, Vec<u8>, Vec<u8>),
-    ) {
+    ) -> [Vec<u8>; 4] {
         let rows = four_rows(a);
         let mut out = [f32::NAN; 4];
         dot4(*n, w, [&rows[0], &rows[1], &rows[2], &rows[3]], &mut out);
@@ -188,9 +237,30 @@ mod tests {
                 "{ty} row {r}: {} vs {want}",
                 out[r]
             );
-            check_dot(ty, dot, &(*n, w.clone(), row.clone()));
+        }
+        rows
+    }
+
+    /// [`check_dot4_bits`], and each row within rounding of the scalar reference.
+    pub(in super::super) fn check_dot4(
+        ty: GgmlType,
+        dot4: VecDot4Fn,
+        dot: VecDotFn,
+        c: &(usize, Vec<u8>, Vec<u8>),
+    ) {
+        for row in check_dot4_bits(ty, dot4, dot, c) {
+            check_dot(ty, dot, &(c.0, c.1.clone(), row));
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kquants::{has_avx2, vec_dot_q4k_avx2, vec_dot_q6k_avx2};
+    use super::testing::{check_dot4, check_dot4_bits, extreme_case};
+    use super::*;
+    use crate::quant::scalar::kquant_testing::case;
+    use proptest::prelude::*;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
@@ -206,6 +276,20 @@ mod tests {
         fn avx2_q6k_dot4_matches_dot(c in case(GgmlType::Q6_K)) {
             if has_avx2() {
                 check_dot4(GgmlType::Q6_K, vec_dot_4_q6k_avx2, vec_dot_q6k_avx2, &c)
+            }
+        }
+
+        #[test]
+        fn avx2_q4k_dot4_matches_dot_at_extreme_scales(c in extreme_case(GgmlType::Q4_K)) {
+            if has_avx2() {
+                check_dot4_bits(GgmlType::Q4_K, vec_dot_4_q4k_avx2, vec_dot_q4k_avx2, &c);
+            }
+        }
+
+        #[test]
+        fn avx2_q6k_dot4_matches_dot_at_extreme_scales(c in extreme_case(GgmlType::Q6_K)) {
+            if has_avx2() {
+                check_dot4_bits(GgmlType::Q6_K, vec_dot_4_q6k_avx2, vec_dot_q6k_avx2, &c);
             }
         }
     }

@@ -2,6 +2,7 @@
 
 mod kquants;
 mod kquants4;
+mod kquants4_avx512;
 mod legacy;
 
 use super::{GgmlType, TypeKernels};
