@@ -14,6 +14,7 @@ use std::arch::asm;
 use half::f16;
 
 use crate::quant::blocks::QK_K;
+use crate::quant::scalar::q4k_accumulate;
 use crate::quant::{scalar, GgmlType, QuantizeFn, TypeKernels, VecDotFn};
 
 /// Byte layout of the blocks (checked against `blocks.rs` in the tests).
@@ -175,7 +176,7 @@ macro_rules! kquant_kernels {
             #[target_feature(enable = $features)]
             unsafe fn q4k(nb: usize, w: *const u8, a: *const u8) -> f32 {
                 let nibble = vdupq_n_u8(0x0F);
-                let mut sum = 0.0_f32;
+                let (mut acc, mut acc_min) = (0.0_f32, 0.0_f32);
                 for i in 0..nb {
                     let (wb, ab) = (w.add(i * Q4K_BYTES), a.add(i * Q8K_BYTES));
                     let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
@@ -209,9 +210,9 @@ macro_rules! kquant_kernels {
                     }
                     let dy = q8k_d(ab);
                     let (d, dmin) = (f16_at(wb) * dy, f16_at(wb.add(2)) * dy);
-                    sum += d * vaddvq_s32(isum) as f32 - dmin * msum as f32;
+                    q4k_accumulate(&mut acc, &mut acc_min, vaddvq_s32(isum), msum, d, dmin);
                 }
-                sum
+                acc - acc_min
             }
 
             /// # Safety
@@ -418,6 +419,11 @@ mod tests {
         fn neon_q4k_matches_scalar(c in case(GgmlType::Q4_K)) {
             check_dot(GgmlType::Q4_K, mull::vec_dot_q4k, &c);
             if dotprod() { check_dot(GgmlType::Q4_K, sdot::vec_dot_q4k, &c) }
+            // Q4_K sums exactly as the scalar reference does (`scalar::q4k_accumulate`).
+            let (n, w, a) = &c;
+            let want = (scalar::kernels(GgmlType::Q4_K).unwrap().vec_dot)(*n, w, a);
+            prop_assert_eq!(mull::vec_dot_q4k(*n, w, a).to_bits(), want.to_bits());
+            if dotprod() { prop_assert_eq!(sdot::vec_dot_q4k(*n, w, a).to_bits(), want.to_bits()) }
         }
 
         #[test]

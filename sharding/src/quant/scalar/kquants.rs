@@ -180,7 +180,7 @@ fn quantize_q8k(x: &[f32], out: &mut [u8]) {
 fn vec_dot_q4k(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     check_row(GgmlType::Q4_K, n, weights.len());
     check_row(GgmlType::Q8_K, n, activations.len());
-    let mut sum = 0.0_f32;
+    let (mut acc, mut acc_min) = (0.0_f32, 0.0_f32);
     for (w, a) in weights
         .chunks_exact(Q4K_BYTES)
         .zip(activations.chunks_exact(Q8K_BYTES))
@@ -201,9 +201,30 @@ fn vec_dot_q4k(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
         }
         let d = f16_at(w, Q4K_D) * y.d();
         let dmin = f16_at(w, Q4K_DMIN) * y.d();
-        sum += d * isum as f32 - dmin * msum as f32;
+        q4k_accumulate(&mut acc, &mut acc_min, isum, msum, d, dmin);
     }
-    sum
+    acc - acc_min
+}
+
+/// Adds one Q4_K super-block to a row's dot product the way llama.cpp's repacked Q4_K
+/// kernels (`q4_K_8x8`) do: its CPU backend repacks every Q4_K matrix with a multiple of 8
+/// rows on AVX2 machines and runs prompt and decode through them, so its tokens rest on
+/// this rounding. The block's integer sums (`isum = Σ scale·q·a`, `msum = Σ min·bsum`) are
+/// exact; each goes into its own running sum with one fused multiply-add by `d·d_y` and
+/// `dmin·d_y`; the row's result is `acc - acc_min`. (ggml's `vec_dot_q4_K_q8_K`, which it
+/// uses elsewhere, sums in lanes instead: Gemma 3's greedy text parts from llama.cpp's at
+/// token 11 with that rounding.)
+#[inline(always)]
+pub(crate) fn q4k_accumulate(
+    acc: &mut f32,
+    acc_min: &mut f32,
+    isum: i32,
+    msum: i32,
+    d: f32,
+    dmin: f32,
+) {
+    *acc = (isum as f32).mul_add(d, *acc);
+    *acc_min = (msum as f32).mul_add(dmin, *acc_min);
 }
 
 fn vec_dot_q5k(n: usize, weights: &[u8], activations: &[u8]) -> f32 {

@@ -3,6 +3,7 @@
 mod kquants;
 mod legacy;
 
+pub(crate) use kquants::q4k_accumulate;
 #[cfg(test)]
 pub(crate) use kquants::testing as kquant_testing;
 

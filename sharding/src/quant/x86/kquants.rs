@@ -64,6 +64,9 @@ pub(super) fn has_avx2() -> bool {
 
 /// Whether the AVX-512 subsets the VNNI kernels use are present.
 pub(super) fn has_avx512() -> bool {
+    if std::env::var_os("SHOAL_NO_AVX512").is_some() {
+        return false;
+    }
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
@@ -148,6 +151,25 @@ pub(super) unsafe fn hsum_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// The sum of the four i32 lanes of `v` (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn hsum_epi32_128(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+    let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+    _mm_cvtsi128_si32(v)
+}
+
+/// The sum of the eight i32 lanes of `v` (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn hsum_epi32_256(v: __m256i) -> i32 {
+    hsum_epi32_128(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256::<1>(v),
+    ))
+}
+
 /// `Σ_j mins[j] * (bsums[2j] + bsums[2j+1])` as 4 partial i32 sums.
 ///
 /// # Safety
@@ -179,16 +201,14 @@ pub(super) fn vec_dot_q4k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
     let nibble = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_min = _mm_setzero_ps();
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
     for i in 0..nb {
         let (wb, ab) = (w.add(i * Q4K_BYTES), a.add(i * Q8K_BYTES));
         let dy = q8k_d(ab);
         let (d, dmin) = f16_pair_at(wb);
         let (d, dmin) = (d * dy, dmin * dy);
         let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-        let m = mins_dot(ab.add(Q8K_BSUMS), mn);
-        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_min);
+        let m = hsum_epi32_128(mins_dot(ab.add(Q8K_BSUMS), mn));
 
         let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
         let mut isum = _mm256_setzero_si256();
@@ -206,9 +226,9 @@ unsafe fn q4k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p_lo, s_lo));
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p_hi, s_hi));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+        scalar::q4k_accumulate(&mut acc, &mut acc_min, hsum_epi32_256(isum), m, d, dmin);
     }
-    hsum_ps(acc) - hsum_ps(_mm256_castps128_ps256(acc_min))
+    acc - acc_min
 }
 
 fn vec_dot_q5k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
@@ -305,14 +325,19 @@ pub(super) fn vec_dot_q6k_avx2(n: usize, weights: &[u8], activations: &[u8]) -> 
 /// `w` and `a` must hold `nb` Q6_K and Q8_K blocks; AVX2 and FMA must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    // Two accumulators, for the even and the odd 32-element groups: the lanes of the
+    // AVX-512 kernel's one 16-lane accumulator, so both instruction sets round alike.
+    let mut acc = [_mm256_setzero_ps(); 2];
     for i in 0..nb {
         let (wb, ab) = (w.add(i * Q6K_BYTES), a.add(i * Q8K_BYTES));
         let d = f16_at(wb.add(208)) * q8k_d(ab);
-        let mut isum = _mm256_sub_epi32(
+        let mut isum = [
+            _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                q6k_offset(wb.add(192), ab.add(Q8K_BSUMS)),
+            ),
             _mm256_setzero_si256(),
-            q6k_offset(wb.add(192), ab.add(Q8K_BSUMS)),
-        );
+        ];
         for half in 0..2 {
             let q = q6k_half(wb.add(64 * half), wb.add(128 + 32 * half));
             let sc8 = _mm_loadl_epi64(wb.add(192 + 8 * half).cast());
@@ -321,18 +346,27 @@ unsafe fn q6k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
                 let y = _mm256_loadu_si256(ab.add(Q8K_QS + 128 * half + 32 * g).cast());
                 // u6 * i8 pair sums stay below 2 * 63 * 128: no saturation.
                 let p = _mm256_maddubs_epi16(*qg, y);
-                // Low 128-bit lane holds elements of scale 2g, high lane of scale 2g + 1.
-                let mask = _mm256_set_m128i(
-                    _mm256_castsi256_si128(word_broadcast_mask(2 * g as i16 + 1)),
-                    _mm256_castsi256_si128(word_broadcast_mask(2 * g as i16)),
-                );
-                let s = _mm256_shuffle_epi8(scales, mask);
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, s));
+                let s = _mm256_shuffle_epi8(scales, q6k_scale_mask(g));
+                isum[g % 2] = _mm256_add_epi32(isum[g % 2], _mm256_madd_epi16(p, s));
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+        for k in 0..2 {
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum[k]), acc[k]);
+        }
     }
-    hsum_ps(acc)
+    hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+}
+
+/// The shuffle that spreads the scales of 32-element group `g` of a Q6_K half block over
+/// the i16 words of its products: the low 128-bit lane holds elements of scale 2g, the high
+/// lane of scale 2g + 1.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn q6k_scale_mask(g: usize) -> __m256i {
+    _mm256_set_m128i(
+        _mm256_castsi256_si128(word_broadcast_mask(2 * g as i16 + 1)),
+        _mm256_castsi256_si128(word_broadcast_mask(2 * g as i16)),
+    )
 }
 
 pub(super) fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
@@ -350,17 +384,14 @@ pub(super) fn vec_dot_q4k_avx512(n: usize, weights: &[u8], activations: &[u8]) -
 /// must be available.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
-    let mut acc = _mm512_setzero_ps();
-    let mut acc_min = _mm_setzero_ps();
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
     for i in 0..nb {
         let (wb, ab) = (w.add(i * Q4K_BYTES), a.add(i * Q8K_BYTES));
         let dy = q8k_d(ab);
         let (d, dmin) = f16_pair_at(wb);
         let (d, dmin) = (d * dy, dmin * dy);
         let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-        let m = mins_dot(ab.add(Q8K_BSUMS), mn);
-        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(m), acc_min);
-
+        let m = hsum_epi32_128(mins_dot(ab.add(Q8K_BSUMS), mn));
         let scales = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
         let mut isum = _mm512_setzero_si512();
         for j in 0..4 {
@@ -368,9 +399,10 @@ unsafe fn q4k_avx512(nb: usize, w: *const u8, a: *const u8) -> f32 {
             let y = _mm512_loadu_si512(ab.add(Q8K_QS + 64 * j).cast());
             isum = add_scaled_dot(isum, q, y, q4k_group_scales(scales, j));
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(isum), acc);
+        let isum = _mm512_reduce_add_epi32(isum);
+        scalar::q4k_accumulate(&mut acc, &mut acc_min, isum, m, d, dmin);
     }
-    _mm512_reduce_add_ps(acc) - hsum_ps(_mm256_castps128_ps256(acc_min))
+    acc - acc_min
 }
 
 /// The 64 unsigned quants of the 32 Q4_K bytes at `p` (sub-blocks 2j and 2j + 1): low
@@ -668,6 +700,45 @@ mod tests {
         #[test]
         fn avx512_q4k_matches_scalar(c in case(GgmlType::Q4_K)) {
             if avx2() && has_avx512() { check_dot(GgmlType::Q4_K, vec_dot_q4k_avx512, &c) }
+        }
+
+        /// Q4_K sums as llama.cpp's repacked kernels do (`scalar::q4k_accumulate`): exact
+        /// integers per super-block, then scalar fused multiply-adds. Every kernel therefore
+        /// equals the scalar reference bit for bit, not only within rounding.
+        #[test]
+        fn q4k_kernels_equal_scalar_bit_for_bit(
+            c in prop_oneof![case(GgmlType::Q4_K), extreme_case(GgmlType::Q4_K)],
+        ) {
+            let (n, w, a) = &c;
+            let want = (scalar::kernels(GgmlType::Q4_K).expect("scalar").vec_dot)(*n, w, a);
+            let mut kernels: Vec<(&str, VecDotFn)> = Vec::new();
+            if avx2() {
+                kernels.push(("avx2", vec_dot_q4k_avx2));
+            }
+            if avx2() && has_avx512() {
+                kernels.push(("avx512", vec_dot_q4k_avx512));
+            }
+            for (isa, f) in kernels {
+                let got = f(*n, w, a);
+                prop_assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{}: {} vs {}", isa, got, want
+                );
+            }
+        }
+
+        /// The AVX2 Q6_K kernel keeps the AVX-512 kernel's lanes (two accumulators of 8):
+        /// nodes with and without AVX-512 compute the same bits, so a pipeline over mixed
+        /// machines gives the tokens one machine does.
+        #[test]
+        fn avx2_q6k_equals_avx512_bit_for_bit(
+            c in prop_oneof![case(GgmlType::Q6_K), extreme_case(GgmlType::Q6_K)],
+        ) {
+            if avx2() && has_avx512() {
+                let (n, w, a) = &c;
+                let (x, y) = (vec_dot_q6k_avx2(*n, w, a), vec_dot_q6k_avx512(*n, w, a));
+                prop_assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{} vs {}", x, y);
+            }
         }
 
         #[test]

@@ -10,9 +10,11 @@
 use std::arch::x86_64::*;
 
 use super::kquants::{
-    f16_at, f16_pair_at, hsum_ps, mins_dot, q6k_half, q6k_offset, q8k_d, scales_mins_k4,
-    super_blocks, word_broadcast_mask, Q4K_BYTES, Q6K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    f16_at, f16_pair_at, hsum_epi32_128, hsum_epi32_256, hsum_ps, mins_dot, q6k_half, q6k_offset,
+    q6k_scale_mask, q8k_d, scales_mins_k4, super_blocks, word_broadcast_mask, Q4K_BYTES, Q6K_BYTES,
+    Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
+use crate::quant::scalar::q4k_accumulate;
 use crate::quant::GgmlType;
 
 /// Super-blocks of the row and the four activation pointers, after checking every length.
@@ -44,18 +46,12 @@ pub(super) fn vec_dot_4_q4k_avx2(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_4_avx2(nb: usize, w: *const u8, a: [*const u8; 4], out: &mut [f32; 4]) {
     let nibble = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut acc_min = [_mm_setzero_ps(); 4];
+    let (mut acc, mut acc_min) = ([0.0f32; 4], [0.0f32; 4]);
     for i in 0..nb {
         let wb = w.add(i * Q4K_BYTES);
         let ab = a.map(|p| p.add(i * Q8K_BYTES));
         let (d, dmin) = f16_pair_at(wb);
         let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-        for r in 0..4 {
-            let dy = q8k_d(ab[r]);
-            let m = mins_dot(ab[r].add(Q8K_BSUMS), mn);
-            acc_min[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * dy), _mm_cvtepi32_ps(m), acc_min[r]);
-        }
         let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
         let mut isum = [_mm256_setzero_si256(); 4];
         for j in 0..4 {
@@ -75,12 +71,15 @@ unsafe fn q4k_4_avx2(nb: usize, w: *const u8, a: [*const u8; 4], out: &mut [f32;
             }
         }
         for r in 0..4 {
-            let dd = d * q8k_d(ab[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+            let dy = q8k_d(ab[r]);
+            let m = hsum_epi32_128(mins_dot(ab[r].add(Q8K_BSUMS), mn));
+            let (dd, dm) = (d * dy, dmin * dy);
+            let isum = hsum_epi32_256(isum[r]);
+            q4k_accumulate(&mut acc[r], &mut acc_min[r], isum, m, dd, dm);
         }
     }
     for r in 0..4 {
-        out[r] = hsum_ps(acc[r]) - hsum_ps(_mm256_castps128_ps256(acc_min[r]));
+        out[r] = acc[r] - acc_min[r];
     }
 }
 
@@ -101,43 +100,45 @@ pub(super) fn vec_dot_4_q6k_avx2(
 /// be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k_4_avx2(nb: usize, w: *const u8, a: [*const u8; 4], out: &mut [f32; 4]) {
-    let mut acc = [_mm256_setzero_ps(); 4];
+    // Even and odd 32-element groups apart, as in the one-row kernel.
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
     for i in 0..nb {
         let wb = w.add(i * Q6K_BYTES);
         let ab = a.map(|p| p.add(i * Q8K_BYTES));
         let d = f16_at(wb.add(208));
         let mut isum = ab.map(|p| {
-            _mm256_sub_epi32(
+            [
+                _mm256_sub_epi32(
+                    _mm256_setzero_si256(),
+                    q6k_offset(wb.add(192), p.add(Q8K_BSUMS)),
+                ),
                 _mm256_setzero_si256(),
-                q6k_offset(wb.add(192), p.add(Q8K_BSUMS)),
-            )
+            ]
         });
         for half in 0..2 {
             let q = q6k_half(wb.add(64 * half), wb.add(128 + 32 * half));
             let sc8 = _mm_loadl_epi64(wb.add(192 + 8 * half).cast());
             let scales = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8));
             for (g, qg) in q.iter().enumerate() {
-                // Low 128-bit lane holds elements of scale 2g, high lane of scale 2g + 1.
-                let mask = _mm256_set_m128i(
-                    _mm256_castsi256_si128(word_broadcast_mask(2 * g as i16 + 1)),
-                    _mm256_castsi256_si128(word_broadcast_mask(2 * g as i16)),
-                );
-                let s = _mm256_shuffle_epi8(scales, mask);
+                let s = _mm256_shuffle_epi8(scales, q6k_scale_mask(g));
                 for r in 0..4 {
                     let y = _mm256_loadu_si256(ab[r].add(Q8K_QS + 128 * half + 32 * g).cast());
                     // u6 * i8 pair sums stay below 2 * 63 * 128: no saturation.
                     let p = _mm256_maddubs_epi16(*qg, y);
-                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, s));
+                    let sum = &mut isum[r][g % 2];
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, s));
                 }
             }
         }
         for r in 0..4 {
-            let dd = d * q8k_d(ab[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+            let dd = _mm256_set1_ps(d * q8k_d(ab[r]));
+            for k in 0..2 {
+                acc[r][k] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum[r][k]), acc[r][k]);
+            }
         }
     }
     for r in 0..4 {
-        out[r] = hsum_ps(acc[r]);
+        out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
     }
 }
 

@@ -12,11 +12,12 @@
 use std::arch::x86_64::*;
 
 use super::kquants::{
-    add_scaled_dot, f16_at, f16_pair_at, hsum_ps, mins_dot, q4k_group_scales, q4k_nibbles512,
-    q6k_group_scales, q6k_half, q6k_offset512, q8k_d, scales_mins_k4, Q4K_BYTES, Q6K_BYTES,
-    Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
+    add_scaled_dot, f16_at, f16_pair_at, hsum_epi32_128, mins_dot, q4k_group_scales,
+    q4k_nibbles512, q6k_group_scales, q6k_half, q6k_offset512, q8k_d, scales_mins_k4, Q4K_BYTES,
+    Q6K_BYTES, Q8K_BSUMS, Q8K_BYTES, Q8K_QS,
 };
 use super::kquants4::rows4;
+use crate::quant::scalar::q4k_accumulate;
 use crate::quant::GgmlType;
 
 pub(super) fn vec_dot_4_q4k_avx512(
@@ -37,18 +38,12 @@ pub(super) fn vec_dot_4_q4k_avx512(
 /// FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_4_avx512(nb: usize, w: *const u8, a: [*const u8; 4], out: &mut [f32; 4]) {
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut acc_min = [_mm_setzero_ps(); 4];
+    let (mut acc, mut acc_min) = ([0.0f32; 4], [0.0f32; 4]);
     for i in 0..nb {
         let wb = w.add(i * Q4K_BYTES);
         let ab = a.map(|p| p.add(i * Q8K_BYTES));
         let (d, dmin) = f16_pair_at(wb);
         let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-        for r in 0..4 {
-            let dy = q8k_d(ab[r]);
-            let m = mins_dot(ab[r].add(Q8K_BSUMS), mn);
-            acc_min[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * dy), _mm_cvtepi32_ps(m), acc_min[r]);
-        }
         let scales = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
         let mut isum = [_mm512_setzero_si512(); 4];
         for j in 0..4 {
@@ -60,12 +55,15 @@ unsafe fn q4k_4_avx512(nb: usize, w: *const u8, a: [*const u8; 4], out: &mut [f3
             }
         }
         for r in 0..4 {
-            let dd = d * q8k_d(ab[r]);
-            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dd), _mm512_cvtepi32_ps(isum[r]), acc[r]);
+            let dy = q8k_d(ab[r]);
+            let m = hsum_epi32_128(mins_dot(ab[r].add(Q8K_BSUMS), mn));
+            let (dd, dm) = (d * dy, dmin * dy);
+            let isum = _mm512_reduce_add_epi32(isum[r]);
+            q4k_accumulate(&mut acc[r], &mut acc_min[r], isum, m, dd, dm);
         }
     }
     for r in 0..4 {
-        out[r] = _mm512_reduce_add_ps(acc[r]) - hsum_ps(_mm256_castps128_ps256(acc_min[r]));
+        out[r] = acc[r] - acc_min[r];
     }
 }
 

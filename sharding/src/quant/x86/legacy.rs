@@ -37,6 +37,7 @@ impl Level {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni");
+        let avx512 = avx512 && std::env::var_os("SHOAL_NO_AVX512").is_none();
         Some(if avx512 { Self::Avx512 } else { Self::Avx2 })
     }
 }
