@@ -299,6 +299,7 @@ mod x86 {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
     fn rows(n: usize, seed: u32) -> Vec<f16> {
         let mut x = seed.wrapping_mul(2654435761) | 1;
         (0..n)

@@ -101,17 +101,17 @@ impl QMatrix {
     fn prefetch_ahead(&self, r: usize) {
         let from = self.start + r * self.row_bytes + PREFETCH_BYTES;
         let to = (from + self.row_bytes).min(self.start + self.len);
-        if from >= to {
-            return;
-        }
         #[cfg(target_arch = "x86_64")]
-        for line in self.map[from..to].chunks(64) {
+        for line in self.map[from.min(to)..to].chunks(64) {
             // SAFETY: prefetching is only a hint; the address is inside the mapping.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
                 _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast())
             };
         }
+        // Elsewhere the hardware prefetcher is left to it.
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (from, to);
     }
 
     /// Dequantizes row `r` into `out` (embedding lookup).
