@@ -135,14 +135,15 @@ unsafe fn dot_sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t 
     acc
 }
 
-/// `acc + Σ a*b` in plain NEON: widening multiplies, pairwise accumulate.
-///
-/// Each i16 holds two products of at most 64 * 128 in magnitude: no overflow.
+/// `acc + Σ a*b` in plain NEON, in `sdot`'s lanes (lane m sums the products of bytes
+/// 4m..4m+4: the Q6_K kernel's lanes are part of its rounding): widening multiplies, then
+/// pairwise adds. One product per i16, at most 128 * 128 in magnitude: no overflow.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn dot_mull(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    vpadalq_s16(acc, vmlal_high_s8(p, a, b))
+    let lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+    let hi = vpaddlq_s16(vmull_high_s8(a, b));
+    vaddq_s32(acc, vpaddq_s32(lo, hi))
 }
 
 /// The three dot-product kernels, instantiated once per integer dot primitive (each copy with
@@ -265,13 +266,28 @@ macro_rules! kquant_kernels {
             /// `w` and `a` must hold `nb` Q6_K and Q8_K blocks; the CPU must have `$features`.
             #[target_feature(enable = $features)]
             unsafe fn q6k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+                // The scalar reference's 16 lanes (`scalar::kquants::vec_dot_q6k`) as four
+                // vectors: vector `2 * (g % 2) + c` holds 16-element chunk `c` of every
+                // group `g`, so every machine rounds Q6_K alike.
                 let nibble = vdupq_n_u8(0x0F);
                 let two = vdupq_n_u8(0x30);
-                let offset = vdupq_n_s8(32);
-                let mut sum = 0.0_f32;
+                let mut acc = [vdupq_n_f32(0.0); 4];
                 for i in 0..nb {
                     let (wb, ab) = (w.add(i * Q6K_BYTES), a.add(i * Q8K_BYTES));
-                    let mut isum = vdupq_n_s32(0);
+                    let scale = |k: usize| i32::from(*wb.add(192 + k) as i8);
+                    let bsum = |k: usize| {
+                        i32::from(ab.add(Q8K_BSUMS + 2 * k).cast::<i16>().read_unaligned())
+                    };
+                    // The -32 offset of every quant, from the block sums, in lanes 0..8.
+                    let offset: [i32; 8] = std::array::from_fn(|k| {
+                        -32 * (scale(2 * k) * bsum(2 * k) + scale(2 * k + 1) * bsum(2 * k + 1))
+                    });
+                    let mut isum = [
+                        vld1q_s32(offset.as_ptr()),
+                        vld1q_s32(offset.as_ptr().add(4)),
+                        vdupq_n_s32(0),
+                        vdupq_n_s32(0),
+                    ];
                     for half in 0..2 {
                         let ql = wb.add(64 * half);
                         let qh = wb.add(128 + 32 * half);
@@ -288,18 +304,23 @@ macro_rules! kquant_kernels {
                             ];
                             for (g, q) in groups.into_iter().enumerate() {
                                 let e = 128 * half + 32 * g + 16 * c;
-                                let q = vsubq_s8(vreinterpretq_s8_u8(q), offset);
+                                // Quants are 0..64: as i8 they are the same numbers.
                                 let y = vld1q_s8(ab.add(Q8K_QS + e).cast::<i8>());
-                                let s = $dot(vdupq_n_s32(0), q, y);
-                                let scale = i32::from(*wb.add(192 + e / 16) as i8);
-                                isum = vmlaq_n_s32(isum, s, scale);
+                                let s = $dot(vdupq_n_s32(0), vreinterpretq_s8_u8(q), y);
+                                let v = 2 * (g % 2) + c;
+                                isum[v] = vmlaq_n_s32(isum[v], s, scale(e / 16));
                             }
                         }
                     }
-                    let d = f16_at(wb.add(208)) * q8k_d(ab);
-                    sum += d * vaddvq_s32(isum) as f32;
+                    let d = vdupq_n_f32(f16_at(wb.add(208)) * q8k_d(ab));
+                    for v in 0..4 {
+                        acc[v] = vfmaq_f32(acc[v], vcvtq_f32_s32(isum[v]), d);
+                    }
                 }
-                sum
+                // Lanes k and k + 8, then k and k + 4, then k and k + 2, then the last two.
+                let t = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
+                let u = vadd_f32(vget_low_f32(t), vget_high_f32(t));
+                vget_lane_f32::<0>(u) + vget_lane_f32::<1>(u)
             }
         }
     };
@@ -436,6 +457,11 @@ mod tests {
         fn neon_q6k_matches_scalar(c in case(GgmlType::Q6_K)) {
             check_dot(GgmlType::Q6_K, mull::vec_dot_q6k, &c);
             if dotprod() { check_dot(GgmlType::Q6_K, sdot::vec_dot_q6k, &c) }
+            // Q6_K sums in the scalar reference's 16 lanes, as on x86.
+            let (n, w, a) = &c;
+            let want = (scalar::kernels(GgmlType::Q6_K).unwrap().vec_dot)(*n, w, a);
+            prop_assert_eq!(mull::vec_dot_q6k(*n, w, a).to_bits(), want.to_bits());
+            if dotprod() { prop_assert_eq!(sdot::vec_dot_q6k(*n, w, a).to_bits(), want.to_bits()) }
         }
 
         #[test]

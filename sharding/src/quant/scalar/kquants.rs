@@ -271,10 +271,19 @@ fn q6k_quant(ql: &[u8], qh: &[u8], e: usize) -> u8 {
     low | (high << 4)
 }
 
+/// Q6_K's dot product, summed in 16 lanes as the SIMD kernels do (one rounding on every
+/// machine, so a layer gives the same bits wherever it runs).
+///
+/// Element `e` of a super-block belongs to lane `8 * (g % 2) + (e % 32) / 4`, where `g` is
+/// its 32-element group within its half of 128. Each lane's integer sum is exact; the -32
+/// offset of every quant is taken from the block sums into lanes 0..8 (lane `k` gets the
+/// sub-blocks `2k` and `2k + 1`). Per block each lane adds `d · d_y · sum` with one fused
+/// multiply-add; at the end lanes `k` and `k + 8` are added, then `k` and `k + 4`, then
+/// `k` and `k + 2`, then the last two.
 fn vec_dot_q6k(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     check_row(GgmlType::Q6_K, n, weights.len());
     check_row(GgmlType::Q8_K, n, activations.len());
-    let mut sum = 0.0_f32;
+    let mut acc = [0.0_f32; 16];
     for (w, a) in weights
         .chunks_exact(Q6K_BYTES)
         .zip(activations.chunks_exact(Q8K_BYTES))
@@ -282,17 +291,24 @@ fn vec_dot_q6k(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
         let y = Q8K { bytes: a };
         let ql = &w[Q6K_QL..Q6K_QL + QK_K / 2];
         let qh = &w[Q6K_QH..Q6K_QH + QK_K / 4];
-        let mut isum = 0_i32;
-        for k in 0..QK_K / 16 {
-            let sc = i32::from(w[Q6K_SCALES + k] as i8);
-            let dot: i32 = (16 * k..16 * k + 16)
-                .map(|e| (i32::from(q6k_quant(ql, qh, e)) - 32) * y.q(e))
-                .sum();
-            isum += sc * dot;
+        let scale = |k: usize| i32::from(w[Q6K_SCALES + k] as i8);
+        let mut isum = [0_i32; 16];
+        for (k, lane) in isum.iter_mut().enumerate().take(8) {
+            *lane = -32 * (scale(2 * k) * y.bsum(2 * k) + scale(2 * k + 1) * y.bsum(2 * k + 1));
         }
-        sum += f16_at(w, Q6K_D) * y.d() * isum as f32;
+        for e in 0..QK_K {
+            let g = (e % 128) / 32;
+            let lane = 8 * (g % 2) + (e % 32) / 4;
+            isum[lane] += scale(e / 16) * i32::from(q6k_quant(ql, qh, e)) * y.q(e);
+        }
+        let d = f16_at(w, Q6K_D) * y.d();
+        for (acc, &isum) in acc.iter_mut().zip(&isum) {
+            *acc = d.mul_add(isum as f32, *acc);
+        }
     }
-    sum
+    let t: [f32; 8] = std::array::from_fn(|k| acc[k] + acc[k + 8]);
+    let u: [f32; 4] = std::array::from_fn(|k| t[k] + t[k + 4]);
+    (u[0] + u[2]) + (u[1] + u[3])
 }
 
 /// Panics unless `row` holds exactly `out.len()` elements of `ty`.

@@ -679,6 +679,36 @@ mod tests {
         }
     }
 
+    /// The AVX2 and (where the CPU has it) AVX-512 kernels give the scalar reference's bits
+    /// (NaN for NaN).
+    fn check_bits(
+        ty: GgmlType,
+        avx2_dot: VecDotFn,
+        avx512_dot: VecDotFn,
+        (n, w, a): &(usize, Vec<u8>, Vec<u8>),
+    ) -> Result<(), TestCaseError> {
+        let want = (scalar::kernels(ty).expect("scalar").vec_dot)(*n, w, a);
+        let mut kernels: Vec<(&str, VecDotFn)> = Vec::new();
+        if avx2() {
+            kernels.push(("avx2", avx2_dot));
+        }
+        if avx2() && has_avx512() {
+            kernels.push(("avx512", avx512_dot));
+        }
+        for (isa, f) in kernels {
+            let got = f(*n, w, a);
+            prop_assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{} {}: {} vs {}",
+                ty,
+                isa,
+                got,
+                want
+            );
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -709,36 +739,15 @@ mod tests {
         fn q4k_kernels_equal_scalar_bit_for_bit(
             c in prop_oneof![case(GgmlType::Q4_K), extreme_case(GgmlType::Q4_K)],
         ) {
-            let (n, w, a) = &c;
-            let want = (scalar::kernels(GgmlType::Q4_K).expect("scalar").vec_dot)(*n, w, a);
-            let mut kernels: Vec<(&str, VecDotFn)> = Vec::new();
-            if avx2() {
-                kernels.push(("avx2", vec_dot_q4k_avx2));
-            }
-            if avx2() && has_avx512() {
-                kernels.push(("avx512", vec_dot_q4k_avx512));
-            }
-            for (isa, f) in kernels {
-                let got = f(*n, w, a);
-                prop_assert!(
-                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                    "{}: {} vs {}", isa, got, want
-                );
-            }
+            check_bits(GgmlType::Q4_K, vec_dot_q4k_avx2, vec_dot_q4k_avx512, &c)?;
         }
 
-        /// The AVX2 Q6_K kernel keeps the AVX-512 kernel's lanes (two accumulators of 8):
-        /// nodes with and without AVX-512 compute the same bits, so a pipeline over mixed
-        /// machines gives the tokens one machine does.
+        /// Q6_K sums in the scalar reference's 16 lanes on both instruction sets.
         #[test]
-        fn avx2_q6k_equals_avx512_bit_for_bit(
+        fn q6k_kernels_equal_scalar_bit_for_bit(
             c in prop_oneof![case(GgmlType::Q6_K), extreme_case(GgmlType::Q6_K)],
         ) {
-            if avx2() && has_avx512() {
-                let (n, w, a) = &c;
-                let (x, y) = (vec_dot_q6k_avx2(*n, w, a), vec_dot_q6k_avx512(*n, w, a));
-                prop_assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{} vs {}", x, y);
-            }
+            check_bits(GgmlType::Q6_K, vec_dot_q6k_avx2, vec_dot_q6k_avx512, &c)?;
         }
 
         #[test]
