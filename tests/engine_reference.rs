@@ -73,3 +73,33 @@ fn qwen2_5_coder_matches_llama_cpp() {
 fn gemma3_matches_llama_cpp() {
     check_model("gemma3", 2);
 }
+
+/// The same three checks with the AVX2 kernels, on a machine whose AVX-512 kernels the tests
+/// above used: this binary again, with `SHOAL_NO_AVX512` set (the kernel table is built once
+/// per process, so the switch needs a process of its own). On a machine without AVX-512 the
+/// tests above already ran the AVX2 kernels.
+#[test]
+fn models_match_llama_cpp_on_the_avx2_kernels_too() {
+    let kernels = sharding::quant::kernels(sharding::quant::GgmlType::Q5_0);
+    let avx512 = kernels.is_some_and(|k| k.isa == "avx512");
+    if !avx512 {
+        eprintln!("the AVX2 kernels are this process's kernels: covered by the tests above");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SHOAL_NO_AVX512", "1")
+        .args([
+            "--exact",
+            "smollm2_matches_llama_cpp",
+            "qwen2_5_coder_matches_llama_cpp",
+            "gemma3_matches_llama_cpp",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("3 passed"),
+        "with the AVX2 kernels:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,6 +10,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx512_enabled;
 use super::kquants4::{vec_dot_4_q4k_avx2, vec_dot_4_q6k_avx2};
 use super::kquants4_avx512::{vec_dot_4_q4k_avx512, vec_dot_4_q6k_avx512};
 use crate::quant::blocks::QK_K;
@@ -29,7 +30,7 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
         return None;
     }
     let reference = scalar::kernels(ty)?;
-    let avx512 = has_avx512();
+    let avx512 = avx512_enabled();
     // Each four-row kernel is bit-identical per row to the one-row kernel it is paired
     // with: a prompt rounds as the one-row path that matched llama.cpp's tokens does, and a
     // batched decode row equals the same step alone. So the pairs never mix instruction
@@ -60,17 +61,6 @@ pub(super) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
-}
-
-/// Whether the AVX-512 subsets the VNNI kernels use are present.
-pub(super) fn has_avx512() -> bool {
-    if std::env::var_os("SHOAL_NO_AVX512").is_some() {
-        return false;
-    }
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
 }
 
 /// Number of super-blocks in the row pair, after checking both byte lengths.
@@ -692,7 +682,7 @@ mod tests {
         if avx2() {
             kernels.push(("avx2", avx2_dot));
         }
-        if avx2() && has_avx512() {
+        if avx2() && avx512_enabled() {
             kernels.push(("avx512", avx512_dot));
         }
         for (isa, f) in kernels {
@@ -729,7 +719,7 @@ mod tests {
 
         #[test]
         fn avx512_q4k_matches_scalar(c in case(GgmlType::Q4_K)) {
-            if avx2() && has_avx512() { check_dot(GgmlType::Q4_K, vec_dot_q4k_avx512, &c) }
+            if avx2() && avx512_enabled() { check_dot(GgmlType::Q4_K, vec_dot_q4k_avx512, &c) }
         }
 
         /// Q4_K sums as llama.cpp's repacked kernels do (`scalar::q4k_accumulate`): exact
@@ -752,7 +742,7 @@ mod tests {
 
         #[test]
         fn avx512_q6k_matches_scalar(c in case(GgmlType::Q6_K)) {
-            if avx2() && has_avx512() { check_dot(GgmlType::Q6_K, vec_dot_q6k_avx512, &c) }
+            if avx2() && avx512_enabled() { check_dot(GgmlType::Q6_K, vec_dot_q6k_avx512, &c) }
         }
 
         #[test]

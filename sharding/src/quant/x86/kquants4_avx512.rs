@@ -116,7 +116,8 @@ unsafe fn q6k_4_avx512(nb: usize, w: *const u8, a: [*const u8; 4], out: &mut [f3
 
 #[cfg(test)]
 mod tests {
-    use super::super::kquants::{has_avx2, has_avx512, vec_dot_q4k_avx512, vec_dot_q6k_avx512};
+    use super::super::avx512_enabled;
+    use super::super::kquants::{has_avx2, vec_dot_q4k_avx512, vec_dot_q6k_avx512};
     use super::super::kquants4::testing::{check_dot4, check_dot4_bits, extreme_case};
     use super::*;
     use crate::quant::scalar::kquant_testing::case;
@@ -124,7 +125,7 @@ mod tests {
 
     /// Whether this CPU runs the kernels; the tests pass vacuously where it does not.
     fn avx512() -> bool {
-        has_avx2() && has_avx512()
+        has_avx2() && avx512_enabled()
     }
 
     proptest! {

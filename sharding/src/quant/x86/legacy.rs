@@ -33,12 +33,11 @@ impl Level {
         {
             return None;
         }
-        let avx512 = is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni");
-        let avx512 = avx512 && std::env::var_os("SHOAL_NO_AVX512").is_none();
-        Some(if avx512 { Self::Avx512 } else { Self::Avx2 })
+        Some(if super::avx512_enabled() {
+            Self::Avx512
+        } else {
+            Self::Avx2
+        })
     }
 }
 
