@@ -154,6 +154,36 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
+/// The f16 `d` at the start of each of four blocks, as f32 in lanes 0..4.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_scales4(p: [*const u8; 4]) -> __m128 {
+    let d = |p: *const u8| p.cast::<i16>().read_unaligned();
+    _mm_cvtph_ps(_mm_setr_epi16(
+        d(p[0]),
+        d(p[1]),
+        d(p[2]),
+        d(p[3]),
+        0,
+        0,
+        0,
+        0,
+    ))
+}
+
+/// Lane r of `v` in all eight lanes of vector r.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn spread4(v: __m128) -> [__m256; 4] {
+    let v = _mm256_set_m128(v, v);
+    [
+        _mm256_permute_ps::<0x00>(v),
+        _mm256_permute_ps::<0x55>(v),
+        _mm256_permute_ps::<0xAA>(v),
+        _mm256_permute_ps::<0xFF>(v),
+    ]
+}
+
 /// Sum of the 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -295,16 +325,15 @@ macro_rules! block_kernels {
                 (w, a)
             }
 
-            /// `d_w * d_a[r]` in lane r of both halves, for formats without a min (f16 `d`
-            /// at the start of both blocks).
+            /// `d_w * d_a[r]` spread over all lanes of vector r, for formats without a min
+            /// (f16 `d` at the start of both blocks).
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn scales4(wb: *const u8, ab: [*const u8; 4]) -> __m256 {
-                let d = |p: *const u8| p.cast::<i16>().read_unaligned();
-                let sw = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(d(wb))));
-                let da = _mm_setr_epi16(d(ab[0]), d(ab[1]), d(ab[2]), d(ab[3]), 0, 0, 0, 0);
-                let s = _mm_mul_ps(_mm_broadcastss_ps(sw), _mm_cvtph_ps(da));
-                _mm256_set_m128(s, s)
+            unsafe fn scales4(wb: *const u8, ab: [*const u8; 4]) -> [__m256; 4] {
+                let sw = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                    wb.cast::<i16>().read_unaligned(),
+                )));
+                spread4(_mm_mul_ps(_mm_broadcastss_ps(sw), f16_scales4(ab)))
             }
 
             /// Adds block `i` of the rows to `acc` (scaled integer lanes) and `mins`.
@@ -373,12 +402,6 @@ macro_rules! block_kernels {
                         // lane r is the `s` of `step`, rounded the same way.
                         let ab = a.map(|p| p.add(i * activation_bytes(F)));
                         let s = scales4(wb, ab);
-                        let s = [
-                            _mm256_permute_ps::<0x00>(s),
-                            _mm256_permute_ps::<0x55>(s),
-                            _mm256_permute_ps::<0xAA>(s),
-                            _mm256_permute_ps::<0xFF>(s),
-                        ];
                         for r in 0..4 {
                             let l = lanes::<F>(q, activation_quants::<F>(ab[r]));
                             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(l), s[r], acc[r]);

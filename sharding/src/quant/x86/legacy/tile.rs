@@ -12,7 +12,9 @@
 use std::arch::x86_64::*;
 
 use super::vnni::{activation_quants, weight_quants};
-use super::{activation_bytes, check_rows, has_min, hsum, weight_bytes, Q4_0, Q5_0, QK};
+use super::{
+    activation_bytes, check_rows, f16_scales4, has_min, hsum, spread4, weight_bytes, Q4_0, Q5_0, QK,
+};
 
 /// The unsigned offset format `f`'s quants carry (`q - o` is the weight), 0 for Q8_0.
 const fn offset(f: u8) -> i8 {
@@ -67,28 +69,13 @@ unsafe fn dot4x4_blocks<const F: u8>(
                 )
             }
         });
-        let d = |p: *const u8| p.cast::<i16>().read_unaligned();
-        let da = _mm_cvtph_ps(_mm_setr_epi16(
-            d(ab[0]),
-            d(ab[1]),
-            d(ab[2]),
-            d(ab[3]),
-            0,
-            0,
-            0,
-            0,
-        ));
-        let da = _mm256_set_m128(da, da);
-        let da = [
-            _mm256_permute_ps::<0x00>(da),
-            _mm256_permute_ps::<0x55>(da),
-            _mm256_permute_ps::<0xAA>(da),
-            _mm256_permute_ps::<0xFF>(da),
-        ];
+        let da = spread4(f16_scales4(ab));
         for k in 0..4 {
             let wb = w[k].add(i * weight_bytes(F));
             let q = weight_quants::<F>(wb);
-            let dw = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(d(wb)))));
+            let dw = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                wb.cast::<i16>().read_unaligned(),
+            ))));
             // Q8_0 is signed × signed: the sign moves onto the activations, as in `dot`.
             let qa = if offset(F) == 0 {
                 _mm256_abs_epi8(q)
