@@ -27,6 +27,29 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Opens session `first_id + i` for each case on both shards and runs its prompt; returns
+/// each session's first greedy token and next position.
+fn prefill_both(
+    alone: &mut Shard,
+    batched: &mut Shard,
+    cases: &[common::Case],
+    first_id: u64,
+) -> (Vec<u32>, Vec<usize>) {
+    let (mut next, mut pos, mut logits) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, c) in cases.iter().enumerate() {
+        let id = first_id + i as u64;
+        for shard in [&mut *alone, &mut *batched] {
+            shard.open_session(id, 0).unwrap();
+            shard
+                .forward(id, 0, Input::Tokens(&c.prompt_ids), &mut logits)
+                .unwrap();
+        }
+        next.push(argmax(&logits));
+        pos.push(c.prompt_ids.len());
+    }
+    (next, pos)
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -45,20 +68,8 @@ fn batched_decode_equals_each_session_alone_and_llama_cpp() {
     let cases = common::cases("smollm2");
     assert!(cases.len() >= 5, "need five prompts");
     let lens = [12, 9, 6, 4, 2];
-    let mut next = Vec::new();
-    let mut pos = Vec::new();
+    let (mut next, mut pos) = prefill_both(&mut alone, &mut batched, &cases[..lens.len()], 100);
     let mut logits = Vec::new();
-    for (i, c) in cases.iter().take(lens.len()).enumerate() {
-        let id = 100 + i as u64;
-        for shard in [&mut alone, &mut batched] {
-            shard.open_session(id, 0).unwrap();
-            shard
-                .forward(id, 0, Input::Tokens(&c.prompt_ids), &mut logits)
-                .unwrap();
-        }
-        next.push(argmax(&logits));
-        pos.push(c.prompt_ids.len());
-    }
     let mut got: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
     let mut out = Vec::new();
     let mut rows_seen = Vec::new();
@@ -105,20 +116,8 @@ fn k_quant_batched_decode_equals_each_session_alone() {
     let vocab = alone.config().vocab_size;
     let cases = common::cases("gemma3");
     assert_eq!(cases.len(), 3, "three prompts");
-    let mut next = Vec::new();
-    let mut pos = Vec::new();
+    let (mut next, mut pos) = prefill_both(&mut alone, &mut batched, &cases, 0);
     let mut logits = Vec::new();
-    for (i, c) in cases.iter().enumerate() {
-        let id = i as u64;
-        for shard in [&mut alone, &mut batched] {
-            shard.open_session(id, 0).unwrap();
-            shard
-                .forward(id, 0, Input::Tokens(&c.prompt_ids), &mut logits)
-                .unwrap();
-        }
-        next.push(argmax(&logits));
-        pos.push(c.prompt_ids.len());
-    }
     let mut out = Vec::new();
     for step in 0..6 {
         let steps: Vec<(u64, usize)> = (0..3).map(|i| (i as u64, pos[i])).collect();
