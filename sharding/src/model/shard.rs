@@ -400,9 +400,7 @@ impl Shard {
         let pool = &self.pool;
         let blocks = &self.blocks;
         let head = &self.head;
-        // Run the whole step on a pool thread: the matrix products inside then split their
-        // rows among the workers without waking the calling thread for each of them.
-        let result = pool.install(|| {
+        let result = on_pool(pool, || {
             for (block, layer) in blocks.iter().zip(cache.layers.iter_mut()) {
                 block.forward(cfg, &mut x, pos, layer, s, pool);
             }
@@ -429,6 +427,18 @@ impl Shard {
 }
 
 /// The rotary angles of position `pos` into row `row` of both of `s`'s tables.
+/// Runs a whole step on a pool thread, so the matrix products inside split their rows among
+/// the workers without waking the calling thread for each of them. A one-thread pool runs it
+/// on the calling thread instead: handing it to the lone worker and waiting would cost two
+/// thread wakeups per step and gain nothing.
+pub(crate) fn on_pool<R: Send>(pool: &rayon::ThreadPool, step: impl FnOnce() -> R + Send) -> R {
+    if pool.current_num_threads() <= 1 {
+        step()
+    } else {
+        pool.install(step)
+    }
+}
+
 fn row_angles(cfg: &ModelConfig, freqs: Option<&[f32]>, row: usize, pos: usize, s: &mut Scratch) {
     let rd = cfg.rope_dim;
     let full = &mut s.angles[row * rd..(row + 1) * rd];

@@ -155,7 +155,7 @@ impl Shard {
         let pool = &self.pool;
         let blocks = &self.blocks;
         let head = &self.head;
-        let result = pool.install(|| {
+        let result = super::on_pool(pool, || {
             for (il, block) in blocks.iter().enumerate() {
                 block.project(cfg, &x, s, pool);
                 for (t, (cache, &(_, pos))) in caches.iter_mut().flatten().zip(steps).enumerate() {
