@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sharding::gguf::GgufFile;
 use sharding::model::{Shard, ShardOptions, ShardSpec};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use transport::discovery::PeerId;
@@ -74,12 +74,12 @@ pub fn default_sessions_per_peer(max_sessions: usize) -> usize {
     (max_sessions * 3 / 4).max(1)
 }
 
-/// A running stage. Dropping it does not stop it; call [`Stage::shutdown`].
+/// A running stage. Dropping it stops it; [`Stage::shutdown`] also waits until it has.
 pub struct Stage {
-    endpoint: Arc<Endpoint>,
     local: SocketAddr,
     cancel: CancellationToken,
-    tasks: tokio::task::JoinSet<()>,
+    /// Fires once the stage's thread has finished.
+    stopped: Option<oneshot::Receiver<()>>,
     forwarded: Arc<AtomicU64>,
     sessions: Arc<AtomicUsize>,
     steps: Arc<StepTimes>,
@@ -158,7 +158,12 @@ fn hash_of(value: &impl std::hash::Hash) -> u64 {
 }
 
 impl Stage {
-    /// Loads the shard and starts serving.
+    /// Loads the shard and starts serving on a thread of its own.
+    ///
+    /// Everything the stage does per frame (QUIC, the compute, the send downstream) runs on
+    /// that one thread, in a current-thread runtime: a hop then costs one wakeup, the
+    /// datagram's, instead of one for each hand-off between the network tasks and a compute
+    /// thread, which on a small machine is what a hop's time is mostly made of.
     pub async fn start(
         cfg: StageConfig,
         identity: transport::quic::EndpointConfig,
@@ -170,8 +175,15 @@ impl Stage {
             Ok(Shard::load(&file, spec, options)?)
         })
         .await??;
-        let endpoint =
-            Arc::new(Endpoint::bind(cfg.listen, identity).context("binding the stage endpoint")?);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the stage's runtime")?;
+        let endpoint = {
+            // The endpoint's driver runs where it is bound.
+            let _stage_runtime = runtime.enter();
+            Arc::new(Endpoint::bind(cfg.listen, identity).context("binding the stage endpoint")?)
+        };
         let local = endpoint.local_addr()?;
         info!(layers = ?cfg.spec.layers, %local, route = ?cfg.route, "stage ready");
 
@@ -183,6 +195,7 @@ impl Stage {
         let steps = Arc::new(StepTimes::default());
         let (route_tx, route_rx) = watch::channel(cfg.route);
         let mut tasks = tokio::task::JoinSet::new();
+        let on = runtime.handle();
 
         let settings = Settings {
             timeout: cfg.session_timeout,
@@ -190,7 +203,6 @@ impl Stage {
             per_peer: cfg.max_sessions_per_peer.max(1),
             previous_stage: cfg.previous_stage.as_ref().map(upstream_key),
         };
-        let compute_out = out_tx.clone();
         let batched = Arc::new(BatchCounts::default());
         let reports = Reports {
             open: sessions.clone(),
@@ -198,40 +210,59 @@ impl Stage {
             steps: steps.clone(),
             batched: batched.clone(),
         };
-        std::thread::Builder::new()
-            .name("shoal-stage-compute".into())
-            .spawn(move || compute(shard, job_rx, compute_out, settings, reports))?;
-
-        tasks.spawn(downstream(
-            endpoint.clone(),
-            route_rx,
-            out_rx,
-            forwarded.clone(),
-            cancel.clone(),
-            cfg.metrics.clone(),
-        ));
+        tasks.spawn_on(
+            compute(shard, job_rx, out_tx.clone(), settings, reports),
+            on,
+        );
+        tasks.spawn_on(
+            downstream(
+                endpoint.clone(),
+                route_rx,
+                out_rx,
+                forwarded.clone(),
+                cancel.clone(),
+                cfg.metrics.clone(),
+            ),
+            on,
+        );
         let sweep_tx = job_tx.clone();
         let sweep_cancel = cancel.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = sweep_cancel.cancelled() => break,
-                    _ = tick.tick() => if sweep_tx.send(Job::Sweep).await.is_err() { break },
+        tasks.spawn_on(
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = sweep_cancel.cancelled() => break,
+                        _ = tick.tick() => if sweep_tx.send(Job::Sweep).await.is_err() { break },
+                    }
                 }
-            }
-        });
-        tasks.spawn(accept_loop(
-            endpoint.clone(),
-            job_tx,
-            out_tx,
-            cancel.clone(),
-        ));
+            },
+            on,
+        );
+        tasks.spawn_on(
+            accept_loop(endpoint.clone(), job_tx, out_tx, cancel.clone()),
+            on,
+        );
+        let (stopped_tx, stopped) = oneshot::channel();
+        let (thread_endpoint, thread_cancel) = (endpoint.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name("shoal-stage".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    thread_cancel.cancelled().await;
+                    thread_endpoint.close();
+                    while tasks.join_next().await.is_some() {}
+                    thread_endpoint.wait_idle().await;
+                });
+                // Links still open end with the runtime.
+                drop(runtime);
+                let _ = stopped_tx.send(());
+            })
+            .context("starting the stage's thread")?;
         Ok(Stage {
-            endpoint,
             local,
             cancel,
-            tasks,
+            stopped: Some(stopped),
             forwarded,
             sessions,
             steps,
@@ -286,12 +317,18 @@ impl Stage {
         self.cancel.clone()
     }
 
-    /// Stops accepting, closes the links and waits for the tasks.
+    /// Stops accepting, closes the links and waits until the stage's thread has finished.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        self.endpoint.close();
-        while self.tasks.join_next().await.is_some() {}
-        self.endpoint.wait_idle().await;
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

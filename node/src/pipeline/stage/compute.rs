@@ -1,7 +1,12 @@
-//! The stage's compute thread: owns the shard and runs the frames the network tasks queue, in
-//! arrival order. Decode frames of different sessions that are waiting together run as one
-//! batch ([`Shard::forward_batch`]), which costs little more than one of them alone; each
-//! result still leaves as its own frame, so the wire protocol does not change.
+//! The stage's compute task: owns the shard and runs the frames the network tasks queue, in
+//! arrival order. It runs on the stage's own thread, next to the tasks that receive and send
+//! the frames, so a decode frame goes from socket to shard to socket without waking another
+//! thread. A frame of several positions (a prefill chunk) runs on a blocking thread instead,
+//! so the links keep answering while it computes.
+//!
+//! Decode frames of different sessions that are waiting together run as one batch
+//! ([`Shard::forward_batch`]), which costs little more than one of them alone; each result
+//! still leaves as its own frame, so the wire protocol does not change.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +28,7 @@ use crate::pipeline::route;
 /// lone stream never waits for company.
 pub(super) const MAX_STAGE_BATCH: usize = 8;
 
-/// The compute thread's settings.
+/// The compute task's settings.
 pub(super) struct Settings {
     /// Sessions idle this long are closed.
     pub(super) timeout: Duration,
@@ -44,7 +49,7 @@ pub(super) struct BatchCounts {
     pub(super) steps: AtomicU64,
 }
 
-/// What the compute thread shares with the [`super::Stage`] handle and the metrics.
+/// What the compute task shares with the [`super::Stage`] handle and the metrics.
 pub(super) struct Reports {
     pub(super) open: Arc<AtomicUsize>,
     pub(super) metrics: Option<(Arc<Metrics>, String)>,
@@ -55,45 +60,39 @@ pub(super) struct Reports {
 /// A frame from upstream and the upstream that sent it.
 type Frame = (FrameHeader, Vec<u8>, Upstream);
 
-/// The downstream queue closed: the stage is stopping.
-struct Stopped;
-
-/// Runs jobs until the queue closes or the stage stops.
-pub(super) fn compute(
+/// Runs jobs until the queue closes or the downstream queue does (the stage is stopping).
+pub(super) async fn compute(
     shard: Shard,
     mut jobs: mpsc::Receiver<Job>,
     out: mpsc::Sender<Outgoing>,
     settings: Settings,
     reports: Reports,
 ) {
-    let mut worker = Worker {
+    let mut worker = Box::new(Worker {
         n_embd: shard.config().n_embd,
         shard,
-        out,
+        outbox: Vec::new(),
         settings,
         reports,
         last_seen: HashMap::new(),
         hidden: Vec::new(),
         result: Vec::new(),
         batch: Batch::default(),
-    };
+    });
     let mut waiting: Vec<Frame> = Vec::with_capacity(MAX_STAGE_BATCH);
     let mut next = None;
     loop {
         let job = match next.take() {
             Some(job) => job,
-            None => match jobs.blocking_recv() {
+            None => match jobs.recv().await {
                 Some(job) => job,
                 None => return,
             },
         };
         let open = worker.last_seen.len();
         worker.reports.open.store(open, Ordering::Relaxed);
-        let done = match job {
-            Job::Sweep => {
-                worker.sweep();
-                Ok(())
-            }
+        match job {
+            Job::Sweep => worker.sweep(),
             Job::Frame(header, payload, from) if batchable(&header) => {
                 waiting.clear();
                 waiting.push((header, payload, from));
@@ -114,12 +113,27 @@ pub(super) fn compute(
                         Err(_) => break,
                     }
                 }
-                worker.decode(&mut waiting)
+                worker.decode(&mut waiting);
+            }
+            Job::Frame(header, payload, from) if header.rows > 1 => {
+                let run = tokio::task::spawn_blocking(move || {
+                    worker.frame(header, payload, from);
+                    worker
+                });
+                worker = match run.await {
+                    Ok(worker) => worker,
+                    Err(e) => {
+                        warn!(error = %e, "the stage's compute stopped");
+                        return;
+                    }
+                };
             }
             Job::Frame(header, payload, from) => worker.frame(header, payload, from),
-        };
-        if done.is_err() {
-            return;
+        }
+        for frame in worker.outbox.drain(..) {
+            if out.send(frame).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -144,7 +158,8 @@ struct Batch {
 struct Worker {
     shard: Shard,
     n_embd: usize,
-    out: mpsc::Sender<Outgoing>,
+    /// Frames computed, for the compute task to send on.
+    outbox: Vec<Outgoing>,
     settings: Settings,
     reports: Reports,
     /// Per open session: when it was last used, the head that opened it, and the upstream
@@ -156,8 +171,8 @@ struct Worker {
 }
 
 impl Worker {
-    fn send(&self, frame: Outgoing) -> Result<(), Stopped> {
-        self.out.blocking_send(frame).map_err(|_| Stopped)
+    fn send(&mut self, frame: Outgoing) {
+        self.outbox.push(frame);
     }
 
     /// Closes the sessions idle past the timeout.
@@ -188,29 +203,19 @@ impl Worker {
     }
 
     /// The session cannot continue here: frees it and tells the head why.
-    fn refuse(
-        &mut self,
-        session: u64,
-        head: Option<SocketAddr>,
-        error: &dyn std::fmt::Display,
-    ) -> Result<(), Stopped> {
+    fn refuse(&mut self, session: u64, head: Option<SocketAddr>, error: &dyn std::fmt::Display) {
         warn!(session, %error, "step refused");
         self.last_seen.remove(&session);
         self.shard.close_session(session);
         let (h, p) = error_frame(ErrorCode::Protocol, session, &error.to_string());
-        self.send((h, p, head))
+        self.send((h, p, head));
     }
 
     /// Runs one frame that is not part of a decode batch.
-    fn frame(
-        &mut self,
-        header: FrameHeader,
-        payload: Vec<u8>,
-        from: Upstream,
-    ) -> Result<(), Stopped> {
+    fn frame(&mut self, header: FrameHeader, payload: Vec<u8>, from: Upstream) {
         let session = header.session;
         if self.foreign(&header, from) {
-            return Ok(());
+            return;
         }
         if header.kind == FrameKind::Open
             && !self.last_seen.contains_key(&session)
@@ -226,7 +231,8 @@ impl Worker {
                 let message =
                     format!("this upstream already holds {held} sessions, its limit on this stage");
                 let (h, p) = error_frame(ErrorCode::Protocol, session, &message);
-                return self.send((h, p, route::parse_reply(&payload)));
+                self.send((h, p, route::parse_reply(&payload)));
+                return;
             }
         }
         let head = self.last_seen.get(&session).and_then(|s| s.1);
@@ -269,7 +275,7 @@ impl Worker {
             // one stage does not travel the ring.
             other => {
                 debug!(session, kind = ?other, "dropped a frame a stage does not route");
-                return Ok(());
+                return;
             }
         };
         let head = head.or_else(|| self.last_seen.get(&session).and_then(|s| s.1));
@@ -282,20 +288,14 @@ impl Worker {
     /// Runs the decode frames in `frames` (one position each, distinct sessions) as one
     /// batch and sends each result on as its own frame. A frame that cannot run is answered
     /// with an error frame for its session alone; the others run.
-    fn decode(&mut self, frames: &mut Vec<Frame>) -> Result<(), Stopped> {
+    fn decode(&mut self, frames: &mut Vec<Frame>) {
         let started = Instant::now();
         let mut batch = std::mem::take(&mut self.batch);
-        let done = self.decode_batch(frames, &mut batch, started);
+        self.decode_batch(frames, &mut batch, started);
         self.batch = batch;
-        done
     }
 
-    fn decode_batch(
-        &mut self,
-        frames: &mut Vec<Frame>,
-        b: &mut Batch,
-        started: Instant,
-    ) -> Result<(), Stopped> {
+    fn decode_batch(&mut self, frames: &mut Vec<Frame>, b: &mut Batch, started: Instant) {
         let e = self.n_embd;
         b.rows.clear();
         b.steps.clear();
@@ -315,12 +315,12 @@ impl Worker {
                     b.rows.push((header, head));
                     b.steps.push((session, header.pos as usize));
                 }
-                Err(error) => self.refuse(session, head, &error)?,
+                Err(error) => self.refuse(session, head, &error),
             }
         }
         let run = loop {
             if b.rows.is_empty() {
-                return Ok(());
+                return;
             }
             match self
                 .shard
@@ -336,9 +336,9 @@ impl Worker {
                         match error {
                             // Say what `forward` would have said for this step alone.
                             BatchError::Step { error, .. } => {
-                                self.refuse(header.session, head, &error)?
+                                self.refuse(header.session, head, &error)
                             }
-                            other => self.refuse(header.session, head, &other)?,
+                            other => self.refuse(header.session, head, &other),
                         }
                     }
                     None => break Err(error),
@@ -349,7 +349,8 @@ impl Worker {
             // Only a malformed batch gets here, which the loop above never builds; answer
             // every frame alone rather than guess.
             warn!(%error, "batch refused as a whole; running its steps one by one");
-            return self.decode_one_by_one(b);
+            self.decode_one_by_one(b);
+            return;
         }
         let k = b.rows.len();
         self.reports.steps.record(started.elapsed(), k as u64);
@@ -364,13 +365,12 @@ impl Worker {
         }
         for (i, &(header, head)) in b.rows.iter().enumerate() {
             let frame = self.hidden_frame(header, i * e..(i + 1) * e);
-            self.send((frame.0, frame.1, head))?;
+            self.send((frame.0, frame.1, head));
         }
-        Ok(())
     }
 
     /// Runs the rows of `b` with [`Shard::forward`], each on its own.
-    fn decode_one_by_one(&mut self, b: &Batch) -> Result<(), Stopped> {
+    fn decode_one_by_one(&mut self, b: &Batch) {
         let e = self.n_embd;
         for (i, &(header, head)) in b.rows.iter().enumerate() {
             let input = Input::Hidden(&b.inputs[i * e..(i + 1) * e]);
@@ -380,12 +380,11 @@ impl Worker {
             {
                 Ok(_) => {
                     let frame = self.hidden_frame(header, 0..self.result.len());
-                    self.send((frame.0, frame.1, head))?;
+                    self.send((frame.0, frame.1, head));
                 }
-                Err(error) => self.refuse(header.session, head, &error)?,
+                Err(error) => self.refuse(header.session, head, &error),
             }
         }
-        Ok(())
     }
 
     /// Decodes a frame's hidden states into `self.hidden`.
