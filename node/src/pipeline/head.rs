@@ -545,6 +545,18 @@ impl Head {
     }
 
     async fn logits(&self, hidden: Vec<f32>) -> Result<Vec<f32>, PipelineError> {
+        // A lone request has nobody to share the output product with: computing it here
+        // saves the hand-off to the logits thread and back on every token, which is most of
+        // what the head adds to a token's time.
+        if self.in_flight() <= 1 {
+            if let Ok(mut shard) = self.inner.shard.try_lock() {
+                let mut logits = Vec::new();
+                return match shard.logits(&hidden, &mut logits) {
+                    Ok(()) => Ok(logits),
+                    Err(e) => Err(PipelineError::Head(e.to_string())),
+                };
+            }
+        }
         self.inner
             .logits
             .of(hidden)
