@@ -74,6 +74,13 @@ impl EndpointConfig {
             // One link stream per connection; no unidirectional streams.
             .max_concurrent_bidi_streams(1u32.into())
             .max_concurrent_uni_streams(0u32.into());
+        // A link carries data one way (the reply comes back on another link), so every ACK
+        // is a packet of its own that wakes the sender. Ask the receiver to acknowledge after
+        // 16 packets or 10 ms instead of every second packet.
+        let mut acks = quinn::AckFrequencyConfig::default();
+        acks.ack_eliciting_threshold(16u32.into())
+            .max_ack_delay(Some(Duration::from_millis(10)));
+        transport.ack_frequency_config(Some(acks));
         Ok(Arc::new(transport))
     }
 }
