@@ -1,5 +1,5 @@
-//! Decode steps of several sessions that wait together at a stage run as one batch: the
-//! batch counters move, each session's result is the bits it gets alone and leaves as its own
+//! Decode steps of three or more sessions that wait together at a stage run as one batch
+//! (two run one after the other): the batch counters move, each session's result is the bits it gets alone and leaves as its own
 //! frame (one message per hop per token per session), and a bad frame in a batch fails only
 //! its own session.
 
@@ -175,6 +175,75 @@ async fn decode_frames_waiting_together_run_as_one_batch() {
     assert_eq!(recv(&mut down).await.0.kind, FrameKind::Decode);
     send(&mut up, FrameKind::Decode, 3, 3, &rows(3, 3, 1)).await;
     assert!(matches!(recv(&mut down).await.0.kind, FrameKind::Error(_)));
+    stage.shutdown().await;
+}
+
+/// Two decode frames waiting together are not batched: a batch of two costs what two steps
+/// cost, and would keep the two sessions in lockstep through the ring. Each runs alone and
+/// gets the bits it gets alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_waiting_decode_frames_run_one_after_the_other() {
+    let (listen, next) = (free_addr(), free_addr());
+    let downstream = Endpoint::bind(next, endpoint()).unwrap();
+    let stage = Stage::start(stage_config(0..15, listen, next), endpoint())
+        .await
+        .unwrap();
+    let upstream = Endpoint::bind(free_addr(), endpoint()).unwrap();
+    let mut up = upstream.connect(listen).await.unwrap();
+    let accept = tokio::spawn(async move {
+        let link = downstream.accept().await.unwrap().unwrap();
+        (downstream, link)
+    });
+    let file = GgufFile::open(model_path("smollm2")).unwrap();
+    let spec = ShardSpec {
+        layers: 0..15,
+        embed: false,
+        head: false,
+    };
+    let mut alone = Shard::load(&file, spec, ShardOptions::default()).unwrap();
+    for session in 1..=3u64 {
+        let open = FrameHeader {
+            n_pos: 128,
+            ..FrameHeader::empty(FrameKind::Open, session, 0)
+        };
+        up.send(&open, &[]).await.unwrap();
+        alone.open_session(session, 128).unwrap();
+    }
+    let (_downstream, mut down) = accept.await.unwrap();
+    let mut want = Vec::new();
+    for session in 2..=3u64 {
+        send(
+            &mut up,
+            FrameKind::Prefill,
+            session,
+            0,
+            &rows(session, 0, 3),
+        )
+        .await;
+        alone
+            .forward(session, 0, Input::Hidden(&rows(session, 0, 3)), &mut want)
+            .unwrap();
+    }
+    for _ in 0..5 {
+        recv(&mut down).await;
+    }
+    // Both decode frames queue behind a long prefill.
+    send(&mut up, FrameKind::Prefill, 1, 0, &rows(1, 0, 64)).await;
+    send(&mut up, FrameKind::Decode, 2, 3, &rows(2, 3, 1)).await;
+    send(&mut up, FrameKind::Decode, 3, 3, &rows(3, 3, 1)).await;
+    assert_eq!(recv(&mut down).await.0.kind, FrameKind::Prefill);
+    for session in [2u64, 3] {
+        let (header, payload) = recv(&mut down).await;
+        assert_eq!((header.session, header.kind), (session, FrameKind::Decode));
+        let mut got = Vec::new();
+        f32_from_bytes(&payload, &mut got).unwrap();
+        alone
+            .forward(session, 3, Input::Hidden(&rows(session, 3, 1)), &mut want)
+            .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "session {session}");
+    }
+    assert_eq!(stage.batched_decode(), (0, 0));
     stage.shutdown().await;
 }
 
