@@ -545,10 +545,11 @@ impl Head {
     }
 
     async fn logits(&self, hidden: Vec<f32>) -> Result<Vec<f32>, PipelineError> {
-        // A lone request has nobody to share the output product with: computing it here
-        // saves the hand-off to the logits thread and back on every token, which is most of
-        // what the head adds to a token's time.
-        if self.in_flight() <= 1 {
+        // With fewer requests in flight than a batch needs, computing the output product
+        // here saves the hand-off to the logits thread and back on every token, which is
+        // most of what the head adds to a token's time. A request that finds the shard busy
+        // queues for the thread instead of waiting here.
+        if self.in_flight() < logits::MIN_HEAD_BATCH {
             if let Ok(mut shard) = self.inner.shard.try_lock() {
                 let mut logits = Vec::new();
                 return match shard.logits(&hidden, &mut logits) {

@@ -12,6 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 /// Most sessions whose logits are computed together.
 const MAX_HEAD_BATCH: usize = 8;
 
+/// Fewest requests in flight for which the head sends logits to this thread: the output
+/// product of two rows costs as much as two products (the multi-row kernels start at three,
+/// see `MIN_STAGE_BATCH`), so below three a request computes its own.
+pub(in crate::pipeline) const MIN_HEAD_BATCH: usize = 3;
+
 /// Requests waiting for the thread; senders wait when it is full.
 const QUEUE: usize = 64;
 
