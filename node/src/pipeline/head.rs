@@ -13,7 +13,7 @@ use sharding::gguf::GgufFile;
 use sharding::model::{Shard, ShardOptions, ShardSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind};
 
 use super::failover::Plans;
@@ -653,6 +653,8 @@ async fn send_to(
         };
         match links.send(first, &header, &payload).await {
             Ok(()) => {
+                let h = &header;
+                trace!(target: super::stage::HOP, session = h.session, pos = h.pos, rows = h.rows, "sent");
                 inner.sent.fetch_add(1, Ordering::Relaxed);
             }
             // A close that cannot be delivered has nobody left to tell.
@@ -703,6 +705,8 @@ async fn receive_loop(endpoint: Arc<Endpoint>, inner: Arc<Inner>, cancel: Cancel
                     }
                 };
                 inner.received.fetch_add(1, Ordering::Relaxed);
+                let h = &header;
+                trace!(target: super::stage::HOP, session = h.session, pos = h.pos, rows = h.rows, "received");
                 let event = match header.kind {
                     FrameKind::Open => Event::Opened,
                     FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {

@@ -11,7 +11,7 @@ use sharding::gguf::GgufFile;
 use sharding::model::{Shard, ShardOptions, ShardSpec};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, trace, warn, Instrument};
 use transport::discovery::PeerId;
 use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError};
 
@@ -26,6 +26,11 @@ mod compute;
 /// [`Route::ReplyToHead`]).
 type Outgoing = (FrameHeader, Vec<u8>, Option<SocketAddr>);
 use crate::metrics::Metrics;
+
+/// The tracing target of the per-frame events (`received`, `computing`, `computed`, `sent`)
+/// that `scripts/hop-latency` turns into the time each hop and each stage adds; enable it with
+/// `RUST_LOG=info,shoal::hop=trace`.
+pub(crate) const HOP: &str = "shoal::hop";
 
 /// Frames queued between the network tasks and the compute thread, each way. Bounded, so a
 /// flood from upstream slows the sender down instead of growing memory.
@@ -363,6 +368,8 @@ async fn accept_loop(
                     };
                     match frame {
                         Ok(Some(f)) => {
+                            let h = &f.header;
+                            trace!(target: HOP, session = h.session, pos = h.pos, rows = h.rows, "received");
                             let job = Job::Frame(f.header, f.payload.to_vec(), upstream);
                             if jobs.send(job).await.is_err() {
                                 return;
@@ -428,6 +435,8 @@ async fn downstream(
         };
         match links.send(next, &header, &payload).await {
             Ok(()) => {
+                let h = &header;
+                trace!(target: HOP, session = h.session, pos = h.pos, rows = h.rows, "sent");
                 forwarded.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use sharding::model::{BatchError, Input, Shard, StepError};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 use transport::quic::{ErrorCode, FrameHeader, FrameKind};
 
-use super::{error_frame, Job, Outgoing, StepTimes, Upstream};
+use super::{error_frame, Job, Outgoing, StepTimes, Upstream, HOP};
 use crate::metrics::{Metrics, StepKind};
 use crate::pipeline::protocol::{self, WireDtype};
 use crate::pipeline::route;
@@ -319,6 +319,9 @@ impl Worker {
     }
 
     fn decode_batch(&mut self, frames: &mut Vec<Frame>, b: &mut Batch, started: Instant) {
+        for (h, _, _) in frames.iter() {
+            trace!(target: HOP, session = h.session, pos = h.pos, rows = h.rows, "computing");
+        }
         let e = self.n_embd;
         b.rows.clear();
         b.steps.clear();
@@ -387,6 +390,8 @@ impl Worker {
             }
         }
         for (i, &(header, head)) in b.rows.iter().enumerate() {
+            let h = &header;
+            trace!(target: HOP, session = h.session, pos = h.pos, rows = h.rows, "computed");
             let frame = self.hidden_frame(header, i * e..(i + 1) * e);
             self.send((frame.0, frame.1, head));
         }
