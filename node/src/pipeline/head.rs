@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sharding::gguf::GgufFile;
-use sharding::model::{Shard, ShardOptions, ShardSpec};
+use sharding::model::{Embedding, Shard, ShardOptions, ShardSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
@@ -106,6 +106,7 @@ enum Event {
 
 struct Inner {
     shard: Arc<Mutex<Shard>>,
+    embedding: Embedding,
     logits: Logits,
     n_embd: usize,
     wire: WireDtype,
@@ -158,6 +159,9 @@ impl Head {
         })
         .await??;
         let n_embd = shard.config().n_embd;
+        let embedding = shard
+            .embedding()
+            .context("the head's shard has no embedding")?;
         let endpoint = Arc::new(
             Endpoint::bind(cfg.listen, endpoint_config).context("binding the head endpoint")?,
         );
@@ -175,6 +179,7 @@ impl Head {
         let inner = Arc::new(Inner {
             logits: Logits::start(shard.clone())?,
             shard,
+            embedding,
             n_embd,
             wire: cfg.wire,
             to_first,
@@ -427,7 +432,7 @@ impl Head {
         let mut hidden = Vec::new();
         for (i, chunk) in context.chunks(protocol::PREFILL_CHUNK).enumerate() {
             let pos = i * protocol::PREFILL_CHUNK;
-            let bytes = self.embed(chunk).await?;
+            let bytes = self.embed(chunk)?;
             let header = protocol::hidden(
                 FrameKind::Prefill,
                 s.id,
@@ -449,7 +454,7 @@ impl Head {
             if !on_token(next) || tokens.len() == max_tokens {
                 return Ok(());
             }
-            let bytes = self.embed(&[next]).await?;
+            let bytes = self.embed(&[next])?;
             let header = protocol::hidden(
                 FrameKind::Decode,
                 s.id,
@@ -517,31 +522,17 @@ impl Head {
         }
     }
 
-    async fn embed(&self, tokens: &[u32]) -> Result<Vec<u8>, PipelineError> {
-        let embed = |inner: &Inner, shard: &Shard, tokens: &[u32]| {
-            let mut rows = Vec::new();
-            shard
-                .embed(tokens, &mut rows)
-                .map_err(|e| PipelineError::Head(e.to_string()))?;
-            let mut bytes = Vec::new();
-            protocol::encode_hidden(&rows, inner.wire, &mut bytes);
-            Ok(bytes)
-        };
-        // A decode step's one row is a few microseconds of work: done here unless the logits
-        // thread holds the shard, it saves a hand-off to a blocking thread on every token.
-        if let [_] = tokens {
-            if let Ok(shard) = self.inner.shard.try_lock() {
-                return embed(&self.inner, &shard, tokens);
-            }
-        }
-        let inner = self.inner.clone();
-        let tokens = tokens.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let shard = inner.shard.lock().expect("shard lock");
-            embed(&inner, &shard, &tokens)
-        })
-        .await
-        .map_err(|e| PipelineError::Head(e.to_string()))?
+    /// The wire bytes of `tokens`' embeddings. The table is read without the shard's lock,
+    /// so embedding never waits for another request's output product.
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<u8>, PipelineError> {
+        let mut rows = Vec::new();
+        self.inner
+            .embedding
+            .rows(tokens, &mut rows)
+            .map_err(|e| PipelineError::Head(e.to_string()))?;
+        let mut bytes = Vec::new();
+        protocol::encode_hidden(&rows, self.inner.wire, &mut bytes);
+        Ok(bytes)
     }
 
     async fn logits(&self, hidden: Vec<f32>) -> Result<Vec<f32>, PipelineError> {

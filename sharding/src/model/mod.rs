@@ -10,6 +10,7 @@
 mod attention;
 mod block;
 mod config;
+mod embedding;
 mod matmul;
 mod ops;
 mod scratch;
@@ -17,6 +18,7 @@ mod shard;
 mod weights;
 
 pub use config::{Activation, Arch, ConfigError, ModelConfig, RopeStyle};
+pub use embedding::Embedding;
 pub use shard::{BatchError, Input, Output, Shard, ShardOptions, ShardSpec, MAX_BATCH};
 
 use crate::gguf::GgufError;

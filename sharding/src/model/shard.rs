@@ -3,6 +3,7 @@ use std::ops::Range;
 
 use super::block::Block;
 use super::config::ModelConfig;
+use super::embedding::Embedding;
 use super::matmul::QMatrix;
 use super::ops;
 use super::scratch::Scratch;
@@ -111,7 +112,7 @@ struct Head {
 pub struct Shard {
     config: ModelConfig,
     spec: ShardSpec,
-    embed: Option<QMatrix>,
+    embed: Option<Embedding>,
     blocks: Vec<Block>,
     head: Option<Head>,
     rope_freqs: Option<Vec<f32>>,
@@ -188,6 +189,7 @@ impl Shard {
             max_context: opts.max_context.min(config.context_length).max(1),
             ..opts
         };
+        let embed = embed.map(|table| Embedding::new(table, &config));
         Ok(Shard {
             config,
             spec,
@@ -283,23 +285,18 @@ impl Shard {
     /// Looks up (and scales) the embeddings of `tokens` into `out` (`n × n_embd`), without
     /// running any layer: the head of a pipeline embeds, then sends the rows to stage 1.
     pub fn embed(&self, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), StepError> {
-        let m = self.embed.as_ref().ok_or(StepError::WrongInput {
-            expected: "hidden states (this shard has no embedding)",
-        })?;
-        let vocab = self.config.vocab_size;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(StepError::TokenOutOfRange { id: bad, vocab });
-        }
-        let e = self.config.n_embd;
-        out.clear();
-        out.resize(tokens.len() * e, 0.0);
-        for (row, &t) in out.chunks_exact_mut(e).zip(tokens) {
-            m.dequantize_row(t as usize, row);
-            if let Some(s) = self.config.embed_scale {
-                row.iter_mut().for_each(|v| *v *= s);
-            }
-        }
-        Ok(())
+        self.embed
+            .as_ref()
+            .ok_or(StepError::WrongInput {
+                expected: "hidden states (this shard has no embedding)",
+            })?
+            .rows(tokens, out)
+    }
+
+    /// The shard's token embedding, to look rows up without holding the shard (`None` when
+    /// the shard has no embedding).
+    pub fn embedding(&self) -> Option<Embedding> {
+        self.embed.clone()
     }
 
     /// Applies the final norm and output head to the last row of `hidden`, writing
