@@ -23,6 +23,16 @@ fn free_addr() -> SocketAddr {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // JSON logs on stderr when asked for, e.g. RUST_LOG=shoal::hop=trace for the per-frame
+    // events of every stage and the head in one file.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .json()
+            .with_thread_ids(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().collect();
     let model = std::path::PathBuf::from(&args[1]);
     let n_stages: usize = args.get(2).map_or(Ok(2), |s| s.parse())?;
