@@ -17,11 +17,12 @@ use tracing::{debug, info, trace, warn};
 use transport::quic::{Endpoint, EndpointConfig, FrameHeader, FrameKind};
 
 use super::failover::Plans;
-use super::links::Links;
 use super::protocol::{self, WireDtype};
 use crate::metrics::Metrics;
+use first_stages::{FirstStages, Stopping};
 use logits::Logits;
 
+mod first_stages;
 mod logits;
 
 /// Where the head sits and how long it waits.
@@ -110,12 +111,11 @@ struct Inner {
     logits: Logits,
     n_embd: usize,
     wire: WireDtype,
-    to_first: mpsc::Sender<Outgoing>,
+    to_first: FirstStages,
     first: Option<SocketAddr>,
     reply_addr: Option<SocketAddr>,
     sessions: Mutex<HashMap<u64, mpsc::Sender<Event>>>,
     next_session: AtomicU64,
-    sent: AtomicU64,
     received: AtomicU64,
     generated: AtomicU64,
     recoveries: AtomicU64,
@@ -174,7 +174,6 @@ impl Head {
             other => other,
         };
         let cancel = CancellationToken::new();
-        let (to_first, rx) = mpsc::channel(64);
         let shard = Arc::new(Mutex::new(shard));
         let inner = Arc::new(Inner {
             logits: Logits::start(shard.clone())?,
@@ -182,12 +181,11 @@ impl Head {
             embedding,
             n_embd,
             wire: cfg.wire,
-            to_first,
+            to_first: FirstStages::new(endpoint.clone(), cfg.metrics.clone(), cancel.clone()),
             first: cfg.first,
             reply_addr,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(random_session_base()),
-            sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             generated: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
@@ -195,13 +193,6 @@ impl Head {
             recent_ms: Mutex::new(VecDeque::with_capacity(RECENT)),
             timeout: cfg.reply_timeout,
         });
-        tokio::spawn(send_loop(
-            endpoint.clone(),
-            rx,
-            inner.clone(),
-            cancel.clone(),
-            cfg.metrics.clone(),
-        ));
         tokio::spawn(receive_loop(
             endpoint.clone(),
             inner.clone(),
@@ -259,7 +250,7 @@ impl Head {
     /// Frames sent to the first stage and received from the last, since start.
     pub fn message_counts(&self) -> (u64, u64) {
         (
-            self.inner.sent.load(Ordering::Relaxed),
+            self.inner.to_first.sent(),
             self.inner.received.load(Ordering::Relaxed),
         )
     }
@@ -386,15 +377,10 @@ impl Head {
             .run(&mut s, context, max_tokens, tokens, pick, on_token)
             .await;
         // Free the session on every stage whatever happened.
+        let close = FrameHeader::empty(FrameKind::Close, session, 0);
         let _ = inner
             .to_first
-            .send((
-                first,
-                FrameHeader::empty(FrameKind::Close, session, 0),
-                Vec::new(),
-                s.tx.clone(),
-            ))
-            .await;
+            .send((first, close, Vec::new(), s.tx.clone()));
         inner
             .sessions
             .lock()
@@ -419,8 +405,7 @@ impl Head {
             .reply_addr
             .map(|a| a.to_string().into_bytes())
             .unwrap_or_default();
-        self.send(s, protocol::open(s.id, positions, reply.len()), reply)
-            .await?;
+        self.send(s, protocol::open(s.id, positions, reply.len()), reply)?;
         match self.wait(s).await? {
             Event::Opened => {}
             Event::Hidden(_) => {
@@ -442,7 +427,7 @@ impl Head {
                 inner.n_embd,
                 inner.wire,
             );
-            self.send(s, header, bytes).await?;
+            self.send(s, header, bytes)?;
             hidden = self.expect_hidden(s).await?;
         }
         let mut pos = context.len();
@@ -465,7 +450,7 @@ impl Head {
                 inner.wire,
             );
             let sent = Instant::now();
-            self.send(s, header, bytes).await?;
+            self.send(s, header, bytes)?;
             hidden = self.expect_hidden(s).await?;
             let mut recent = inner.recent_ms.lock().expect("recent lock");
             if recent.len() == RECENT {
@@ -477,7 +462,7 @@ impl Head {
         }
     }
 
-    async fn send(
+    fn send(
         &self,
         s: &Session,
         header: FrameHeader,
@@ -486,8 +471,7 @@ impl Head {
         self.inner
             .to_first
             .send((s.first, header, payload, s.tx.clone()))
-            .await
-            .map_err(|_| PipelineError::Unreachable("head is shutting down".into()))
+            .map_err(|Stopping| PipelineError::Unreachable("head is shutting down".into()))
     }
 
     /// The session's next event; fails on timeout, or as soon as its plan is marked broken.
@@ -568,95 +552,6 @@ impl Head {
         self.cancel.cancel();
         self.endpoint.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
-    }
-}
-
-/// Frames waiting for one first stage; a full queue fails the frame's request.
-const FIRST_STAGE_QUEUE: usize = 64;
-/// A first stage's sender task ends after this long without frames (plans move on).
-const FIRST_STAGE_IDLE: Duration = Duration::from_secs(60);
-
-/// Hands frames to one sender task per first-stage address (requests of different plans
-/// may enter at different stages), so a first stage that is gone (a retired or dead plan's,
-/// which still gets its sessions' Close frames) holds up only its own frames while the
-/// connect times out, never those of requests running on a healthy plan.
-async fn send_loop(
-    endpoint: Arc<Endpoint>,
-    mut frames: mpsc::Receiver<Outgoing>,
-    inner: Arc<Inner>,
-    cancel: CancellationToken,
-    metrics: Option<Arc<Metrics>>,
-) {
-    let mut queues: HashMap<SocketAddr, mpsc::Sender<Outgoing>> = HashMap::new();
-    loop {
-        let frame = tokio::select! {
-            _ = cancel.cancelled() => return,
-            f = frames.recv() => match f { Some(f) => f, None => return },
-        };
-        let first = frame.0;
-        let queue = match queues.get(&first) {
-            Some(q) if !q.is_closed() => q,
-            _ => {
-                queues.retain(|_, q| !q.is_closed());
-                let (tx, rx) = mpsc::channel(FIRST_STAGE_QUEUE);
-                tokio::spawn(send_to(
-                    first,
-                    Links::new(
-                        endpoint.clone(),
-                        metrics.clone(),
-                        2,
-                        Duration::from_millis(50),
-                    ),
-                    rx,
-                    inner.clone(),
-                    cancel.clone(),
-                ));
-                queues.entry(first).insert_entry(tx).into_mut()
-            }
-        };
-        if let Err(e) = queue.try_send(frame) {
-            let (_, header, _, reply) = e.into_inner();
-            if header.kind != FrameKind::Close {
-                let _ = reply.try_send(Event::Failed(format!(
-                    "first stage {first}: too many frames waiting"
-                )));
-            }
-        }
-    }
-}
-
-/// Sends the frames queued for one first stage, in order; a frame that cannot be delivered
-/// fails its request.
-async fn send_to(
-    first: SocketAddr,
-    mut links: Links,
-    mut frames: mpsc::Receiver<Outgoing>,
-    inner: Arc<Inner>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (_, header, payload, reply) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            f = tokio::time::timeout(FIRST_STAGE_IDLE, frames.recv()) => match f {
-                Ok(Some(f)) => f,
-                Ok(None) | Err(_) => return,
-            },
-        };
-        match links.send(first, &header, &payload).await {
-            Ok(()) => {
-                let h = &header;
-                trace!(target: super::stage::HOP, session = h.session, pos = h.pos, rows = h.rows, "sent");
-                inner.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            // A close that cannot be delivered has nobody left to tell.
-            Err(_) if header.kind == FrameKind::Close => {}
-            Err(last_error) => {
-                warn!(%first, error = %last_error, "first stage unreachable");
-                let _ = reply.try_send(Event::Failed(format!(
-                    "first stage {first} unreachable: {last_error}"
-                )));
-            }
-        }
     }
 }
 
