@@ -1,7 +1,7 @@
 //! Decode steps of three or more sessions that wait together at a stage run as one batch
-//! (two run one after the other): the batch counters move, each session's result is the bits it gets alone and leaves as its own
-//! frame (one message per hop per token per session), and a bad frame in a batch fails only
-//! its own session.
+//! (two run one after the other): the batch counters move, each session's result is the bits
+//! it gets alone and leaves as its own frame (one message per hop per token per session), and a
+//! bad frame in a batch fails only its own session.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -84,11 +84,17 @@ async fn recv(link: &mut Link) -> (FrameHeader, Vec<u8>) {
     (frame.header, frame.payload.to_vec())
 }
 
-/// While the stage computes a long prefill, decode frames of three sessions queue behind it;
-/// they run as one batch. The one at a wrong position is refused with an error frame for
-/// its session only; the other two get exactly the hidden states a lone shard computes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decode_frames_waiting_together_run_as_one_batch() {
+/// A stage running layers 0..15 with `sessions` sessions (ids 1..=sessions) open, the links
+/// into and out of it, and a lone shard with the same sessions open to compare against.
+struct LoneStage {
+    stage: Stage,
+    up: Link,
+    down: Link,
+    alone: Shard,
+    _endpoints: (Endpoint, Endpoint),
+}
+
+async fn lone_stage(sessions: u64) -> LoneStage {
     let (listen, next) = (free_addr(), free_addr());
     let downstream = Endpoint::bind(next, endpoint()).unwrap();
     let stage = Stage::start(stage_config(0..15, listen, next), endpoint())
@@ -100,7 +106,6 @@ async fn decode_frames_waiting_together_run_as_one_batch() {
         let link = downstream.accept().await.unwrap().unwrap();
         (downstream, link)
     });
-
     let file = GgufFile::open(model_path("smollm2")).unwrap();
     let spec = ShardSpec {
         layers: 0..15,
@@ -108,7 +113,7 @@ async fn decode_frames_waiting_together_run_as_one_batch() {
         head: false,
     };
     let mut alone = Shard::load(&file, spec, ShardOptions::default()).unwrap();
-    for session in 1..=4u64 {
+    for session in 1..=sessions {
         let open = FrameHeader {
             n_pos: 128,
             ..FrameHeader::empty(FrameKind::Open, session, 0)
@@ -116,25 +121,55 @@ async fn decode_frames_waiting_together_run_as_one_batch() {
         up.send(&open, &[]).await.unwrap();
         alone.open_session(session, 128).unwrap();
     }
-    let (_downstream, mut down) = accept.await.unwrap();
-    for _ in 1..=4 {
+    let (downstream, mut down) = accept.await.unwrap();
+    for _ in 1..=sessions {
         assert_eq!(recv(&mut down).await.0.kind, FrameKind::Open);
     }
-    let mut want = Vec::new();
-    for session in 2..=4u64 {
-        send(
-            &mut up,
-            FrameKind::Prefill,
-            session,
-            0,
-            &rows(session, 0, 3),
-        )
-        .await;
-        assert_eq!(recv(&mut down).await.0.kind, FrameKind::Prefill);
+    LoneStage {
+        stage,
+        up,
+        down,
+        alone,
+        _endpoints: (upstream, downstream),
+    }
+}
+
+/// Prefills three positions of each of `sessions`, through the stage and alone.
+async fn prefill_three(
+    up: &mut Link,
+    down: &mut Link,
+    alone: &mut Shard,
+    sessions: std::ops::RangeInclusive<u64>,
+) {
+    let mut out = Vec::new();
+    for session in sessions {
+        send(up, FrameKind::Prefill, session, 0, &rows(session, 0, 3)).await;
+        assert_eq!(recv(down).await.0.kind, FrameKind::Prefill);
         alone
-            .forward(session, 0, Input::Hidden(&rows(session, 0, 3)), &mut want)
+            .forward(session, 0, Input::Hidden(&rows(session, 0, 3)), &mut out)
             .unwrap();
     }
+}
+
+/// The bits of `values`, to compare floats exactly.
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
+}
+
+/// While the stage computes a long prefill, decode frames of three sessions queue behind it;
+/// they run as one batch. The one at a wrong position is refused with an error frame for
+/// its session only; the other two get exactly the hidden states a lone shard computes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_frames_waiting_together_run_as_one_batch() {
+    let LoneStage {
+        stage,
+        mut up,
+        mut down,
+        mut alone,
+        ..
+    } = lone_stage(4).await;
+    let mut want = Vec::new();
+    prefill_three(&mut up, &mut down, &mut alone, 2..=4).await;
     assert_eq!(stage.batched_decode(), (0, 0));
 
     send(&mut up, FrameKind::Prefill, 1, 0, &rows(1, 0, 64)).await;
@@ -165,7 +200,6 @@ async fn decode_frames_waiting_together_run_as_one_batch() {
         alone
             .forward(session, 3, Input::Hidden(&rows(session, 3, 1)), &mut want)
             .unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got), bits(&want), "session {session}");
     }
     // Sessions 2 and 4 ran as one batch; the refused step was left out of it.
@@ -183,50 +217,15 @@ async fn decode_frames_waiting_together_run_as_one_batch() {
 /// gets the bits it gets alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_waiting_decode_frames_run_one_after_the_other() {
-    let (listen, next) = (free_addr(), free_addr());
-    let downstream = Endpoint::bind(next, endpoint()).unwrap();
-    let stage = Stage::start(stage_config(0..15, listen, next), endpoint())
-        .await
-        .unwrap();
-    let upstream = Endpoint::bind(free_addr(), endpoint()).unwrap();
-    let mut up = upstream.connect(listen).await.unwrap();
-    let accept = tokio::spawn(async move {
-        let link = downstream.accept().await.unwrap().unwrap();
-        (downstream, link)
-    });
-    let file = GgufFile::open(model_path("smollm2")).unwrap();
-    let spec = ShardSpec {
-        layers: 0..15,
-        embed: false,
-        head: false,
-    };
-    let mut alone = Shard::load(&file, spec, ShardOptions::default()).unwrap();
-    for session in 1..=3u64 {
-        let open = FrameHeader {
-            n_pos: 128,
-            ..FrameHeader::empty(FrameKind::Open, session, 0)
-        };
-        up.send(&open, &[]).await.unwrap();
-        alone.open_session(session, 128).unwrap();
-    }
-    let (_downstream, mut down) = accept.await.unwrap();
+    let LoneStage {
+        stage,
+        mut up,
+        mut down,
+        mut alone,
+        ..
+    } = lone_stage(3).await;
     let mut want = Vec::new();
-    for session in 2..=3u64 {
-        send(
-            &mut up,
-            FrameKind::Prefill,
-            session,
-            0,
-            &rows(session, 0, 3),
-        )
-        .await;
-        alone
-            .forward(session, 0, Input::Hidden(&rows(session, 0, 3)), &mut want)
-            .unwrap();
-    }
-    for _ in 0..5 {
-        recv(&mut down).await;
-    }
+    prefill_three(&mut up, &mut down, &mut alone, 2..=3).await;
     // Both decode frames queue behind a long prefill.
     send(&mut up, FrameKind::Prefill, 1, 0, &rows(1, 0, 64)).await;
     send(&mut up, FrameKind::Decode, 2, 3, &rows(2, 3, 1)).await;
@@ -240,7 +239,6 @@ async fn two_waiting_decode_frames_run_one_after_the_other() {
         alone
             .forward(session, 3, Input::Hidden(&rows(session, 3, 1)), &mut want)
             .unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got), bits(&want), "session {session}");
     }
     assert_eq!(stage.batched_decode(), (0, 0));
