@@ -108,8 +108,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let generated = match args.pipeline {
         None => local(&file, &args, &prompt, &mut sampler, &mut emit)?,
         Some(first) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One request: the head's links, its logits and the sampler share one thread, so
+            // a token's hand-offs inside the head wake nothing (the head's own part of a
+            // token, from the frame in to the next frame out less the output product, went
+            // from ~140 to ~75 us; BENCHMARKS.md).
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
