@@ -1,5 +1,5 @@
 //! Pipeline throughput on loopback: one stream against several concurrent streams through the
-//! same stages (each stage runs one compute thread, as a one-core device would).
+//! same stages (each stage runs on one thread, as a one-core device would).
 //!
 //! `cargo run --release -p shoal --example pipeline_bench -- MODEL STAGES STREAMS TOKENS`
 //! e.g. `... models/SmolLM2-135M-Instruct.Q4_1.gguf 2 2 64`.

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 /// `RUST_LOG=info,shoal::hop=trace`.
 pub(crate) const HOP: &str = "shoal::hop";
 
-/// Frames queued between the network tasks and the compute thread, each way. Bounded, so a
+/// Frames queued between the network tasks and the compute task, each way. Bounded, so a
 /// flood from upstream slows the sender down instead of growing memory.
 const QUEUE: usize = 64;
 
@@ -92,7 +92,7 @@ pub struct Stage {
     route: watch::Sender<Route>,
 }
 
-/// Recent decode step times of a stage's compute thread.
+/// Recent decode step times of a stage's compute task.
 #[derive(Default)]
 struct StepTimes {
     count: AtomicU64,
@@ -103,7 +103,7 @@ struct StepTimes {
 const RECENT_STEPS: usize = 32;
 
 impl StepTimes {
-    /// One step of the compute thread, which decoded `count` sessions' positions. The
+    /// One step of the compute task, which decoded `count` sessions' positions. The
     /// median is over the time per position: the plan predicts one position's cost, and a
     /// batch of four taking twice one step's time is a stage working faster, not a
     /// straggler (counting the whole batch made busy stages look slow under concurrency).
