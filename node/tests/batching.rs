@@ -327,3 +327,14 @@ async fn concurrent_sessions_batch_and_each_gets_its_solo_answer() {
         s.shutdown().await;
     }
 }
+
+/// A stage whose address is taken fails to start with an error, in any runtime: its own
+/// runtime, already built by then, is put away without blocking the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_on_a_taken_address_fails_with_an_error() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let started = Stage::start(stage_config(0..15, listen, free_addr()), endpoint()).await;
+    let error = format!("{:#}", started.err().expect("the address is taken"));
+    assert!(error.contains("binding the stage endpoint"), "{error}");
+}

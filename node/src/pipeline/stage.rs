@@ -150,6 +150,25 @@ fn upstream_of(link: &transport::quic::Link) -> Upstream {
     }
 }
 
+/// A stage's runtime until its thread runs it. Dropping it shuts it down without blocking,
+/// so a stage that cannot start (its address taken, no thread to be had) returns an error
+/// inside the caller's runtime instead of panicking there.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// The [`Upstream`] of a link from `peer`.
 fn upstream_key(peer: &PeerId) -> Upstream {
     hash_of(peer)
@@ -180,13 +199,15 @@ impl Stage {
             Ok(Shard::load(&file, spec, options)?)
         })
         .await??;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the stage's runtime")?;
+        let runtime = OwnRuntime(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the stage's runtime")?,
+        ));
         let endpoint = {
             // The endpoint's driver runs where it is bound.
-            let _stage_runtime = runtime.enter();
+            let _stage_runtime = runtime.get().enter();
             Arc::new(Endpoint::bind(cfg.listen, identity).context("binding the stage endpoint")?)
         };
         let local = endpoint.local_addr()?;
@@ -200,7 +221,7 @@ impl Stage {
         let steps = Arc::new(StepTimes::default());
         let (route_tx, route_rx) = watch::channel(cfg.route);
         let mut tasks = tokio::task::JoinSet::new();
-        let on = runtime.handle();
+        let on = runtime.get().handle();
 
         let settings = Settings {
             timeout: cfg.session_timeout,
@@ -253,7 +274,7 @@ impl Stage {
         std::thread::Builder::new()
             .name("shoal-stage".into())
             .spawn(move || {
-                runtime.block_on(async move {
+                runtime.get().block_on(async move {
                     thread_cancel.cancelled().await;
                     thread_endpoint.close();
                     while tasks.join_next().await.is_some() {}
