@@ -432,8 +432,9 @@ impl Head {
         }
         let mut pos = context.len();
         loop {
-            // The hidden state is position `pos - 1`'s; the events carry that position.
-            let at = (pos - 1) as u32;
+            // The hidden state is position `pos - 1`'s (the context is never empty); the
+            // events carry that position.
+            let at = pos.saturating_sub(1) as u32;
             trace!(target: super::stage::HOP, session = s.id, pos = at, rows = 1u32, "computing");
             let logits = self.logits(std::mem::take(&mut hidden)).await?;
             trace!(target: super::stage::HOP, session = s.id, pos = at, rows = 1u32, "computed");
