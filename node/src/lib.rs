@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backend;
 pub mod cluster;
+pub mod cpu_quota;
 pub mod events;
 pub mod metrics;
 pub mod pipeline;

@@ -23,6 +23,7 @@ use super::coordinator;
 use super::node::Shared;
 use super::state::Active;
 use super::weights::Weights;
+use crate::cpu_quota;
 use crate::events::{moved_layers, short_id};
 use crate::pipeline::{Route, Stage, StageConfig};
 
@@ -643,7 +644,7 @@ impl Agent {
         let Some(r) = self.stages.iter().find(|r| r.epoch == active) else {
             return;
         };
-        let (count, median) = r.stage.decode_steps();
+        let (count, median) = r.stage.decode_steps(cpu_quota::cores_allowed());
         if count == self.published_steps {
             return;
         }

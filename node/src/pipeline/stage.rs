@@ -96,33 +96,43 @@ pub struct Stage {
 #[derive(Default)]
 struct StepTimes {
     count: AtomicU64,
-    recent: std::sync::Mutex<std::collections::VecDeque<Duration>>,
+    /// Per position: the wall time and the process's CPU time of its step.
+    recent: std::sync::Mutex<std::collections::VecDeque<(Duration, Duration)>>,
 }
 
 /// Decode steps the median is taken over.
 const RECENT_STEPS: usize = 32;
 
 impl StepTimes {
-    /// One step of the compute task, which decoded `count` sessions' positions. The
-    /// median is over the time per position: the plan predicts one position's cost, and a
-    /// batch of four taking twice one step's time is a stage working faster, not a
-    /// straggler (counting the whole batch made busy stages look slow under concurrency).
-    fn record(&self, step: Duration, count: u64) {
+    /// One step of the compute task, which decoded `count` sessions' positions in `wall`
+    /// while the process used `cpu`. The median is over the time per position: the plan
+    /// predicts one position's cost, and a batch of four taking twice one step's time is a
+    /// stage working faster, not a straggler (counting the whole batch made busy stages look
+    /// slow under concurrency).
+    fn record(&self, wall: Duration, cpu: Duration, count: u64) {
         self.count.fetch_add(count, Ordering::Relaxed);
+        let n = count.max(1) as u32;
         let mut recent = self.recent.lock().expect("steps lock");
         if recent.len() == RECENT_STEPS {
             recent.pop_front();
         }
-        recent.push_back(step / count.max(1) as u32);
+        recent.push_back((wall / n, cpu / n));
     }
 
-    fn summary(&self) -> (u64, Option<Duration>) {
+    /// Steps so far, and the median time per position. Under a CPU quota of `cores`, a
+    /// position costs at least its CPU time over those cores: a step that fits in one
+    /// period's quota looks fast on the wall clock while the process then waits out the
+    /// rest of the period.
+    fn summary(&self, cores: Option<f64>) -> (u64, Option<Duration>) {
         let mut v: Vec<Duration> = self
             .recent
             .lock()
             .expect("steps lock")
             .iter()
-            .copied()
+            .map(|&(wall, cpu)| match cores {
+                Some(c) if c > 0.0 => wall.max(cpu.div_f64(c)),
+                _ => wall,
+            })
             .collect();
         v.sort();
         (
@@ -308,9 +318,10 @@ impl Stage {
 
     /// Decode positions computed so far, and the median time per position of the recent
     /// steps (a batch's time divided by its rows): what the straggler policy compares with
-    /// the plan's prediction.
-    pub fn decode_steps(&self) -> (u64, Option<Duration>) {
-        self.steps.summary()
+    /// the plan's prediction. `cores` is the process's CPU quota, if it has one
+    /// ([`crate::cpu_quota::cores_allowed`]).
+    pub fn decode_steps(&self, cores: Option<f64>) -> (u64, Option<Duration>) {
+        self.steps.summary(cores)
     }
 
     /// Changes where computed frames go (a pending route is set once the plan is ready).
@@ -480,4 +491,25 @@ pub(crate) fn error_frame(code: ErrorCode, session: u64, message: &str) -> (Fram
         .unwrap_or_else(|_| FrameHeader::empty(FrameKind::Error(code), session, 0));
     let bytes = if header.cols == 0 { Vec::new() } else { bytes };
     (header, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_times_under_a_quota_cost_their_cpu_over_the_allowed_cores() {
+        let steps = StepTimes::default();
+        let ms = Duration::from_millis;
+        for _ in 0..3 {
+            steps.record(ms(5), ms(5), 1);
+        }
+        // A batch of four positions in 8 ms is 2 ms a position.
+        steps.record(ms(8), ms(8), 4);
+        assert_eq!(steps.summary(None), (7, Some(ms(5))));
+        // 5 % of a core: 5 ms of CPU is 100 ms of the node's time.
+        assert_eq!(steps.summary(Some(0.05)), (7, Some(ms(100))));
+        // A quota above what the step uses changes nothing: the wall clock counts.
+        assert_eq!(steps.summary(Some(2.0)), (7, Some(ms(5))));
+    }
 }

@@ -20,6 +20,7 @@ use tracing::{debug, info, trace, warn};
 use transport::quic::{ErrorCode, FrameHeader, FrameKind};
 
 use super::{error_frame, Job, Outgoing, StepTimes, Upstream, HOP};
+use crate::cpu_quota;
 use crate::metrics::{Metrics, StepKind};
 use crate::pipeline::protocol::{self, WireDtype};
 use crate::pipeline::route;
@@ -269,12 +270,14 @@ impl Worker {
             }
             FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
                 let started = Instant::now();
+                let cpu = cpu_quota::process_time();
                 if let Some(seen) = self.last_seen.get_mut(&session) {
                     seen.0 = started;
                 }
                 let reply = self.step(header, &payload);
                 if header.kind == FrameKind::Decode && reply.is_ok() {
-                    self.reports.steps.record(started.elapsed(), 1);
+                    let used = cpu_quota::process_time().saturating_sub(cpu);
+                    self.reports.steps.record(started.elapsed(), used, 1);
                 }
                 let kind = if header.kind == FrameKind::Decode {
                     StepKind::Decode
@@ -312,13 +315,19 @@ impl Worker {
     /// batch and sends each result on as its own frame. A frame that cannot run is answered
     /// with an error frame for its session alone; the others run.
     fn decode(&mut self, frames: &mut Vec<Frame>) {
-        let started = Instant::now();
+        let started = (Instant::now(), cpu_quota::process_time());
         let mut batch = std::mem::take(&mut self.batch);
         self.decode_batch(frames, &mut batch, started);
         self.batch = batch;
     }
 
-    fn decode_batch(&mut self, frames: &mut Vec<Frame>, b: &mut Batch, started: Instant) {
+    /// `started` is when the batch began, on the wall clock and in the process's CPU time.
+    fn decode_batch(
+        &mut self,
+        frames: &mut Vec<Frame>,
+        b: &mut Batch,
+        (started, cpu): (Instant, Duration),
+    ) {
         for (h, _, _) in frames.iter() {
             trace!(target: HOP, session = h.session, pos = h.pos, rows = h.rows, "computing");
         }
@@ -379,7 +388,8 @@ impl Worker {
             return;
         }
         let k = b.rows.len();
-        self.reports.steps.record(started.elapsed(), k as u64);
+        let used = cpu_quota::process_time().saturating_sub(cpu);
+        self.reports.steps.record(started.elapsed(), used, k as u64);
         self.observe(StepKind::Decode, started);
         if k > 1 {
             let batched = &self.reports.batched;
