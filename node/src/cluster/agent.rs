@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use scheduler::straggler::{Config as StragglerConfig, Monitor};
 use scheduler::{ModelProfile, Plan};
 use sharding::model::{ShardOptions, ShardSpec};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use transport::discovery::{Advert, AdvertState, Discovery, Inbox, MembershipEvent, PeerId};
@@ -81,11 +81,17 @@ pub(crate) struct Agent {
     started: Instant,
     /// When each recent plan was received, to report how long it took to become active.
     assigned_at: HashMap<u64, Instant>,
+    /// This node's newest advert, for the one task that publishes adverts in order (a task
+    /// per publish could deliver an older advert after a newer one, and peers would keep
+    /// the older: a stage reported loading after it had reported ready).
+    advert_tx: watch::Sender<Option<Advert>>,
+    advert_rx: Option<watch::Receiver<Option<Advert>>>,
 }
 
 impl Agent {
     pub(crate) fn new(shared: Arc<Shared>, cfg: AgentConfig, inbox: Inbox) -> Agent {
         let (loaded_tx, loaded_rx) = mpsc::channel(8);
+        let (advert_tx, advert_rx) = watch::channel(None);
         Agent {
             shared,
             cfg,
@@ -102,12 +108,17 @@ impl Agent {
             published_steps: 0,
             started: Instant::now(),
             assigned_at: HashMap::new(),
+            advert_tx,
+            advert_rx: Some(advert_rx),
         }
     }
 
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
         let mut events = self.shared.discovery.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        if let Some(adverts) = self.advert_rx.take() {
+            tokio::spawn(publish_adverts(self.shared.discovery.clone(), adverts));
+        }
         // A node alone still plans for itself.
         self.arm_replan();
         loop {
@@ -499,12 +510,7 @@ impl Agent {
             };
             state.advert.clone()
         };
-        let discovery = self.shared.discovery.clone();
-        tokio::spawn(async move {
-            if let Err(e) = discovery.publish(advert).await {
-                warn!(error = %e, "cannot publish the advert");
-            }
-        });
+        self.advert_tx.send_replace(Some(advert));
     }
 
     fn active_epoch(&self) -> u64 {
@@ -655,12 +661,7 @@ impl Agent {
             state.advert.state.step_us = median.map(|d| d.as_micros() as u64);
             state.advert.clone()
         };
-        let discovery = self.shared.discovery.clone();
-        tokio::spawn(async move {
-            if let Err(e) = discovery.publish(advert).await {
-                warn!(error = %e, "cannot publish the advert");
-            }
-        });
+        self.advert_tx.send_replace(Some(advert));
     }
 
     /// The coordinator's straggler policy: feeds the members' step times to the monitor and
@@ -716,5 +717,21 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Publishes this node's adverts one at a time, newest last; one skipped while another was
+/// being published is superseded by the newest anyway.
+async fn publish_adverts(
+    discovery: transport::discovery::swarm::Handle,
+    mut adverts: watch::Receiver<Option<Advert>>,
+) {
+    while adverts.changed().await.is_ok() {
+        let advert = adverts.borrow_and_update().clone();
+        if let Some(advert) = advert {
+            if let Err(e) = discovery.publish(advert).await {
+                warn!(error = %e, "cannot publish the advert");
+            }
+        }
     }
 }
