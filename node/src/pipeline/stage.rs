@@ -96,7 +96,7 @@ pub struct Stage {
 #[derive(Default)]
 struct StepTimes {
     count: AtomicU64,
-    /// Per position: the wall time and the process's CPU time of its step.
+    /// Per position: the wall time and the CPU time of its step.
     recent: std::sync::Mutex<std::collections::VecDeque<(Duration, Duration)>>,
 }
 
@@ -105,7 +105,7 @@ const RECENT_STEPS: usize = 32;
 
 impl StepTimes {
     /// One step of the compute task, which decoded `count` sessions' positions in `wall`
-    /// while the process used `cpu`. The median is over the time per position: the plan
+    /// and `cpu` of CPU time. The median is over the time per position: the plan
     /// predicts one position's cost, and a batch of four taking twice one step's time is a
     /// stage working faster, not a straggler (counting the whole batch made busy stages look
     /// slow under concurrency).

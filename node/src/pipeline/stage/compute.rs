@@ -270,13 +270,13 @@ impl Worker {
             }
             FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
                 let started = Instant::now();
-                let cpu = cpu_quota::process_time();
+                let cpu = self.cpu_time();
                 if let Some(seen) = self.last_seen.get_mut(&session) {
                     seen.0 = started;
                 }
                 let reply = self.step(header, &payload);
                 if header.kind == FrameKind::Decode && reply.is_ok() {
-                    let used = cpu_quota::process_time().saturating_sub(cpu);
+                    let used = self.cpu_time().saturating_sub(cpu);
                     self.reports.steps.record(started.elapsed(), used, 1);
                 }
                 let kind = if header.kind == FrameKind::Decode {
@@ -315,13 +315,13 @@ impl Worker {
     /// batch and sends each result on as its own frame. A frame that cannot run is answered
     /// with an error frame for its session alone; the others run.
     fn decode(&mut self, frames: &mut Vec<Frame>) {
-        let started = (Instant::now(), cpu_quota::process_time());
+        let started = (Instant::now(), self.cpu_time());
         let mut batch = std::mem::take(&mut self.batch);
         self.decode_batch(frames, &mut batch, started);
         self.batch = batch;
     }
 
-    /// `started` is when the batch began, on the wall clock and in the process's CPU time.
+    /// `started` is when the batch began, on the wall clock and in CPU time.
     fn decode_batch(
         &mut self,
         frames: &mut Vec<Frame>,
@@ -388,7 +388,7 @@ impl Worker {
             return;
         }
         let k = b.rows.len();
-        let used = cpu_quota::process_time().saturating_sub(cpu);
+        let used = self.cpu_time().saturating_sub(cpu);
         self.reports.steps.record(started.elapsed(), used, k as u64);
         self.observe(StepKind::Decode, started);
         if k > 1 {
@@ -478,6 +478,16 @@ impl Worker {
             wire,
         );
         (out, bytes)
+    }
+
+    /// The CPU time behind this stage's steps: its own thread's when the shard computes on
+    /// it (one thread), else the whole process's (the shard's pool works on other threads).
+    fn cpu_time(&self) -> Duration {
+        if self.shard.options().threads <= 1 {
+            cpu_quota::thread_time()
+        } else {
+            cpu_quota::process_time()
+        }
     }
 
     fn observe(&self, kind: StepKind, started: Instant) {
