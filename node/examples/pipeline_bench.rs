@@ -1,8 +1,9 @@
 //! Pipeline throughput on loopback: one stream against several concurrent streams through the
 //! same stages (each stage runs on one thread, as a one-core device would).
 //!
-//! `cargo run --release -p shoal --example pipeline_bench -- MODEL STAGES STREAMS TOKENS`
-//! e.g. `... models/SmolLM2-135M-Instruct.Q4_1.gguf 2 2 64`.
+//! `cargo run --release -p shoal --example pipeline_bench -- MODEL STAGES STREAMS TOKENS [SPLIT]`
+//! e.g. `... models/SmolLM2-135M-Instruct.Q4_1.gguf 2 2 64`. `SPLIT` gives each stage's
+//! layer count, e.g. `18,12`; the default splits the layers evenly.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -39,10 +40,29 @@ async fn main() -> anyhow::Result<()> {
     let streams: usize = args.get(3).map_or(Ok(2), |s| s.parse())?;
     let tokens: usize = args.get(4).map_or(Ok(64), |s| s.parse())?;
     let n_layers = ModelConfig::from_metadata(GgufFile::open(&model)?.metadata())?.n_layers;
+    let bounds: Vec<usize> = match args.get(5) {
+        Some(split) => {
+            let counts = split
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<usize>, _>>()?;
+            anyhow::ensure!(
+                counts.len() == n_stages && counts.iter().sum::<usize>() == n_layers,
+                "SPLIT must give {n_stages} layer counts adding up to {n_layers}"
+            );
+            std::iter::once(0)
+                .chain(counts.iter().scan(0, |at, c| {
+                    *at += c;
+                    Some(*at)
+                }))
+                .collect()
+        }
+        None => (0..=n_stages).map(|i| i * n_layers / n_stages).collect(),
+    };
     let addrs: Vec<SocketAddr> = (0..=n_stages).map(|_| free_addr()).collect();
     let mut stages = Vec::new();
     for i in 0..n_stages {
-        let layers = i * n_layers / n_stages..(i + 1) * n_layers / n_stages;
+        let layers = bounds[i]..bounds[i + 1];
         let cfg = StageConfig {
             model: model.clone(),
             spec: ShardSpec {
