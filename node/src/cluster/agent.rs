@@ -650,10 +650,10 @@ impl Agent {
         let Some(r) = self.stages.iter().find(|r| r.epoch == active) else {
             return;
         };
-        let (count, median) = r.stage.decode_steps(cpu_quota::cores_allowed());
-        if count == self.published_steps {
+        if r.stage.decode_steps(None).0 == self.published_steps {
             return;
         }
+        let (count, median) = r.stage.decode_steps(cpu_quota::cores_allowed());
         self.published_steps = count;
         let advert = {
             let mut state = self.shared.state.lock().expect("state lock");

@@ -157,6 +157,7 @@ impl Node {
             sha256 = %loaded.summary.sha256,
             decode_ms_per_layer = loaded.cost.decode_ms,
             prefill_ms_per_layer = loaded.cost.prefill_ms_per_token,
+            cpu_quota_cores = crate::cpu_quota::cores_allowed(),
             "measured this node"
         );
         // A node holding the whole file serves its chunks to nodes that lack it.
