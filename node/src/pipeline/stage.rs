@@ -130,7 +130,10 @@ impl StepTimes {
             .expect("steps lock")
             .iter()
             .map(|&(wall, cpu)| match cores {
-                Some(c) if c > 0.0 => wall.max(cpu.div_f64(c)),
+                // A quota read as absurdly small saturates instead of overflowing.
+                Some(c) if c > 0.0 => wall.max(
+                    Duration::try_from_secs_f64(cpu.as_secs_f64() / c).unwrap_or(Duration::MAX),
+                ),
                 _ => wall,
             })
             .collect();
@@ -511,5 +514,7 @@ mod tests {
         assert_eq!(steps.summary(Some(0.05)), (7, Some(ms(100))));
         // A quota above what the step uses changes nothing: the wall clock counts.
         assert_eq!(steps.summary(Some(2.0)), (7, Some(ms(5))));
+        // A nonsensical quota (a cgroup file with a tiny ratio) saturates, never panics.
+        assert_eq!(steps.summary(Some(1e-300)), (7, Some(Duration::MAX)));
     }
 }
