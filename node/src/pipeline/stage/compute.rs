@@ -270,12 +270,13 @@ impl Worker {
             }
             FrameKind::Prefill | FrameKind::Decode | FrameKind::Activations => {
                 let started = Instant::now();
-                let cpu = self.cpu_time();
+                // Only decode steps are reported; a prefill chunk's CPU time is not read.
+                let cpu = (header.kind == FrameKind::Decode).then(|| self.cpu_time());
                 if let Some(seen) = self.last_seen.get_mut(&session) {
                     seen.0 = started;
                 }
                 let reply = self.step(header, &payload);
-                if header.kind == FrameKind::Decode && reply.is_ok() {
+                if let (Some(cpu), Ok(_)) = (cpu, &reply) {
                     let used = self.cpu_time().saturating_sub(cpu);
                     self.reports.steps.record(started.elapsed(), used, 1);
                 }
