@@ -47,8 +47,10 @@ async fn main() -> anyhow::Result<()> {
                 .map(str::parse)
                 .collect::<Result<Vec<usize>, _>>()?;
             anyhow::ensure!(
-                counts.len() == n_stages && counts.iter().sum::<usize>() == n_layers,
-                "SPLIT must give {n_stages} layer counts adding up to {n_layers}"
+                counts.len() == n_stages
+                    && counts.iter().all(|&c| c > 0)
+                    && counts.iter().sum::<usize>() == n_layers,
+                "SPLIT must give {n_stages} layer counts, each at least 1, adding up to {n_layers}"
             );
             std::iter::once(0)
                 .chain(counts.iter().scan(0, |at, c| {
