@@ -28,6 +28,7 @@ use crate::pipeline::route;
 /// Most decode frames computed as one batch. A batch takes only frames already waiting: a
 /// lone stream never waits for company.
 pub(super) const MAX_STAGE_BATCH: usize = 8;
+const _: () = assert!(MAX_STAGE_BATCH <= sharding::model::MAX_BATCH);
 
 /// Fewest decode frames computed as one batch; two waiting frames run one after the other.
 ///
@@ -382,10 +383,12 @@ impl Worker {
             }
         };
         if let Err(error) = run {
-            // Only a malformed batch gets here, which the loop above never builds; answer
-            // every frame alone rather than guess.
-            warn!(%error, "batch refused as a whole; running its steps one by one");
-            self.decode_one_by_one(b);
+            // Only a batch the loop above never builds gets here (empty, too large, or rows
+            // that disagree with the steps): every session in it is told, none is dropped.
+            warn!(%error, "batch refused as a whole");
+            for (header, head) in std::mem::take(&mut b.rows) {
+                self.refuse(header.session, head, &error);
+            }
             return;
         }
         let k = b.rows.len();
@@ -405,24 +408,6 @@ impl Worker {
             trace!(target: HOP, session = h.session, pos = h.pos, rows = h.rows, "computed");
             let frame = self.hidden_frame(header, i * e..(i + 1) * e);
             self.send((frame.0, frame.1, head));
-        }
-    }
-
-    /// Runs the rows of `b` with [`Shard::forward`], each on its own.
-    fn decode_one_by_one(&mut self, b: &Batch) {
-        let e = self.n_embd;
-        for (i, &(header, head)) in b.rows.iter().enumerate() {
-            let input = Input::Hidden(&b.inputs[i * e..(i + 1) * e]);
-            match self
-                .shard
-                .forward(header.session, header.pos as usize, input, &mut self.result)
-            {
-                Ok(_) => {
-                    let frame = self.hidden_frame(header, 0..self.result.len());
-                    self.send((frame.0, frame.1, head));
-                }
-                Err(error) => self.refuse(header.session, head, &error),
-            }
         }
     }
 
