@@ -532,7 +532,17 @@ impl Head {
         if self.in_flight() < logits::MIN_HEAD_BATCH {
             if let Ok(mut shard) = self.inner.shard.try_lock() {
                 let mut logits = Vec::new();
-                return match shard.logits(&hidden, &mut logits) {
+                let mut product = || shard.logits(&hidden, &mut logits);
+                // A node's head serves the HTTP API on a multi-thread runtime: the worker
+                // hands its other tasks over before the product blocks it for a few ms. A
+                // current-thread runtime (`shoal generate`) has nothing else to run.
+                let result = match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(product)
+                    }
+                    _ => product(),
+                };
+                return match result {
                     Ok(()) => Ok(logits),
                     Err(e) => Err(PipelineError::Head(e.to_string())),
                 };
