@@ -99,6 +99,11 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// A quota in cores as adverts carry it: thousandths of a core, at least one.
+pub fn as_milli(cores: Option<f64>) -> Option<u32> {
+    cores.map(|c| (c * 1000.0).round().clamp(1.0, f64::from(u32::MAX)) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +115,16 @@ mod tests {
             .map(|(p, c)| (PathBuf::from(p), c.to_string()))
             .collect();
         move |p| files.get(p).cloned()
+    }
+
+    #[test]
+    fn adverts_carry_thousandths_of_a_core_and_never_zero() {
+        assert_eq!(as_milli(None), None);
+        assert_eq!(as_milli(Some(0.05)), Some(50));
+        assert_eq!(as_milli(Some(1.5)), Some(1500));
+        // A quota too small to show still shows as a quota.
+        assert_eq!(as_milli(Some(1e-9)), Some(1));
+        assert_eq!(as_milli(Some(1e12)), Some(u32::MAX));
     }
 
     #[test]

@@ -69,8 +69,11 @@ impl NodeProcess {
         model: &[OsString],
     ) -> NodeProcess {
         let log = std::fs::File::create(logs.join(format!("{ns}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_shoal"), "run"])
+        // `nsenter` joins the network namespace only; `ip netns exec` would also remount
+        // /sys, hiding the cgroup files a node reads its CPU quota from.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args([env!("CARGO_BIN_EXE_shoal"), "run"])
             .args(model)
             .args(["--threads", "1", "--memory", memory, "--max-context", "512"])
             .args(["--liveness-timeout", "2", "--replan-delay", "0.5"])
@@ -537,7 +540,17 @@ fn a_throttled_stage_gets_fewer_layers() {
             .filter(|s| s.peer_id == slow.peer_id)
             .map(|s| s.layers[1] - s.layers[0])
             .sum();
+        // The node's quota reaches every view with its next advert, and `shoal status` lists it.
+        let quota = view
+            .members
+            .iter()
+            .find(|m| m.peer_id == slow.peer_id)
+            .and_then(|m| m.cpu_quota);
         if now.epoch > epoch && layers < before {
+            assert!(
+                quota.is_some_and(|q| q <= 0.05),
+                "the throttled node's quota, as the cluster sees it: {quota:?}"
+            );
             eprintln!(
                 "throttled node: {before} -> {layers} layers, plan {} -> {}, {:?} after the throttle",
                 epoch,

@@ -54,8 +54,8 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(
         out,
-        "  {:<10} {:<22} {:>7} {:>10} {:>7} {:<8} {:>9} {:>5}",
-        "node", "address", "threads", "memory", "layers", "state", "ms/layer", "model"
+        "  {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}",
+        "node", "address", "threads", "cpu", "memory", "layers", "state", "ms/layer", "model"
     )?;
     for m in &view.members {
         let layers = m
@@ -66,6 +66,11 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
             .decode_ms_per_layer
             .map(|d| format!("{d:.3}"))
             .unwrap_or_else(|| "-".to_owned());
+        // The cores a CPU quota allows; "-" when the node has none.
+        let cpu = m
+            .cpu_quota
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or_else(|| "-".to_owned());
         let mut state = member_state_name(m.state).to_owned();
         if m.state == MemberState::Serving && !m.ready {
             state.push('?');
@@ -73,10 +78,11 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
         let me = if m.peer_id == view.node { "*" } else { " " };
         writeln!(
             out,
-            "{me} {:<10} {:<22} {:>7} {:>10} {:>7} {:<8} {:>9} {:>5}",
+            "{me} {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}",
             short_id(&m.peer_id),
             m.data_addr,
             m.threads,
+            cpu,
             format_size(m.memory_budget_bytes),
             layers,
             state,
@@ -180,6 +186,7 @@ pub(crate) mod tests {
             api_addr: None,
             stage_addr: None,
             threads: 4,
+            cpu_quota: None,
             memory_budget_bytes: 512 << 20,
             holds_model: true,
             decode_ms_per_layer: Some(0.3),
@@ -254,6 +261,34 @@ pub(crate) mod tests {
         );
         assert!(text.contains("512.0 MiB"), "{text}");
         assert!(!text.contains("problem"), "{text}");
+    }
+
+    #[test]
+    fn a_cpu_quota_is_shown_in_cores() {
+        let mut v = fixture();
+        v.members[1].cpu_quota = Some(0.05);
+        let text = render(&v);
+        let row = |tail: &str| {
+            text.lines()
+                .find(|l| l.contains(tail))
+                .unwrap_or_else(|| panic!("no row for {tail} in {text}"))
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let header: Vec<&str> = text
+            .lines()
+            .find(|l| l.contains("threads"))
+            .expect("a header")
+            .split_whitespace()
+            .collect();
+        let column = header
+            .iter()
+            .position(|&h| h == "cpu")
+            .expect("a cpu column");
+        // The first row starts with "*" (this node), which the header does not have.
+        assert_eq!(row("…aaaa1111 ")[column + 1], "-", "{text}");
+        assert_eq!(row("…bbbb2222 ")[column], "0.05", "{text}");
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub(crate) struct Agent {
     seen_steps: HashMap<String, u64>,
     /// Decode step count of this node's stage last published.
     published_steps: u64,
+    /// The process's CPU quota, in cores, as last read (each tick).
+    cpu_quota: Option<f64>,
     /// Zero of the monitor's clock.
     started: Instant,
     /// When each recent plan was received, to report how long it took to become active.
@@ -106,6 +108,7 @@ impl Agent {
             monitor: None,
             seen_steps: HashMap::new(),
             published_steps: 0,
+            cpu_quota: cpu_quota::cores_allowed(),
             started: Instant::now(),
             assigned_at: HashMap::new(),
             advert_tx,
@@ -507,6 +510,7 @@ impl Agent {
                 stage_addr,
                 steps: 0,
                 step_us: None,
+                cpu_quota_milli: cpu_quota::as_milli(self.cpu_quota),
             };
             state.advert.clone()
         };
@@ -645,20 +649,29 @@ impl Agent {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Publishes how fast this node's stage of the active plan runs, when it ran more steps.
+    /// Publishes how fast this node's stage of the active plan runs when it ran more steps,
+    /// and the process's CPU quota when it changed.
     fn report_steps(&mut self, active: u64) {
-        let Some(r) = self.stages.iter().find(|r| r.epoch == active) else {
-            return;
-        };
-        if r.stage.decode_steps(None).0 == self.published_steps {
+        let quota = cpu_quota::cores_allowed();
+        let quota_changed = quota != self.cpu_quota;
+        self.cpu_quota = quota;
+        let steps = self
+            .stages
+            .iter()
+            .find(|r| r.epoch == active)
+            .map(|r| r.stage.decode_steps(quota))
+            .filter(|&(count, _)| count != self.published_steps);
+        if steps.is_none() && !quota_changed {
             return;
         }
-        let (count, median) = r.stage.decode_steps(cpu_quota::cores_allowed());
-        self.published_steps = count;
         let advert = {
             let mut state = self.shared.state.lock().expect("state lock");
-            state.advert.state.steps = count;
-            state.advert.state.step_us = median.map(|d| d.as_micros() as u64);
+            if let Some((count, median)) = steps {
+                self.published_steps = count;
+                state.advert.state.steps = count;
+                state.advert.state.step_us = median.map(|d| d.as_micros() as u64);
+            }
+            state.advert.state.cpu_quota_milli = cpu_quota::as_milli(quota);
             state.advert.clone()
         };
         self.advert_tx.send_replace(Some(advert));

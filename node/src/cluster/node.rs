@@ -152,12 +152,13 @@ impl Node {
             tokio::task::spawn_blocking(move || load_model(&path, threads, context, known_sha))
                 .await
                 .context("model loading task")??;
+        let quota = crate::cpu_quota::cores_allowed();
         info!(
             model = %loaded.summary.name,
             sha256 = %loaded.summary.sha256,
             decode_ms_per_layer = loaded.cost.decode_ms,
             prefill_ms_per_layer = loaded.cost.prefill_ms_per_token,
-            cpu_quota_cores = crate::cpu_quota::cores_allowed(),
+            cpu_quota_cores = quota,
             "measured this node"
         );
         // A node holding the whole file serves its chunks to nodes that lack it.
@@ -205,7 +206,10 @@ impl Node {
             seed_addr: seed
                 .as_ref()
                 .map(|s| SocketAddr::new(ip, s.local_addr().port())),
-            state: AdvertState::default(),
+            state: AdvertState {
+                cpu_quota_milli: crate::cpu_quota::as_milli(quota),
+                ..AdvertState::default()
+            },
         };
         handle
             .publish(advert.clone())

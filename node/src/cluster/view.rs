@@ -77,6 +77,10 @@ pub struct MemberView {
     pub stage_addr: Option<String>,
     /// Worker threads.
     pub threads: u32,
+    /// Cores its CPU quota allows (`None`: no quota), e.g. 0.5 for a container run with
+    /// `--cpus 0.5`.
+    #[serde(default)]
+    pub cpu_quota: Option<f64>,
     /// Memory the node offers for weights and KV cache, bytes.
     pub memory_budget_bytes: u64,
     /// Whether it holds this cluster's model (same sha256).

@@ -59,4 +59,8 @@ pub struct AdvertState {
     /// Median of its recent decode step times, microseconds (for the straggler policy).
     #[serde(default)]
     pub step_us: Option<u64>,
+    /// CPU its cgroup quota allows, in thousandths of a core (`None`: no quota). Read at
+    /// run time, since an operator may change it, and shown by `shoal status`.
+    #[serde(default)]
+    pub cpu_quota_milli: Option<u32>,
 }

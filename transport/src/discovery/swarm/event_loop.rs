@@ -34,7 +34,8 @@ const MAX_PENDING_SENDS: usize = 1024;
 #[derive(Debug)]
 pub(crate) enum Command {
     Publish {
-        advert: Advert,
+        // Boxed: an advert is several times the size of the other commands.
+        advert: Box<Advert>,
         reply: oneshot::Sender<Result<(), DiscoveryError>>,
     },
     Send {
@@ -203,7 +204,7 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Publish { advert, reply } => {
-                let result = self.publish(advert);
+                let result = self.publish(*advert);
                 let _ = reply.send(result);
             }
             Command::Send {

@@ -140,7 +140,11 @@ impl Discovery for Handle {
 
     async fn publish(&self, advert: Advert) -> Result<(), DiscoveryError> {
         let (reply, rx) = oneshot::channel();
-        self.command(Command::Publish { advert, reply }).await?;
+        self.command(Command::Publish {
+            advert: Box::new(advert),
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| DiscoveryError::Stopped)?
     }
 
