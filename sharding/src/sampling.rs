@@ -183,6 +183,13 @@ impl Sampler {
             return Err(SamplingError::EmptyLogits);
         }
         u32::try_from(logits.len()).map_err(|_| SamplingError::TooManyLogits(logits.len()))?;
+        if self.config.temperature <= 0.0 && !self.penalizes() {
+            // Plain greedy needs no candidate list, only passes over the logits: 3.8 us
+            // instead of 34 for SmolLM2's 49152 (`benches/sampling.rs`), on every token.
+            let id = argmax_logits(logits);
+            self.accept(id);
+            return Ok(id);
+        }
         self.candidates.clear();
         // NaN would poison every comparison; it is as unlikely as a token can be.
         self.candidates.extend(
@@ -201,8 +208,13 @@ impl Sampler {
         Ok(id)
     }
 
+    /// Whether the penalties change any logit of the next pick.
+    fn penalizes(&self) -> bool {
+        self.config.penalties_active() && !self.history.is_empty()
+    }
+
     fn apply_penalties(&mut self) {
-        if !self.config.penalties_active() || self.history.is_empty() {
+        if !self.penalizes() {
             return;
         }
         self.window.clear();
@@ -281,6 +293,37 @@ impl Sampler {
 }
 
 /// The id of the largest logit; the first (lowest id) on ties.
+/// The id of the largest logit, the lowest on ties, NaN counting as minus infinity: what
+/// [`argmax`] picks from the candidates of `logits`. The maximum first, then its first
+/// position, each pass over 16 independent lanes so that it compiles to vector max and
+/// compare instructions.
+fn argmax_logits(logits: &[f32]) -> u32 {
+    const LANES: usize = 16;
+    // `l > m` is false for a NaN `l`, so NaN never wins.
+    let larger = |m: f32, l: f32| if l > m { l } else { m };
+    let chunks = logits.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &l| larger(m, l));
+    let lanes = chunks.fold([f32::NEG_INFINITY; LANES], |mut m, c| {
+        for (m, &l) in m.iter_mut().zip(c) {
+            *m = larger(*m, l);
+        }
+        m
+    });
+    let max = lanes.into_iter().fold(tail, larger);
+    // With every logit NaN or minus infinity, the first of them wins.
+    let is_max = |l: f32| l == max || (max == f32::NEG_INFINITY && l.is_nan());
+    let first_chunk = logits
+        .chunks(LANES)
+        .position(|c| c.iter().fold(false, |hit, &l| hit | is_max(l)))
+        .unwrap_or(0);
+    let start = first_chunk * LANES;
+    let at = logits[start..].iter().position(|&l| is_max(l)).unwrap_or(0);
+    (start + at) as u32
+}
+
 fn argmax(candidates: &[(u32, f32)]) -> u32 {
     let mut best = candidates[0];
     for &c in &candidates[1..] {

@@ -1,5 +1,6 @@
 //! Sampler behaviour: greedy, determinism and each filter.
 
+use proptest::prelude::*;
 use sharding::sampling::{Sampler, SamplerConfig, SamplingError};
 
 fn sampler(config: SamplerConfig) -> Sampler {
@@ -24,6 +25,32 @@ fn greedy_is_argmax_with_lowest_id_on_ties() {
     assert_eq!(s.sample(&[3.0, 1.0, 3.0]).unwrap(), 0);
     assert_eq!(s.sample(&[f32::NAN, -5.0, -4.0]).unwrap(), 2);
     assert_eq!(s.sample(&[-1.0]).unwrap(), 0);
+}
+
+proptest::proptest! {
+    /// Plain greedy skips the candidate list; it must pick what the list would: the largest
+    /// logit, the lowest id on ties, NaN below everything.
+    #[test]
+    fn greedy_picks_what_the_candidate_list_picks(
+        logits in proptest::collection::vec(
+            proptest::prop_oneof![
+                (-4i8..4).prop_map(f32::from),
+                proptest::num::f32::ANY,
+            ],
+            1..300,
+        )
+    ) {
+        let want = logits
+            .iter()
+            .map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l })
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, l)| if i == 0 || l > best.1 { (i, l) } else { best })
+            .0 as u32;
+        prop_assert_eq!(sampler(SamplerConfig::greedy()).sample(&logits).unwrap(), want);
+        // top-k 1 goes through the list.
+        let mut top1 = sampler(SamplerConfig { top_k: 1, ..random_config(1) });
+        prop_assert_eq!(top1.sample(&logits).unwrap(), want);
+    }
 }
 
 #[test]
