@@ -36,6 +36,26 @@ fn bench(c: &mut Criterion) {
             },
         ),
         ("default top-k/top-p/min-p draw", SamplerConfig::default()),
+        (
+            "OpenAI API default: temperature 1, nothing filtered",
+            SamplerConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                ..SamplerConfig::default()
+            },
+        ),
+        (
+            "temperature 1, top-p 0.9",
+            SamplerConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 0.9,
+                min_p: 0.0,
+                ..SamplerConfig::default()
+            },
+        ),
     ];
     for (name, config) in cases {
         let mut sampler = Sampler::new(config).expect("valid config");
