@@ -10,16 +10,25 @@ use sharding::sampling::{Sampler, SamplerConfig};
 
 const VOCAB: usize = 49152;
 
-/// Logits shaped like a model's: mostly small, a few large, from a fixed pseudo-random walk.
+/// Logits shaped like a model's: a bell of small values and a few dozen far above it, from
+/// a fixed pseudo-random source. (Real ones: `examples/sampling_cost.rs`.)
 fn logits() -> Vec<f32> {
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut uniform = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 40) as f32 / (1u64 << 24) as f32
+    };
     (0..VOCAB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let u = (x >> 40) as f32 / (1u64 << 24) as f32;
-            u * u * u * 20.0 - 5.0
+        .map(|i| {
+            let bell = 4.0 * (uniform() + uniform() + uniform() - 1.5);
+            let lead = if i % 1500 == 7 {
+                10.0 + 4.0 * uniform()
+            } else {
+                0.0
+            };
+            bell + lead
         })
         .collect()
 }

@@ -7,9 +7,10 @@
 //! stream is not llama.cpp's (`std::mt19937`), so seeded runs are reproducible here but
 //! do not replay llama.cpp's choices.
 //!
-//! Only as much is sorted as the filters need: top-k selects its k, top-p sorts the most
-//! likely few hundred and the rest only when they are not enough, and a draw that nothing
-//! filtered walks the vocabulary in id order. (Sorting all of SmolLM2's 49152 logits was
+//! Only as much is sorted as the filters need: top-k lists only logits that can be among
+//! its k and selects from those, top-p sorts the most likely few hundred and the rest only
+//! when they are not enough, and a draw that nothing filtered walks the vocabulary in id
+//! order. (Sorting all of SmolLM2's 49152 logits was
 //! 1.4 ms of every sampled token; `examples/sampling_cost.rs` measures each setting on the
 //! real model's logits.)
 //!
@@ -146,6 +147,8 @@ pub struct Sampler {
     window: Vec<u32>,
     /// Scratch: each candidate's unnormalized probability, for the draw.
     weights: Vec<f64>,
+    /// Scratch: the largest logit of each run (see [`top_k_floor`]).
+    maxima: Vec<f32>,
 }
 
 impl Sampler {
@@ -158,6 +161,7 @@ impl Sampler {
             candidates: Vec::new(),
             window: Vec::with_capacity(config.penalty_last_n),
             weights: Vec::new(),
+            maxima: Vec::new(),
             config,
         })
     }
@@ -199,19 +203,39 @@ impl Sampler {
             self.accept(id);
             return Ok(id);
         }
+        let k = self.config.top_k;
+        // Without penalties top-k needs only the logits that can be among its k: listing
+        // those alone makes its selection a few hundred candidates' instead of 49152's.
+        let floor = if self.config.temperature > 0.0 && k > 0 && !self.penalizes() {
+            top_k_floor(logits, k, &mut self.maxima)
+        } else {
+            f32::NEG_INFINITY
+        };
         self.candidates.clear();
-        // NaN would poison every comparison; it is as unlikely as a token can be.
-        self.candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (i as u32, if l.is_nan() { f32::NEG_INFINITY } else { l })),
-        );
+        // NaN would poison every comparison; it is as unlikely as a token can be. Adding
+        // zero turns -0 into +0, which the candidates' ordering (`total_cmp`) would
+        // otherwise rank below it, unlike greedy's `>`.
+        let all = logits.iter().enumerate().map(|(i, &l)| {
+            (
+                i as u32,
+                if l.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    l + 0.0
+                },
+            )
+        });
+        if floor == f32::NEG_INFINITY {
+            // Every logit: the exact length lets the copy run without checks.
+            self.candidates.extend(all);
+        } else {
+            self.candidates.extend(all.filter(|&(_, l)| l >= floor));
+        }
         self.apply_penalties();
         let id = if self.config.temperature <= 0.0 {
             argmax(&self.candidates)
         } else {
-            self.sample_filtered()
+            self.sample_filtered(logits.len())
         };
         self.accept(id);
         Ok(id)
@@ -251,8 +275,8 @@ impl Sampler {
         }
     }
 
-    fn sample_filtered(&mut self) -> u32 {
-        let max = self.filter();
+    fn sample_filtered(&mut self, vocab: usize) -> u32 {
+        let max = self.filter(vocab);
         let inv_t = 1.0 / self.config.temperature;
         let (cands, weights) = (&self.candidates, &mut self.weights);
         weights.clear();
@@ -281,13 +305,17 @@ impl Sampler {
     /// They end most likely first (ties: lowest id first) when any filter cut them, and in
     /// id order when none did: the draw's order then does not matter, and sorting the
     /// whole vocabulary was most of a token's sampling time (1.3 ms for 49152 logits).
-    fn filter(&mut self) -> f32 {
+    ///
+    /// `vocab` is the number of logits (the candidates may be fewer: see [`top_k_floor`]).
+    fn filter(&mut self, vocab: usize) -> f32 {
         let c = &self.config;
         let cands = &mut self.candidates;
         let mut sorted = false;
-        if c.top_k > 0 && c.top_k < cands.len() {
-            cands.select_nth_unstable_by(c.top_k - 1, by_logit);
-            cands.truncate(c.top_k);
+        if c.top_k > 0 && c.top_k < vocab {
+            if c.top_k < cands.len() {
+                cands.select_nth_unstable_by(c.top_k - 1, by_logit);
+                cands.truncate(c.top_k);
+            }
             cands.sort_unstable_by(by_logit);
             sorted = true;
         }
@@ -340,6 +368,27 @@ impl Sampler {
         }
         max
     }
+}
+
+/// A value no larger than the `k`-th largest of `logits` (NaN counting as minus infinity),
+/// from one vectorizable pass: split them into at least `8k` runs; the runs' largest are
+/// different logits, so at least `k` logits reach the `k`-th largest of those. `maxima` is
+/// scratch.
+fn top_k_floor(logits: &[f32], k: usize, maxima: &mut Vec<f32>) -> f32 {
+    if k == 0 || k >= logits.len() {
+        return f32::NEG_INFINITY;
+    }
+    let larger = |m: f32, l: f32| if l > m { l } else { m };
+    let run = (logits.len() / k.saturating_mul(8)).max(1);
+    maxima.clear();
+    maxima.extend(
+        logits
+            .chunks(run)
+            .map(|run| run.iter().fold(f32::NEG_INFINITY, |m, &l| larger(m, l))),
+    );
+    *maxima
+        .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a))
+        .1
 }
 
 /// How many of the most likely candidates top-p sorts before it looks at the rest: a
@@ -487,6 +536,26 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// At least `k` logits reach the floor, so top-k's candidates are all listed.
+        #[test]
+        fn the_top_k_floor_is_at_most_the_kth_largest(
+            logits in proptest::collection::vec(
+                proptest::prop_oneof![(-3i8..3).prop_map(f32::from), proptest::num::f32::ANY],
+                1..700,
+            ),
+            k in 1usize..100,
+        ) {
+            let floor = top_k_floor(&logits, k, &mut Vec::new());
+            let mut v: Vec<f32> =
+                logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }).collect();
+            v.sort_unstable_by(|a, b| b.total_cmp(a));
+            if k < v.len() {
+                prop_assert!(v[k - 1] >= floor, "floor {} above the {}th largest {}", floor, k, v[k - 1]);
+            } else {
+                prop_assert_eq!(floor, f32::NEG_INFINITY);
+            }
+        }
+
         /// Sorting only what the cut needs keeps exactly the candidates that sorting all
         /// of them keeps, most likely first whenever a filter cut.
         #[test]
@@ -506,7 +575,7 @@ mod tests {
             let config = SamplerConfig { temperature: 1.0, top_k, top_p, min_p, ..SamplerConfig::default() };
             let mut s = Sampler::new(config.clone()).unwrap();
             s.candidates.extend((0..).zip(logits.iter().copied()));
-            let max = s.filter();
+            let max = s.filter(logits.len());
             prop_assert_eq!(max, logits.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             let mut kept: Vec<u32> = s.candidates.iter().map(|&(id, _)| id).collect();
             if (top_k > 0 && top_k < logits.len()) || top_p < 1.0 || min_p > 0.0 {

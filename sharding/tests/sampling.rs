@@ -25,6 +25,13 @@ fn greedy_is_argmax_with_lowest_id_on_ties() {
     assert_eq!(s.sample(&[3.0, 1.0, 3.0]).unwrap(), 0);
     assert_eq!(s.sample(&[f32::NAN, -5.0, -4.0]).unwrap(), 2);
     assert_eq!(s.sample(&[-1.0]).unwrap(), 0);
+    // -0 ties with +0, through the candidate list (top-k 1) as well.
+    assert_eq!(s.sample(&[-0.0, 0.0]).unwrap(), 0);
+    let mut top1 = sampler(SamplerConfig {
+        top_k: 1,
+        ..random_config(1)
+    });
+    assert_eq!(top1.sample(&[-0.0, 0.0]).unwrap(), 0);
 }
 
 proptest::proptest! {
