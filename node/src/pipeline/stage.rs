@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, trace, warn, Instrument};
 use transport::discovery::PeerId;
-use transport::quic::{Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError};
+use transport::quic::{payload, Dtype, Endpoint, ErrorCode, FrameHeader, FrameKind, LinkError};
 
 use super::links::Links;
 use super::protocol::WireDtype;
@@ -451,8 +451,12 @@ async fn downstream(
             _ = cancel.cancelled() => return,
             r = route::resolved(&mut route) => r,
         };
-        let next = match (current, reply) {
-            (Some(Route::To(next)), _) | (Some(Route::ReplyToHead), Some(next)) => next,
+        let (next, header, payload) = match (current, reply) {
+            (Some(Route::To(next)), _) => (next, header, payload),
+            (Some(Route::ReplyToHead), Some(next)) => {
+                let (header, payload) = last_row_only(header, payload);
+                (next, header, payload)
+            }
             (Some(Route::ReplyToHead), None) => {
                 warn!(
                     session = header.session,
@@ -482,6 +486,31 @@ async fn downstream(
     }
 }
 
+/// A prefill chunk's answer as the head gets it: only its last row, all the head uses (the
+/// next token's logits); the other rows would be most of a slow link's prefill traffic.
+/// Rows are contiguous in every wire dtype, q8's too when a row is whole blocks.
+fn last_row_only(header: FrameHeader, payload: Vec<u8>) -> (FrameHeader, Vec<u8>) {
+    let rows = header.rows as usize;
+    let whole_blocks = header.dtype != Dtype::Q8Block
+        || (header.cols as usize).is_multiple_of(payload::Q8_BLOCK_VALUES);
+    if header.kind != FrameKind::Prefill
+        || rows <= 1
+        || !payload.len().is_multiple_of(rows)
+        || !whole_blocks
+    {
+        return (header, payload);
+    }
+    let row = payload.len() / rows;
+    let last = payload[payload.len() - row..].to_vec();
+    let header = FrameHeader {
+        pos: header.pos + header.rows - 1,
+        n_pos: 1,
+        rows: 1,
+        ..header
+    };
+    (header, last)
+}
+
 /// A stage's layers as the metrics label them, `a..b`.
 fn layers_label(spec: &ShardSpec) -> String {
     format!("{}..{}", spec.layers.start, spec.layers.end)
@@ -499,6 +528,35 @@ pub(crate) fn error_frame(code: ErrorCode, session: u64, message: &str) -> (Fram
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_gets_a_prefill_chunks_last_row_only() {
+        let values: Vec<f32> = (0..3 * 64).map(|v| v as f32).collect();
+        let frame = |kind, wire: WireDtype| {
+            let mut bytes = Vec::new();
+            super::super::protocol::encode_hidden(&values, wire, &mut bytes);
+            let header = super::super::protocol::hidden(kind, 7, 0, 10, 3, 64, wire);
+            (header, bytes)
+        };
+        for wire in [WireDtype::F32, WireDtype::F16, WireDtype::Q8] {
+            let (header, bytes) = frame(FrameKind::Prefill, wire);
+            let (h, p) = last_row_only(header, bytes.clone());
+            assert_eq!((h.pos, h.n_pos, h.rows, h.cols), (12, 1, 1, 64), "{wire:?}");
+            assert_eq!(p, bytes[bytes.len() / 3 * 2..], "{wire:?}");
+            let mut last = Vec::new();
+            super::super::protocol::decode_hidden(h.dtype, &p, 64, &mut last).unwrap();
+            assert_eq!(last.len(), 64);
+            // A decode frame goes on whole.
+            let (header, bytes) = frame(FrameKind::Decode, wire);
+            assert_eq!(last_row_only(header, bytes.clone()), (header, bytes));
+        }
+        // q8 rows that are not whole blocks cannot be cut apart.
+        let odd = FrameHeader {
+            cols: 48,
+            ..frame(FrameKind::Prefill, WireDtype::Q8).0
+        };
+        assert_eq!(last_row_only(odd, vec![0; 6]), (odd, vec![0; 6]));
+    }
 
     #[test]
     fn step_times_under_a_quota_cost_their_cpu_over_the_allowed_cores() {
