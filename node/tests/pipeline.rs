@@ -130,9 +130,8 @@ async fn settle(head: &Head, stages: &[Stage], frames: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_message_per_hop_per_token() {
-    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+/// SmolLM2's three stages in this process, at `addrs[0..3]`, the last answering `addrs[3]`.
+async fn in_process_stages(addrs: &[SocketAddr]) -> Vec<Stage> {
     let mut stages = Vec::new();
     for (i, layers) in [0..10, 10..20, 20..30].into_iter().enumerate() {
         let cfg = StageConfig {
@@ -153,6 +152,13 @@ async fn one_message_per_hop_per_token() {
         };
         stages.push(Stage::start(cfg, endpoint()).await.unwrap());
     }
+    stages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_per_hop_per_token() {
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let stages = in_process_stages(&addrs).await;
     let head = head(addrs[0], addrs[3], Duration::from_secs(30)).await;
     let prompt = [504, 3575, 282, 4649, 314];
     let warm = head.generate(&prompt, 2, argmax, |_| true).await.unwrap();
@@ -172,6 +178,53 @@ async fn one_message_per_hop_per_token() {
         assert_eq!(s.forwarded() - b, per_hop, "stage -> next");
     }
     assert_eq!(recv1 - recv0, per_hop, "last stage -> head");
+    head.shutdown().await;
+    for s in stages {
+        s.shutdown().await;
+    }
+}
+
+/// A prompt of five prefill chunks, sent several at a time so that they overlap on the
+/// stages, gives the single node's tokens, and each chunk crosses each hop once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_runs_in_overlapping_chunks() {
+    let refs = references("smollm2");
+    let prompt: Vec<u32> = refs
+        .iter()
+        .flat_map(|r| r.prompt_ids.iter().copied())
+        .cycle()
+        .take(300)
+        .collect();
+    let n = 8;
+    let want = {
+        let file = sharding::gguf::GgufFile::open(model_path("smollm2")).unwrap();
+        let mut shard =
+            sharding::model::Shard::load(&file, ShardSpec::full(30), ShardOptions::default())
+                .unwrap();
+        shard.open_session(0, 0).unwrap();
+        let mut logits = Vec::new();
+        let input = sharding::model::Input::Tokens(&prompt);
+        shard.forward(0, 0, input, &mut logits).unwrap();
+        let mut ids = vec![argmax(&logits)];
+        for pos in prompt.len()..prompt.len() + n - 1 {
+            let input = sharding::model::Input::Tokens(&ids[ids.len() - 1..]);
+            shard.forward(0, pos, input, &mut logits).unwrap();
+            ids.push(argmax(&logits));
+        }
+        ids
+    };
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let stages = in_process_stages(&addrs).await;
+    let head = head(addrs[0], addrs[3], Duration::from_secs(30)).await;
+    let got = head.generate(&prompt, n, argmax, |_| true).await.unwrap();
+    assert_eq!(got, want, "pipeline against the single node");
+    // Open, five prefill chunks, n - 1 decode steps, close.
+    let per_hop = 1 + 300_usize.div_ceil(64) as u64 + (n as u64 - 1) + 1;
+    settle(&head, &stages, per_hop).await;
+    assert_eq!(head.message_counts(), (per_hop, per_hop));
+    for s in &stages {
+        assert_eq!(s.forwarded(), per_hop);
+    }
     head.shutdown().await;
     for s in stages {
         s.shutdown().await;

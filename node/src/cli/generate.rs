@@ -105,8 +105,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let _ = stdout.flush();
         true
     };
+    // When the prompt started going through the model (after loading).
+    let mut started = Instant::now();
     let generated = match args.pipeline {
-        None => local(&file, &args, &prompt, &mut sampler, &mut emit)?,
+        None => local(&file, &args, &prompt, &mut sampler, &mut emit, &mut started)?,
         Some(first) => {
             // One request: the head's links, its logits and the sampler share one thread, so
             // a token's hand-offs inside the head wake nothing (the head's own part of a
@@ -129,6 +131,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 let endpoint = args.key.endpoint()?;
                 let head = Head::start(cfg, endpoint).await?;
                 let pick = |logits: &[f32]| sampler.sample(logits).unwrap_or(0);
+                started = Instant::now();
                 let ids = head
                     .generate(&prompt, args.max_tokens, pick, &mut emit)
                     .await;
@@ -140,9 +143,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     print!("{}", decoder.finish());
     println!();
     let decode = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    // The prompt's time runs to the first token, whose pick it includes.
+    let prefill = first.map_or(0.0, |f| f.duration_since(started).as_secs_f64());
     eprintln!(
-        "\n{} prompt tokens, {generated} generated; decode {:.1} tok/s",
+        "\n{} prompt tokens, {generated} generated; prompt {:.1} tok/s, decode {:.1} tok/s",
         prompt.len(),
+        prompt.len() as f64 / prefill.max(1e-9),
         generated.saturating_sub(1) as f64 / decode.max(1e-9)
     );
     Ok(())
@@ -155,6 +161,7 @@ fn local(
     prompt: &[u32],
     sampler: &mut Sampler,
     emit: &mut impl FnMut(u32) -> bool,
+    started: &mut Instant,
 ) -> anyhow::Result<usize> {
     let n_layers = ModelConfig::from_metadata(file.metadata())?.n_layers;
     let options = ShardOptions {
@@ -166,6 +173,7 @@ fn local(
         Shard::load(file, ShardSpec::full(n_layers), options).context("loading the model")?;
     shard.open_session(0, 0)?;
     let mut logits = Vec::new();
+    *started = Instant::now();
     shard.forward(0, 0, Input::Tokens(prompt), &mut logits)?;
     let mut generated = 0;
     let mut pos = prompt.len();

@@ -91,6 +91,10 @@ struct Session {
     watch: Option<(Plans, u64)>,
 }
 
+/// Prefill chunks a request keeps in flight: enough to keep a few stages busy at once, few
+/// enough that a long prompt does not fill a first stage's queue, which other requests share.
+const PREFILL_IN_FLIGHT: usize = 4;
+
 /// How long a broken request waits for a healthy plan before it fails.
 const RECOVERY_WAIT: Duration = Duration::from_secs(20);
 /// Replays one request may need before it gives up.
@@ -360,7 +364,9 @@ impl Head {
     ) -> Result<(), PipelineError> {
         let inner = &self.inner;
         let session = inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(4);
+        // Each frame in flight comes back as one event (its hidden state or an error), so
+        // the link task never waits on this session's queue.
+        let (tx, rx) = mpsc::channel(PREFILL_IN_FLIGHT);
         inner
             .sessions
             .lock()
@@ -413,21 +419,27 @@ impl Head {
             }
             Event::Failed(e) => return Err(PipelineError::Stage(e)),
         }
-        // Prefill in chunks; only the last chunk's last row matters for the next token.
+        // Prefill in chunks, several in flight: while one chunk runs on the second stage the
+        // next runs on the first, so a long prompt keeps every stage busy instead of one at
+        // a time. Only the last chunk's last row matters for the next token.
+        let chunks: Vec<&[u32]> = context.chunks(protocol::PREFILL_CHUNK).collect();
         let mut hidden = Vec::new();
-        for (i, chunk) in context.chunks(protocol::PREFILL_CHUNK).enumerate() {
-            let pos = i * protocol::PREFILL_CHUNK;
-            let bytes = self.embed(chunk)?;
-            let header = protocol::hidden(
-                FrameKind::Prefill,
-                s.id,
-                i as u64,
-                pos,
-                chunk.len(),
-                inner.n_embd,
-                inner.wire,
-            );
-            self.send(s, header, bytes)?;
+        let mut sent = 0;
+        for answered in 0..chunks.len() {
+            while sent < chunks.len() && sent - answered < PREFILL_IN_FLIGHT {
+                let bytes = self.embed(chunks[sent])?;
+                let header = protocol::hidden(
+                    FrameKind::Prefill,
+                    s.id,
+                    sent as u64,
+                    sent * protocol::PREFILL_CHUNK,
+                    chunks[sent].len(),
+                    inner.n_embd,
+                    inner.wire,
+                );
+                self.send(s, header, bytes)?;
+                sent += 1;
+            }
             hidden = self.expect_hidden(s).await?;
         }
         let mut pos = context.len();
