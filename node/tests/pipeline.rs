@@ -132,6 +132,10 @@ async fn settle(head: &Head, stages: &[Stage], frames: u64) {
 
 /// SmolLM2's three stages in this process, at `addrs[0..3]`, the last answering `addrs[3]`.
 async fn in_process_stages(addrs: &[SocketAddr]) -> Vec<Stage> {
+    stages_with(addrs, ShardOptions::default()).await
+}
+
+async fn stages_with(addrs: &[SocketAddr], options: ShardOptions) -> Vec<Stage> {
     let mut stages = Vec::new();
     for (i, layers) in [0..10, 10..20, 20..30].into_iter().enumerate() {
         let cfg = StageConfig {
@@ -141,7 +145,7 @@ async fn in_process_stages(addrs: &[SocketAddr]) -> Vec<Stage> {
                 embed: false,
                 head: false,
             },
-            options: ShardOptions::default(),
+            options: options.clone(),
             listen: addrs[i],
             route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
@@ -225,6 +229,35 @@ async fn a_long_prompt_runs_in_overlapping_chunks() {
     for s in &stages {
         assert_eq!(s.forwarded(), per_hop);
     }
+    head.shutdown().await;
+    for s in stages {
+        s.shutdown().await;
+    }
+}
+
+/// The prompt follows the `Open` without waiting for it; a stage that refuses the `Open`
+/// (the context is over its limit) still answers with that reason, not with the errors of
+/// the chunks behind it, and the next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_open_is_the_error_the_request_gets() {
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let options = ShardOptions {
+        max_context: 256,
+        ..ShardOptions::default()
+    };
+    let stages = stages_with(&addrs, options).await;
+    let head = head(addrs[0], addrs[3], Duration::from_secs(30)).await;
+    let long: Vec<u32> = (0..300).map(|i| 500 + i % 7).collect();
+    match head.generate(&long, 4, argmax, |_| true).await {
+        Err(PipelineError::Stage(e)) => assert!(
+            e.contains("context of 304 positions exceeds the limit of 256"),
+            "{e}"
+        ),
+        other => panic!("expected the stage's refusal, got {other:?}"),
+    }
+    let r = &references("smollm2")[0];
+    let got = head.generate(&r.prompt_ids, 8, argmax, |_| true).await;
+    assert_eq!(got.unwrap(), r.greedy_ids[..8], "the next request");
     head.shutdown().await;
     for s in stages {
         s.shutdown().await;

@@ -364,9 +364,10 @@ impl Head {
     ) -> Result<(), PipelineError> {
         let inner = &self.inner;
         let session = inner.next_session.fetch_add(1, Ordering::Relaxed);
-        // Each frame in flight comes back as one event (its hidden state or an error), so
-        // the link task never waits on this session's queue.
-        let (tx, rx) = mpsc::channel(PREFILL_IN_FLIGHT);
+        // Each frame in flight (the `Open` and the prefill chunks) comes back as one event
+        // (its acknowledgement, hidden state or an error), so the link task never waits on
+        // this session's queue.
+        let (tx, rx) = mpsc::channel(PREFILL_IN_FLIGHT + 1);
         inner
             .sessions
             .lock()
@@ -411,14 +412,12 @@ impl Head {
             .reply_addr
             .map(|a| a.to_string().into_bytes())
             .unwrap_or_default();
+        // The prompt follows the `Open` without waiting for its acknowledgement: every stage
+        // takes a session's frames in order, so the chunks find the session open, and a
+        // stage that refuses the `Open` answers it before any chunk's error. A request
+        // saves a round trip of the ring before its first token.
         self.send(s, protocol::open(s.id, positions, reply.len()), reply)?;
-        match self.wait(s).await? {
-            Event::Opened => {}
-            Event::Hidden(_) => {
-                return Err(PipelineError::Stage("hidden state before open".into()))
-            }
-            Event::Failed(e) => return Err(PipelineError::Stage(e)),
-        }
+        let mut opened = false;
         // Prefill in chunks, several in flight: while one chunk runs on the second stage the
         // next runs on the first, so a long prompt keeps every stage busy instead of one at
         // a time. Only the last chunk's last row matters for the next token.
@@ -439,6 +438,15 @@ impl Head {
                 );
                 self.send(s, header, bytes)?;
                 sent += 1;
+            }
+            if !opened {
+                match self.wait(s).await? {
+                    Event::Opened => opened = true,
+                    Event::Hidden(_) => {
+                        return Err(PipelineError::Stage("hidden state before open".into()))
+                    }
+                    Event::Failed(e) => return Err(PipelineError::Stage(e)),
+                }
             }
             hidden = self.expect_hidden(s).await?;
         }
