@@ -556,8 +556,9 @@ impl Head {
                 // A node's head serves the HTTP API on a multi-thread runtime: the worker
                 // hands its other tasks over before the product blocks it for a few ms. A
                 // current-thread runtime (`shoal generate`) has nothing else to run.
-                let result = match tokio::runtime::Handle::current().runtime_flavor() {
-                    tokio::runtime::RuntimeFlavor::MultiThread => {
+                let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+                let result = match flavor {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
                         tokio::task::block_in_place(product)
                     }
                     _ => product(),
