@@ -20,10 +20,11 @@ use crate::metrics::Metrics;
 use crate::pipeline::links::Links;
 use crate::pipeline::stage::HOP;
 
-/// Frames waiting for one first stage; a full queue fails the frame's request. A request
-/// has at most `PREFILL_IN_FLIGHT` (4) frames out at once, so this holds the default
-/// `--max-requests` (64) all sending prefill chunks together, twice over.
-const FIRST_STAGE_QUEUE: usize = 512;
+/// Frames waiting for one first stage; a full queue fails the frame's request (with an
+/// error, never a hang). A request has at most its `Open` and `PREFILL_IN_FLIGHT` chunks out
+/// at once, so this holds the default `--max-requests` (64) all starting together, twice
+/// over.
+const FIRST_STAGE_QUEUE: usize = 2 * 64 * (super::PREFILL_IN_FLIGHT + 1);
 /// A first stage's sender task ends after this long without frames (plans move on).
 const FIRST_STAGE_IDLE: Duration = Duration::from_secs(60);
 
