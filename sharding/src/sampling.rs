@@ -10,9 +10,8 @@
 //! Only as much is sorted as the filters need: top-k lists only logits that can be among
 //! its k and selects from those, top-p sorts the most likely few hundred and the rest only
 //! when they are not enough, and a draw that nothing filtered walks the vocabulary in id
-//! order. (Sorting all of SmolLM2's 49152 logits was
-//! 1.4 ms of every sampled token; `examples/sampling_cost.rs` measures each setting on the
-//! real model's logits.)
+//! order. (Sorting all of SmolLM2's 49152 logits was 1.4 ms of every sampled token;
+//! `examples/sampling_cost.rs` measures each setting on the real model's logits.)
 //!
 //! Buffers are kept between calls: after the first token, sampling allocates nothing.
 
@@ -304,7 +303,7 @@ impl Sampler {
     /// Keeps the candidates top-k, top-p and min-p leave, and returns the largest logit.
     /// They end most likely first (ties: lowest id first) when any filter cut them, and in
     /// id order when none did: the draw's order then does not matter, and sorting the
-    /// whole vocabulary was most of a token's sampling time (1.3 ms for 49152 logits).
+    /// whole vocabulary was most of a token's sampling time (1.4 ms for 49152 logits).
     ///
     /// `vocab` is the number of logits (the candidates may be fewer: see [`top_k_floor`]).
     fn filter(&mut self, vocab: usize) -> f32 {
