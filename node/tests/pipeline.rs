@@ -117,6 +117,14 @@ async fn three_stage_processes_match_llama_cpp_and_overlap() {
     head.shutdown().await;
 }
 
+/// Stops the head, then the in-process stages.
+async fn shut_down(head: Head, stages: Vec<Stage>) {
+    head.shutdown().await;
+    for s in stages {
+        s.shutdown().await;
+    }
+}
+
 /// Waits (at most 10 s) until the last stage has forwarded `frames` frames in all, so that
 /// Close frames still in flight are counted; a slow CI machine only makes it wait longer.
 async fn settle(head: &Head, stages: &[Stage], frames: u64) {
@@ -182,10 +190,7 @@ async fn one_message_per_hop_per_token() {
         assert_eq!(s.forwarded() - b, per_hop, "stage -> next");
     }
     assert_eq!(recv1 - recv0, per_hop, "last stage -> head");
-    head.shutdown().await;
-    for s in stages {
-        s.shutdown().await;
-    }
+    shut_down(head, stages).await;
 }
 
 /// A prompt of five prefill chunks, sent several at a time so that they overlap on the
@@ -229,10 +234,7 @@ async fn a_long_prompt_runs_in_overlapping_chunks() {
     for s in &stages {
         assert_eq!(s.forwarded(), per_hop);
     }
-    head.shutdown().await;
-    for s in stages {
-        s.shutdown().await;
-    }
+    shut_down(head, stages).await;
 }
 
 /// The prompt follows the `Open` without waiting for it; a stage that refuses the `Open`
@@ -258,10 +260,7 @@ async fn a_refused_open_is_the_error_the_request_gets() {
     let r = &references("smollm2")[0];
     let got = head.generate(&r.prompt_ids, 8, argmax, |_| true).await;
     assert_eq!(got.unwrap(), r.greedy_ids[..8], "the next request");
-    head.shutdown().await;
-    for s in stages {
-        s.shutdown().await;
-    }
+    shut_down(head, stages).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
