@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sharding::model::{ShardOptions, ShardSpec};
+use shoal::metrics::Metrics;
 use shoal::pipeline::{Head, HeadConfig, PipelineError, Route, Stage, StageConfig};
 use shoal_tests::{argmax, model_path, references};
 use transport::cluster_key::ClusterKey;
@@ -78,7 +79,8 @@ async fn head(first: SocketAddr, listen: SocketAddr, timeout: Duration) -> Head 
         threads: 1,
         listen,
         first: Some(first),
-        reply_addr: None,
+        // As `shoal generate --pipeline` does: the last stage's `--next` is this address.
+        reply_addr: Some(listen),
         reply_timeout: timeout,
         metrics: None,
         wire: shoal::pipeline::WireDtype::F32,
@@ -140,10 +142,15 @@ async fn settle(head: &Head, stages: &[Stage], frames: u64) {
 
 /// SmolLM2's three stages in this process, at `addrs[0..3]`, the last answering `addrs[3]`.
 async fn in_process_stages(addrs: &[SocketAddr]) -> Vec<Stage> {
-    stages_with(addrs, ShardOptions::default()).await
+    stages_with(addrs, ShardOptions::default(), None).await
 }
 
-async fn stages_with(addrs: &[SocketAddr], options: ShardOptions) -> Vec<Stage> {
+/// The stages record what they send in `metrics`, if given.
+async fn stages_with(
+    addrs: &[SocketAddr],
+    options: ShardOptions,
+    metrics: Option<Arc<Metrics>>,
+) -> Vec<Stage> {
     let mut stages = Vec::new();
     for (i, layers) in [0..10, 10..20, 20..30].into_iter().enumerate() {
         let cfg = StageConfig {
@@ -157,7 +164,7 @@ async fn stages_with(addrs: &[SocketAddr], options: ShardOptions) -> Vec<Stage> 
             listen: addrs[i],
             route: Route::To(addrs[i + 1]),
             session_timeout: Duration::from_secs(60),
-            metrics: None,
+            metrics: metrics.clone(),
             wire: shoal::pipeline::WireDtype::F32,
             max_sessions_per_peer: shoal::pipeline::default_sessions_per_peer(64),
             previous_stage: None,
@@ -194,7 +201,8 @@ async fn one_message_per_hop_per_token() {
 }
 
 /// A prompt of five prefill chunks, sent several at a time so that they overlap on the
-/// stages, gives the single node's tokens, and each chunk crosses each hop once.
+/// stages, gives the single node's tokens, and each chunk crosses each hop once. The last
+/// stage of this static pipeline sends the head only each chunk's last row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_prompt_runs_in_overlapping_chunks() {
     let refs = references("smollm2");
@@ -223,7 +231,8 @@ async fn a_long_prompt_runs_in_overlapping_chunks() {
         ids
     };
     let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
-    let stages = in_process_stages(&addrs).await;
+    let metrics = Arc::new(Metrics::new());
+    let stages = stages_with(&addrs, ShardOptions::default(), Some(metrics.clone())).await;
     let head = head(addrs[0], addrs[3], Duration::from_secs(30)).await;
     let got = head.generate(&prompt, n, argmax, |_| true).await.unwrap();
     assert_eq!(got, want, "pipeline against the single node");
@@ -234,6 +243,21 @@ async fn a_long_prompt_runs_in_overlapping_chunks() {
     for s in &stages {
         assert_eq!(s.forwarded(), per_hop);
     }
+    // To the head: the `Open` (its payload is the head's address), one row per chunk and
+    // per decode step, and an empty `Close`. Between stages the chunks go whole.
+    let row = 576 * 4;
+    let sent = |to: SocketAddr| {
+        let series = format!("shoal_hop_sent_bytes_total{{to=\"{to}\"}} ");
+        let text = metrics.encode();
+        let line = text.lines().find_map(|l| l.strip_prefix(series.as_str()));
+        line.expect("a series per hop").parse::<usize>().unwrap()
+    };
+    let rows = 5 + (n - 1);
+    assert_eq!(sent(addrs[3]), addrs[3].to_string().len() + rows * row);
+    assert_eq!(
+        sent(addrs[2]),
+        addrs[3].to_string().len() + (300 + n - 1) * row
+    );
     shut_down(head, stages).await;
 }
 
@@ -247,7 +271,7 @@ async fn a_refused_open_is_the_error_the_request_gets() {
         max_context: 256,
         ..ShardOptions::default()
     };
-    let stages = stages_with(&addrs, options).await;
+    let stages = stages_with(&addrs, options, None).await;
     let head = head(addrs[0], addrs[3], Duration::from_secs(30)).await;
     let long: Vec<u32> = (0..300).map(|i| 500 + i % 7).collect();
     match head.generate(&long, 4, argmax, |_| true).await {

@@ -123,7 +123,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                     threads: args.threads,
                     listen: args.listen,
                     first: Some(first),
-                    reply_addr: None,
+                    // Tells the last stage its `--next` is this head.
+                    reply_addr: Some(args.listen),
                     reply_timeout: Duration::from_secs(30),
                     metrics: None,
                     wire: args.wire_dtype,

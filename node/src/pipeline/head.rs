@@ -37,8 +37,10 @@ pub struct HeadConfig {
     /// The first stage, for a static pipeline; in a cluster each request names its first
     /// stage (see [`Head::via`]).
     pub first: Option<SocketAddr>,
-    /// The address the last stage should answer this head at, sent in every `Open` (needed
-    /// when the last stage answers many heads; `None`: the last stage knows its next hop).
+    /// The address the last stage should answer this head at, sent in every `Open`: a
+    /// cluster's last stage answers many heads by it, and a static pipeline's last stage,
+    /// whose `--next` is this address, knows from it that its next hop is the head (and sends
+    /// only a prefill chunk's last row). `None` sends no address. Port 0 is the bound port.
     pub reply_addr: Option<SocketAddr>,
     /// How long to wait for any reply before failing a request.
     pub reply_timeout: Duration,

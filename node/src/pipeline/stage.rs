@@ -452,6 +452,12 @@ async fn downstream(
             r = route::resolved(&mut route) => r,
         };
         let (next, header, payload) = match (current, reply) {
+            // A static pipeline's last stage: `--next` is the head that opened the session
+            // (which said so in its `Open`), so the head gets what it would in a cluster.
+            (Some(Route::To(next)), Some(head)) if head == next => {
+                let (header, payload) = last_row_only(header, payload);
+                (next, header, payload)
+            }
             (Some(Route::To(next)), _) => (next, header, payload),
             (Some(Route::ReplyToHead), Some(next)) => {
                 let (header, payload) = last_row_only(header, payload);
