@@ -76,10 +76,15 @@ impl EndpointConfig {
             .max_concurrent_uni_streams(0u32.into());
         // A link carries data one way (the reply comes back on another link), so every ACK
         // is a packet of its own that wakes the sender. Ask the receiver to acknowledge after
-        // 16 packets or 10 ms instead of every second packet.
+        // 16 packets instead of every second one, or after 2 ms. The delay also sets how
+        // long a lost frame waits: a decode step is one packet with nothing behind it, so only
+        // the probe timeout (round trip + this delay) finds it lost. At 10 ms a token that
+        // lost a packet on a 2 %-loss link took ~30 ms instead of ~20 (BENCHMARKS.md), and
+        // the ACK timer tended to fire as the next frame came in, ahead of its step; at 2 ms
+        // a stage's ACK leaves after its step's frame.
         let mut acks = quinn::AckFrequencyConfig::default();
         acks.ack_eliciting_threshold(16u32.into())
-            .max_ack_delay(Some(Duration::from_millis(10)));
+            .max_ack_delay(Some(Duration::from_millis(2)));
         transport.ack_frequency_config(Some(acks));
         // Path MTU discovery may climb to jumbo frames (quinn stops at 1452 by default): where
         // the path allows it (loopback, a jumbo-frame LAN) a hidden state of a small model is
