@@ -78,10 +78,10 @@ impl EndpointConfig {
         // is a packet of its own that wakes the sender. Ask the receiver to acknowledge after
         // 16 packets instead of every second one, or after 2 ms. The delay also sets how
         // long a lost frame waits: a decode step is one packet with nothing behind it, so only
-        // the probe timeout (round trip + this delay) finds it lost. At 10 ms a token that
-        // lost a packet on a 2 %-loss link took ~30 ms instead of ~20 (BENCHMARKS.md), and
-        // the ACK timer tended to fire as the next frame came in, ahead of its step; at 2 ms
-        // a stage's ACK leaves after its step's frame.
+        // the probe timeout (round trip + this delay) finds it lost. On a 2 %-loss link the
+        // p90 gap between tokens was ~22 ms at 10 ms and is ~15 at 2 (BENCHMARKS.md). At
+        // 10 ms the ACK timer also tended to fire as the next frame came in, so the ACK left
+        // ahead of that frame's step; at 2 ms it leaves after the step's frame.
         let mut acks = quinn::AckFrequencyConfig::default();
         acks.ack_eliciting_threshold(16u32.into())
             .max_ack_delay(Some(Duration::from_millis(2)));
