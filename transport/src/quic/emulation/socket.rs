@@ -1,6 +1,8 @@
 //! The emulating socket: wraps quinn's tokio UDP socket and, instead of sending each
 //! outgoing datagram at once, decides its fate (token bucket, loss, delay, jitter) and
-//! hands it to a background task that sends it when it is due.
+//! hands it to a delivery thread that sends it when it is due. A thread, not a tokio task:
+//! tokio's timers tick in whole milliseconds, which added up to a millisecond to every
+//! delay; a thread waiting on its queue with a timeout wakes within tens of microseconds.
 //!
 //! `try_send` never blocks and never returns `WouldBlock`: shaping happens in our queue, not
 //! in the kernel's, so quinn's pacing and congestion control see a path that simply has
@@ -12,14 +14,13 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::LinkEmulation;
 
@@ -33,7 +34,7 @@ pub(crate) fn bind(
     let runtime = quinn::default_runtime()
         .ok_or_else(|| io::Error::other("link emulation needs a tokio runtime"))?;
     let plain = runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?;
-    let socket = Arc::new(EmulatedSocket::new(plain, spec));
+    let socket = Arc::new(EmulatedSocket::new(plain, spec)?);
     tracing::warn!(
         addr = %socket.local_addr()?,
         %spec,
@@ -60,7 +61,7 @@ const MIN_BURST_BYTES: f64 = 4.0 * 1500.0;
 pub(crate) struct EmulatedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     shaper: Mutex<Shaper>,
-    queue: mpsc::UnboundedSender<Delayed>,
+    queue: mpsc::Sender<Delayed>,
 }
 
 impl fmt::Debug for EmulatedSocket {
@@ -72,15 +73,18 @@ impl fmt::Debug for EmulatedSocket {
 }
 
 impl EmulatedSocket {
-    /// Wraps `inner` and starts the delivery task on the current tokio runtime.
-    fn new(inner: Arc<dyn AsyncUdpSocket>, spec: LinkEmulation) -> Self {
-        let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(deliver(inner.clone(), rx));
-        Self {
+    /// Wraps `inner` and starts its delivery thread.
+    fn new(inner: Arc<dyn AsyncUdpSocket>, spec: LinkEmulation) -> io::Result<Self> {
+        let (queue, rx) = mpsc::channel();
+        let socket = inner.clone();
+        std::thread::Builder::new()
+            .name("shoal-link-emulation".into())
+            .spawn(move || deliver(&*socket, &rx))?;
+        Ok(Self {
             inner,
             shaper: Mutex::new(Shaper::new(spec, Instant::now())),
             queue,
-        }
+        })
     }
 }
 
@@ -110,8 +114,7 @@ impl AsyncUdpSocket for EmulatedSocket {
                 src_ip: transmit.src_ip,
                 contents: datagram.to_vec(),
             };
-            // The task only stops when the runtime shuts down; a lost datagram is then
-            // as good as any other outcome.
+            // The thread only stops once this socket is dropped: it cannot be gone here.
             let _ = self.queue.send(delayed);
         }
         Ok(())
@@ -260,42 +263,35 @@ impl Ord for Delayed {
     }
 }
 
-/// Sends each queued datagram on `socket` when it is due, earliest first. Ends when the
-/// emulated socket (the only sender) is dropped.
-///
-/// Datagrams already due go out as soon as they arrive: only the others wait for a timer,
-/// whose millisecond ticks would otherwise add up to a millisecond to every datagram of a
-/// link that only loses packets (`loss=2%` without a delay).
-async fn deliver(socket: Arc<dyn AsyncUdpSocket>, mut rx: mpsc::UnboundedReceiver<Delayed>) {
-    let mut poller = socket.clone().create_io_poller();
+/// Sends each queued datagram on `socket` when it is due, earliest first; one already due
+/// goes out as soon as it arrives. Ends when the emulated socket (the only sender) is dropped.
+fn deliver(socket: &dyn AsyncUdpSocket, rx: &mpsc::Receiver<Delayed>) {
     let mut due: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
     loop {
         let now = Instant::now();
         while due.peek().is_some_and(|Reverse(d)| d.at <= now) {
             let Some(Reverse(d)) = due.pop() else { break };
-            send(&*socket, poller.as_mut(), &d).await;
+            send(socket, &d);
         }
-        let next = due.peek().map(|Reverse(d)| d.at);
-        tokio::select! {
-            received = rx.recv() => match received {
-                Some(d) => due.push(Reverse(d)),
-                None => return,
-            },
-            () = sleep_until_or_forever(next) => {}
+        let next = match due.peek() {
+            Some(Reverse(d)) => rx.recv_timeout(d.at.saturating_duration_since(now)),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(d) => due.push(Reverse(d)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
 }
 
-async fn sleep_until_or_forever(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+/// How long a datagram waits for a full kernel send buffer before it is lost, as it would
+/// be on a congested network.
+const SEND_PATIENCE: Duration = Duration::from_millis(20);
 
-/// Sends one datagram, waiting for the socket to become writable if the kernel buffer is
-/// full. Other errors lose the datagram, as the network would.
-async fn send(socket: &dyn AsyncUdpSocket, mut poller: Pin<&mut dyn UdpPoller>, d: &Delayed) {
+/// Sends one datagram, retrying while the kernel buffer is full (up to [`SEND_PATIENCE`]).
+/// Other errors lose the datagram, as the network would.
+fn send(socket: &dyn AsyncUdpSocket, d: &Delayed) {
     let transmit = Transmit {
         destination: d.destination,
         ecn: d.ecn,
@@ -303,13 +299,15 @@ async fn send(socket: &dyn AsyncUdpSocket, mut poller: Pin<&mut dyn UdpPoller>, 
         segment_size: None,
         src_ip: d.src_ip,
     };
+    let started = Instant::now();
     loop {
         match socket.try_send(&transmit) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(e) = std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)).await {
-                    tracing::debug!(error = %e, "emulated link: socket not writable; datagram lost");
+                if started.elapsed() > SEND_PATIENCE {
+                    tracing::debug!("emulated link: socket not writable; datagram lost");
                     return;
                 }
+                std::thread::sleep(Duration::from_micros(100));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "emulated link: send failed; datagram lost");
