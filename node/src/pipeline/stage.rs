@@ -451,18 +451,12 @@ async fn downstream(
             _ = cancel.cancelled() => return,
             r = route::resolved(&mut route) => r,
         };
-        let (next, header, payload) = match (current, reply) {
-            // A static pipeline's last stage: `--next` is the head that opened the session
-            // (which said so in its `Open`), so the head gets what it would in a cluster.
-            (Some(Route::To(next)), Some(head)) if head == next => {
-                let (header, payload) = last_row_only(header, payload);
-                (next, header, payload)
-            }
-            (Some(Route::To(next)), _) => (next, header, payload),
-            (Some(Route::ReplyToHead), Some(next)) => {
-                let (header, payload) = last_row_only(header, payload);
-                (next, header, payload)
-            }
+        // Whether the next hop is the session's head, which needs only a chunk's last row.
+        // A static pipeline's last stage knows it when its `--next` is the address the head
+        // gave in its `Open`.
+        let (next, to_head) = match (current, reply) {
+            (Some(Route::To(next)), head) => (next, head == Some(next)),
+            (Some(Route::ReplyToHead), Some(next)) => (next, true),
             (Some(Route::ReplyToHead), None) => {
                 warn!(
                     session = header.session,
@@ -477,6 +471,11 @@ async fn downstream(
                 );
                 continue;
             }
+        };
+        let (header, payload) = if to_head {
+            last_row_only(header, payload)
+        } else {
+            (header, payload)
         };
         match links.send(next, &header, &payload).await {
             Ok(()) => {
