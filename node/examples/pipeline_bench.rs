@@ -81,6 +81,8 @@ async fn main() -> anyhow::Result<()> {
             // One head drives every stream here: no per-peer share to enforce.
             max_sessions_per_peer: ShardOptions::default().max_sessions,
             previous_stage: None,
+            index: i as u32,
+            events: None,
         };
         let ep = endpoint_config(Identity::generate()?, Arc::new(InsecureAcceptAny));
         stages.push(Stage::start(cfg, ep).await?);

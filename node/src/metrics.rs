@@ -1,8 +1,10 @@
 //! The node's Prometheus metrics (`GET /metrics`).
 //!
 //! One [`Metrics`] per process, shared by the API, the head and the stages through an `Arc`.
-//! Label values come from a small fixed set (endpoints, statuses, layer ranges, hop
-//! addresses), so the number of series stays bounded whatever clients send.
+//! Label values come from small fixed sets (endpoints, statuses, a stage's index in its plan,
+//! a hop's index in the ring), never from addresses, peer ids or layer ranges, which change
+//! with every plan: the number of series stays bounded however often the cluster replans and
+//! whatever clients send.
 
 use std::sync::atomic::AtomicU64;
 
@@ -40,18 +42,20 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
-    layers: String,
+    stage: u32,
     kind: StepKind,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LayersLabels {
-    layers: String,
+struct StageLabels {
+    stage: u32,
 }
 
+/// Hop `i` of a ring goes into stage `i`: hop 0 from the head to the first stage, hop `n`
+/// from the last of `n` stages back to the head.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HopLabels {
-    to: String,
+    hop: u32,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -68,7 +72,7 @@ pub struct Metrics {
     replans: Counter,
     reassignments: Counter,
     stage_step: HistogramFamily<StepLabels>,
-    stage_batched: Family<LayersLabels, Counter>,
+    stage_batched: Family<StageLabels, Counter>,
     hop_bytes: Family<HopLabels, Counter<u64, AtomicU64>>,
     hop_send: HistogramFamily<HopLabels>,
     recovery: Histogram,
@@ -132,25 +136,25 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         registry.register(
             "stage_step_seconds",
-            "Compute time of one stage step, by layer range and kind",
+            "Compute time of one stage step, by the stage's index in its plan and kind",
             stage_step.clone(),
         );
-        let stage_batched = Family::<LayersLabels, Counter>::default();
+        let stage_batched = Family::<StageLabels, Counter>::default();
         registry.register(
             "stage_batched_decode_steps",
-            "Decode steps a stage computed in one batch with other sessions' steps, by layer range",
+            "Decode steps a stage computed in one batch with other sessions' steps, by stage index",
             stage_batched.clone(),
         );
         let hop_bytes = Family::<HopLabels, Counter>::default();
         registry.register(
             "hop_sent_bytes",
-            "Bytes sent to the next hop of the pipeline, by destination",
+            "Bytes sent on each hop of the ring (0: head to first stage)",
             hop_bytes.clone(),
         );
         let hop_send: HistogramFamily<HopLabels> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "hop_send_seconds",
-            "Time to hand one frame to the next hop, by destination",
+            "Time to hand one frame to its hop, by hop index (0: head to first stage)",
             hop_send.clone(),
         );
         let recovery = latency_histogram();
@@ -236,28 +240,23 @@ impl Metrics {
         self.reassignments.inc();
     }
 
-    /// A stage running `layers` (written `a..b`) computed one step in `seconds`.
-    pub fn stage_step(&self, layers: &str, kind: StepKind, seconds: f64) {
-        let labels = StepLabels {
-            layers: layers.to_owned(),
-            kind,
-        };
+    /// Stage `stage` (its index in its plan) computed one step in `seconds`.
+    pub fn stage_step(&self, stage: u32, kind: StepKind, seconds: f64) {
+        let labels = StepLabels { stage, kind };
         self.stage_step.get_or_create(&labels).observe(seconds);
     }
 
-    /// A stage running `layers` computed `steps` sessions' decode steps as one batch.
-    pub fn stage_batched(&self, layers: &str, steps: usize) {
-        let labels = LayersLabels {
-            layers: layers.to_owned(),
-        };
+    /// Stage `stage` computed `steps` sessions' decode steps as one batch.
+    pub fn stage_batched(&self, stage: u32, steps: usize) {
+        let labels = StageLabels { stage };
         self.stage_batched
             .get_or_create(&labels)
             .inc_by(steps as u64);
     }
 
-    /// `bytes` went to the hop `to` (an address or peer id), taking `seconds` to send.
-    pub fn hop_sent(&self, to: &str, bytes: usize, seconds: f64) {
-        let labels = HopLabels { to: to.to_owned() };
+    /// `bytes` went out on hop `hop` of a ring, taking `seconds` to send.
+    pub fn hop_sent(&self, hop: u32, bytes: usize, seconds: f64) {
+        let labels = HopLabels { hop };
         self.hop_bytes.get_or_create(&labels).inc_by(bytes as u64);
         self.hop_send.get_or_create(&labels).observe(seconds);
     }
@@ -300,18 +299,18 @@ mod tests {
     fn series_appear_with_their_labels() {
         let m = Metrics::new();
         m.request("/v1/completions", 200);
-        m.stage_step("10..20", StepKind::Decode, 0.002);
-        m.stage_batched("10..20", 3);
-        m.hop_sent("127.0.0.1:7000", 2304, 0.0001);
+        m.stage_step(1, StepKind::Decode, 0.002);
+        m.stage_batched(1, 3);
+        m.hop_sent(2, 2304, 0.0001);
         {
             let _s = m.session();
         }
         let text = m.encode();
         assert!(text
             .contains(r#"shoal_http_requests_total{endpoint="/v1/completions",status="200"} 1"#));
-        assert!(text.contains(r#"shoal_stage_step_seconds_count{layers="10..20",kind="decode"} 1"#));
-        assert!(text.contains(r#"shoal_stage_batched_decode_steps_total{layers="10..20"} 3"#));
-        assert!(text.contains(r#"shoal_hop_sent_bytes_total{to="127.0.0.1:7000"} 2304"#));
+        assert!(text.contains(r#"shoal_stage_step_seconds_count{stage="1",kind="decode"} 1"#));
+        assert!(text.contains(r#"shoal_stage_batched_decode_steps_total{stage="1"} 3"#));
+        assert!(text.contains(r#"shoal_hop_sent_bytes_total{hop="2"} 2304"#));
         assert!(text.contains("shoal_sessions_in_flight 0"));
     }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use sharding::gguf::GgufFile;
 use sharding::model::{Input, Shard, ShardOptions, ShardSpec};
+use shoal::pipeline::protocol::{self, Message, Open, Phase, Reply, RowsHead};
 use shoal::pipeline::{Head, HeadConfig, Route, Stage, StageConfig, WireDtype};
 use shoal_tests::{argmax, model_path, references};
-use transport::quic::payload::{f32_from_bytes, f32_to_bytes};
-use transport::quic::{Dtype, Endpoint, EndpointConfig, FrameHeader, FrameKind, Identity};
+use transport::quic::{Endpoint, EndpointConfig, FrameHeader, Identity};
 use transport::quic::{InsecureAcceptAny, Link};
 
 fn free_addr() -> SocketAddr {
@@ -46,6 +46,8 @@ fn stage_config(
         wire: WireDtype::F32,
         max_sessions_per_peer: 64,
         previous_stage: None,
+        index: 0,
+        events: None,
     }
 }
 
@@ -58,30 +60,69 @@ fn rows(session: u64, pos: usize, n: usize) -> Vec<f32> {
         .collect()
 }
 
-async fn send(link: &mut Link, kind: FrameKind, session: u64, pos: usize, values: &[f32]) {
+/// What a test sends a stage: prompt rows or a decode row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Prefill,
+    Decode,
+}
+
+async fn send(link: &mut Link, kind: Kind, session: u64, pos: usize, values: &[f32]) {
     let n = values.len() / 576;
-    let header = FrameHeader {
-        kind,
-        session,
-        seq: pos as u64,
+    let head = RowsHead {
         pos: pos as u32,
-        n_pos: n as u32,
-        dtype: Dtype::F32,
         rows: n as u32,
-        cols: 576,
+        width: 576,
+        dtype: WireDtype::F32,
+        phase: match kind {
+            Kind::Prefill => Phase::Prefill,
+            Kind::Decode => Phase::Decode,
+        },
+        reply: Reply::LastRow,
     };
     let mut bytes = Vec::new();
-    f32_to_bytes(values, &mut bytes);
+    protocol::encode_rows(head, values, &mut bytes);
+    let header = protocol::frame(session, pos as u64);
     link.send(&header, &bytes).await.unwrap();
 }
 
-async fn recv(link: &mut Link) -> (FrameHeader, Vec<u8>) {
+/// A message as a stage sent it on.
+#[derive(Debug)]
+enum Got {
+    Open,
+    Rows(RowsHead, Vec<f32>),
+    Error(String),
+    Other,
+}
+
+impl Got {
+    /// The kind of rows, `None` for other messages.
+    fn kind(&self) -> Option<Kind> {
+        match self {
+            Got::Rows(h, _) if h.phase == Phase::Decode => Some(Kind::Decode),
+            Got::Rows(..) => Some(Kind::Prefill),
+            _ => None,
+        }
+    }
+}
+
+async fn recv(link: &mut Link) -> (FrameHeader, Got) {
     let frame = tokio::time::timeout(Duration::from_secs(20), link.recv())
         .await
         .expect("a frame in time")
         .unwrap()
         .expect("link open");
-    (frame.header, frame.payload.to_vec())
+    let got = match Message::decode(frame.payload).expect("a message") {
+        Message::Open(_) => Got::Open,
+        Message::Rows(rows) => {
+            let mut values = Vec::new();
+            rows.values(&mut values).unwrap();
+            Got::Rows(rows.head, values)
+        }
+        Message::Error(f) => Got::Error(f.message),
+        Message::Close => Got::Other,
+    };
+    (frame.header, got)
 }
 
 /// A stage running layers 0..15 with `sessions` sessions (ids 1..=sessions) open, the links
@@ -114,16 +155,21 @@ async fn lone_stage(sessions: u64) -> LoneStage {
     };
     let mut alone = Shard::load(&file, spec, ShardOptions::default()).unwrap();
     for session in 1..=sessions {
-        let open = FrameHeader {
-            n_pos: 128,
-            ..FrameHeader::empty(FrameKind::Open, session, 0)
-        };
-        up.send(&open, &[]).await.unwrap();
+        let mut open = Vec::new();
+        let positions = 128;
+        protocol::encode_open(
+            &Open {
+                positions,
+                reply: None,
+            },
+            &mut open,
+        );
+        up.send(&protocol::frame(session, 0), &open).await.unwrap();
         alone.open_session(session, 128).unwrap();
     }
     let (downstream, mut down) = accept.await.unwrap();
     for _ in 1..=sessions {
-        assert_eq!(recv(&mut down).await.0.kind, FrameKind::Open);
+        assert!(matches!(recv(&mut down).await.1, Got::Open));
     }
     LoneStage {
         stage,
@@ -143,8 +189,8 @@ async fn prefill_three(
 ) {
     let mut out = Vec::new();
     for session in sessions {
-        send(up, FrameKind::Prefill, session, 0, &rows(session, 0, 3)).await;
-        assert_eq!(recv(down).await.0.kind, FrameKind::Prefill);
+        send(up, Kind::Prefill, session, 0, &rows(session, 0, 3)).await;
+        assert_eq!(recv(down).await.1.kind(), Some(Kind::Prefill));
         alone
             .forward(session, 0, Input::Hidden(&rows(session, 0, 3)), &mut out)
             .unwrap();
@@ -172,43 +218,40 @@ async fn decode_frames_waiting_together_run_as_one_batch() {
     prefill_three(&mut up, &mut down, &mut alone, 2..=4).await;
     assert_eq!(stage.batched_decode(), (0, 0));
 
-    send(&mut up, FrameKind::Prefill, 1, 0, &rows(1, 0, 64)).await;
-    send(&mut up, FrameKind::Decode, 2, 3, &rows(2, 3, 1)).await;
-    send(&mut up, FrameKind::Decode, 3, 7, &rows(3, 7, 1)).await;
-    send(&mut up, FrameKind::Decode, 4, 3, &rows(4, 3, 1)).await;
+    send(&mut up, Kind::Prefill, 1, 0, &rows(1, 0, 64)).await;
+    send(&mut up, Kind::Decode, 2, 3, &rows(2, 3, 1)).await;
+    send(&mut up, Kind::Decode, 3, 7, &rows(3, 7, 1)).await;
+    send(&mut up, Kind::Decode, 4, 3, &rows(4, 3, 1)).await;
     let mut replies = std::collections::HashMap::new();
     for _ in 0..4 {
         let (header, payload) = recv(&mut down).await;
         replies.insert(header.session, (header, payload));
     }
-    assert_eq!(replies[&1].0.kind, FrameKind::Prefill);
-    assert!(
-        matches!(replies[&3].0.kind, FrameKind::Error(_)),
-        "session 3 sent a wrong position: {:?}",
-        replies[&3].0
-    );
-    let message = String::from_utf8_lossy(&replies[&3].1);
+    assert_eq!(replies[&1].1.kind(), Some(Kind::Prefill));
+    let Got::Error(message) = &replies[&3].1 else {
+        panic!("session 3 sent a wrong position: {:?}", replies[&3].1)
+    };
     assert!(message.contains("expected 3"), "{message}");
     for session in [2u64, 4] {
-        let (header, payload) = &replies[&session];
+        let Got::Rows(head, got) = &replies[&session].1 else {
+            panic!("{:?}", replies[&session].1)
+        };
         assert_eq!(
-            (header.kind, header.pos, header.rows),
-            (FrameKind::Decode, 3, 1)
+            (replies[&session].1.kind(), head.pos, head.rows),
+            (Some(Kind::Decode), 3, 1)
         );
-        let mut got = Vec::new();
-        f32_from_bytes(payload, &mut got).unwrap();
         alone
             .forward(session, 3, Input::Hidden(&rows(session, 3, 1)), &mut want)
             .unwrap();
-        assert_eq!(bits(&got), bits(&want), "session {session}");
+        assert_eq!(bits(got), bits(&want), "session {session}");
     }
     // Sessions 2 and 4 ran as one batch; the refused step was left out of it.
     assert_eq!(stage.batched_decode(), (1, 2));
     // The refused session is closed; the others go on.
-    send(&mut up, FrameKind::Decode, 2, 4, &rows(2, 4, 1)).await;
-    assert_eq!(recv(&mut down).await.0.kind, FrameKind::Decode);
-    send(&mut up, FrameKind::Decode, 3, 3, &rows(3, 3, 1)).await;
-    assert!(matches!(recv(&mut down).await.0.kind, FrameKind::Error(_)));
+    send(&mut up, Kind::Decode, 2, 4, &rows(2, 4, 1)).await;
+    assert_eq!(recv(&mut down).await.1.kind(), Some(Kind::Decode));
+    send(&mut up, Kind::Decode, 3, 3, &rows(3, 3, 1)).await;
+    assert!(matches!(recv(&mut down).await.1, Got::Error(_)));
     stage.shutdown().await;
 }
 
@@ -227,15 +270,16 @@ async fn two_waiting_decode_frames_run_one_after_the_other() {
     let mut want = Vec::new();
     prefill_three(&mut up, &mut down, &mut alone, 2..=3).await;
     // Both decode frames queue behind a long prefill.
-    send(&mut up, FrameKind::Prefill, 1, 0, &rows(1, 0, 64)).await;
-    send(&mut up, FrameKind::Decode, 2, 3, &rows(2, 3, 1)).await;
-    send(&mut up, FrameKind::Decode, 3, 3, &rows(3, 3, 1)).await;
-    assert_eq!(recv(&mut down).await.0.kind, FrameKind::Prefill);
+    send(&mut up, Kind::Prefill, 1, 0, &rows(1, 0, 64)).await;
+    send(&mut up, Kind::Decode, 2, 3, &rows(2, 3, 1)).await;
+    send(&mut up, Kind::Decode, 3, 3, &rows(3, 3, 1)).await;
+    assert_eq!(recv(&mut down).await.1.kind(), Some(Kind::Prefill));
     for session in [2u64, 3] {
-        let (header, payload) = recv(&mut down).await;
-        assert_eq!((header.session, header.kind), (session, FrameKind::Decode));
-        let mut got = Vec::new();
-        f32_from_bytes(&payload, &mut got).unwrap();
+        let (header, got) = recv(&mut down).await;
+        assert_eq!((header.session, got.kind()), (session, Some(Kind::Decode)));
+        let Got::Rows(_, got) = got else {
+            unreachable!()
+        };
         alone
             .forward(session, 3, Input::Hidden(&rows(session, 3, 1)), &mut want)
             .unwrap();

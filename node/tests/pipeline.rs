@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use sharding::model::{ShardOptions, ShardSpec};
 use shoal::metrics::Metrics;
+use shoal::pipeline::protocol::FailureCode;
 use shoal::pipeline::{Head, HeadConfig, PipelineError, Route, Stage, StageConfig};
 use shoal_tests::{argmax, model_path, references};
 use transport::cluster_key::ClusterKey;
@@ -71,6 +72,48 @@ impl Drop for StageProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A message whose size a test counts.
+enum Msg {
+    Open(usize, SocketAddr),
+    Close,
+}
+
+fn message_bytes(msg: Msg) -> usize {
+    use shoal::pipeline::protocol::{self, Open};
+    let mut buf = Vec::new();
+    match msg {
+        Msg::Open(positions, reply) => {
+            let open = Open {
+                positions: positions as u32,
+                reply: Some(reply),
+            };
+            protocol::encode_open(&open, &mut buf)
+        }
+        Msg::Close => protocol::encode_close(&mut buf),
+    }
+    buf.len()
+}
+
+/// The bytes of a rows message of `rows` f32 rows at `pos`, less its values.
+fn rows_head_bytes(pos: usize, rows: usize, decode: bool) -> usize {
+    use shoal::pipeline::protocol::{self, Phase, Reply, RowsHead, WireDtype};
+    let head = RowsHead {
+        pos: pos as u32,
+        rows: rows as u32,
+        width: 576,
+        dtype: WireDtype::F32,
+        phase: if decode {
+            Phase::Decode
+        } else {
+            Phase::Prefill
+        },
+        reply: Reply::LastRow,
+    };
+    let mut buf = Vec::new();
+    protocol::encode_rows(head, &vec![0.0; rows * 576], &mut buf);
+    buf.len() - rows * 576 * 4
 }
 
 async fn head(first: SocketAddr, listen: SocketAddr, timeout: Duration) -> Head {
@@ -168,6 +211,8 @@ async fn stages_with(
             wire: shoal::pipeline::WireDtype::F32,
             max_sessions_per_peer: shoal::pipeline::default_sessions_per_peer(64),
             previous_stage: None,
+            index: i as u32,
+            events: None,
         };
         stages.push(Stage::start(cfg, endpoint()).await.unwrap());
     }
@@ -243,21 +288,35 @@ async fn a_long_prompt_runs_in_overlapping_chunks() {
     for s in &stages {
         assert_eq!(s.forwarded(), per_hop);
     }
-    // To the head: the `Open` (its payload is the head's address), one row per chunk and
-    // per decode step, and an empty `Close`. Between stages the chunks go whole.
+    // To the head: the `Open` (it carries the head's address), one row per chunk and per
+    // decode step, and an empty `Close`. Between stages the chunks go whole.
     let row = 576 * 4;
-    let sent = |to: SocketAddr| {
-        let series = format!("shoal_hop_sent_bytes_total{{to=\"{to}\"}} ");
+    let sent = |hop: u32| {
+        let series = format!("shoal_hop_sent_bytes_total{{hop=\"{hop}\"}} ");
         let text = metrics.encode();
         let line = text.lines().find_map(|l| l.strip_prefix(series.as_str()));
         line.expect("a series per hop").parse::<usize>().unwrap()
     };
+    // What the messages around the values cost: the open (with the head's address), the
+    // close, and each rows message's head, whole chunks between stages, last rows to the head.
+    let reserve = prompt.len() + n;
+    let open = message_bytes(Msg::Open(reserve, addrs[3]));
+    let close = message_bytes(Msg::Close);
+    let chunks: Vec<(usize, usize)> = (0..300).step_by(64).map(|p| (p, 64.min(300 - p))).collect();
+    let decode: usize = (300..300 + n - 1)
+        .map(|p| rows_head_bytes(p, 1, true))
+        .sum();
+    let whole: usize = chunks
+        .iter()
+        .map(|&(p, r)| rows_head_bytes(p, r, false))
+        .sum();
+    let last: usize = chunks
+        .iter()
+        .map(|&(p, r)| rows_head_bytes(p + r - 1, 1, false))
+        .sum();
     let rows = 5 + (n - 1);
-    assert_eq!(sent(addrs[3]), addrs[3].to_string().len() + rows * row);
-    assert_eq!(
-        sent(addrs[2]),
-        addrs[3].to_string().len() + (300 + n - 1) * row
-    );
+    assert_eq!(sent(3), open + close + last + decode + rows * row);
+    assert_eq!(sent(2), open + close + whole + decode + (300 + n - 1) * row);
     shut_down(head, stages).await;
 }
 
@@ -276,7 +335,8 @@ async fn a_refused_open_is_the_error_the_request_gets() {
     let long: Vec<u32> = (0..300).map(|i| 500 + i % 7).collect();
     match head.generate(&long, 4, argmax, |_| true).await {
         Err(PipelineError::Stage(e)) => assert!(
-            e.contains("context of 304 positions exceeds the limit of 256"),
+            e.message
+                .contains("context of 304 positions exceeds the limit of 256"),
             "{e}"
         ),
         other => panic!("expected the stage's refusal, got {other:?}"),
@@ -306,9 +366,11 @@ async fn a_dead_stage_fails_the_request_and_the_head_recovers() {
             true
         })
         .await;
+    // The first stage finds its next hop gone and says so to the head, which does not wait
+    // out its reply timeout.
     assert!(
-        matches!(result, Err(PipelineError::Timeout(_))),
-        "expected a timeout, got {result:?}"
+        matches!(&result, Err(PipelineError::Stage(f)) if f.code == FailureCode::Unroutable),
+        "expected the first stage's report, got {result:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(20), "no hang");
     // The stage comes back; the head serves the next request without a restart.

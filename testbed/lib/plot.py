@@ -100,7 +100,8 @@ def plot_stages(ax, tl, fleet, t0, last_plan, epochs):
         for key, v in m.get("stage_step", {}).items():
             if "kind=decode" not in key or "sum" not in v or "count" not in v:
                 continue
-            layers = key.split("layers=")[-1].split("|")[0]
+            # Labelled by the stage's index in its plan (a bounded label set).
+            layers = "stage " + key.split("stage=")[-1].split("|")[0]
             k = (node, layers)
             if k in last:
                 ds, dc = v["sum"] - last[k][0], v["count"] - last[k][1]
@@ -120,7 +121,7 @@ def plot_stages(ax, tl, fleet, t0, last_plan, epochs):
         ls, marker = styles[seen[node] % len(styles)]
         seen[node] += 1
         ax.plot(xs, ys, marker=marker, ms=3, lw=1, ls=ls, color=NODE_COLORS.get(node),
-                label=f"{node} [{layers.replace('..', ',')})")
+                label=f"{node} {layers}")
     if last_plan:
         for s in last_plan["stages"]:
             node = s.get("node") or "?"

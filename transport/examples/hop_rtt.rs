@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let payload = vec![7u8; len];
     let mut rtts = Vec::with_capacity(count);
     for seq in 0..count as u64 + 5 {
-        let header = FrameHeader::bytes(FrameKind::Activations, 1, seq, len)?;
+        let header = FrameHeader::new(FrameKind::Message, 1, seq);
         let start = Instant::now();
         link.send(&header, &payload).await?;
         link.recv().await?.ok_or("echo side hung up")?;

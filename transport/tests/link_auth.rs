@@ -52,7 +52,7 @@ async fn echo(mut link: Link) {
 }
 
 async fn round_trip(link: &mut Link) -> Result<(), LinkError> {
-    let header = FrameHeader::bytes(FrameKind::Ping, 7, 1, 3).unwrap();
+    let header = FrameHeader::new(FrameKind::Ping, 7, 1);
     link.send(&header, b"abc").await?;
     let frame = link
         .recv()

@@ -123,7 +123,7 @@ async fn echo(mut link: Link) {
     while let Ok(Some(frame)) = link.recv().await {
         let header = frame.header;
         if header.kind == FrameKind::Ping {
-            let pong = FrameHeader::empty(FrameKind::Pong, header.session, header.seq);
+            let pong = FrameHeader::new(FrameKind::Pong, header.session, header.seq);
             link.send(&pong, &[]).await.unwrap();
         }
     }
@@ -134,7 +134,7 @@ async fn ping_rtts(link: &mut Link, count: u64) -> Vec<Duration> {
     let mut rtts = Vec::new();
     for seq in 0..count + 3 {
         let start = Instant::now();
-        link.send(&FrameHeader::empty(FrameKind::Ping, 1, seq), &[])
+        link.send(&FrameHeader::new(FrameKind::Ping, 1, seq), &[])
             .await
             .unwrap();
         let frame = link.recv().await.unwrap().expect("echo side hung up");
@@ -189,7 +189,7 @@ async fn loss_still_delivers_every_frame_in_order() {
         (got, far)
     });
     for i in 0..FRAMES {
-        let header = FrameHeader::bytes(FrameKind::Activations, 1, u64::from(i), LEN).unwrap();
+        let header = FrameHeader::new(FrameKind::Message, 1, u64::from(i));
         near.send(&header, &[i as u8; LEN]).await.unwrap();
     }
     near.finish().unwrap();

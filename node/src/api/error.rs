@@ -66,6 +66,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Pipeline(e) if e.is_busy() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Pipeline(PipelineError::Stage(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Pipeline(PipelineError::Head(_)) | ApiError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

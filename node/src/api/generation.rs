@@ -4,7 +4,6 @@
 //! soon as whoever reads it (the SSE body, or the handler collecting a whole answer) goes
 //! away: a client that disconnects stops its tokens being computed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,49 +83,46 @@ async fn run(
     let mut finish = FinishReason::Length;
     let mut hit_stop = false;
     let mut last_token: Option<Instant> = None;
-    let mut sampling_error = None;
-    let sampling_failed = AtomicBool::new(false);
-    let pick = |logits: &[f32]| match sampler.sample(logits) {
-        Ok(id) => id,
-        Err(e) => {
-            // on_token sees the flag and stops before the placeholder id is used.
-            sampling_error = Some(e);
-            sampling_failed.store(true, Ordering::Relaxed);
-            0
-        }
-    };
-    let on_token = |id: u32| -> bool {
+    let mut generation = head.open(&prompt, prompt.len() + max_tokens);
+    let mut generated = 0;
+    while generated < max_tokens {
+        let logits = match generation.logits().await {
+            Ok(logits) => logits,
+            Err(e) => return Event::Failed(e.into()),
+        };
+        let id = match sampler.sample(logits) {
+            Ok(id) => id,
+            Err(e) => return Event::Failed(ApiError::Internal(format!("sampling failed: {e}"))),
+        };
+        generated += 1;
         let now = Instant::now();
         match last_token.replace(now) {
             None => metrics.first_token(now.duration_since(arrived).as_secs_f64()),
             Some(prev) => metrics.next_token(now.duration_since(prev).as_secs_f64()),
         }
         metrics.token_generated();
-        if tx.is_closed() || sampling_failed.load(Ordering::Relaxed) {
-            return false;
+        if tx.is_closed() {
+            // Nobody reads the answer any more: stop computing it.
+            break;
         }
         if tokenizer.is_eog(id) {
             finish = FinishReason::Stop;
-            return false;
+            break;
         }
         let (text, hit) = stops.push(decoder.push(id));
         if !text.is_empty() && tx.try_send(Event::Text(text.to_owned())).is_err() {
-            return false;
+            break;
         }
         if hit {
             hit_stop = true;
             finish = FinishReason::Stop;
-            return false;
+            break;
         }
-        true
-    };
-    let generated = match head.generate(&prompt, max_tokens, pick, on_token).await {
-        Ok(ids) => ids.len(),
-        Err(e) => return Event::Failed(e.into()),
-    };
-    if let Some(e) = sampling_error {
-        return Event::Failed(ApiError::Internal(format!("sampling failed: {e}")));
+        if generated < max_tokens {
+            generation.push(id);
+        }
     }
+    drop(generation);
     if !hit_stop {
         // Bytes the decoder and the matcher held back are final now (a stop may still
         // complete inside the decoder's last bytes).

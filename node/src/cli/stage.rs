@@ -85,6 +85,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             wire: args.wire_dtype,
             max_sessions_per_peer: per_peer,
             previous_stage: None,
+            index: 0,
+            events: None,
         };
         let endpoint = args.key.endpoint()?;
         let stage = Stage::start(cfg, endpoint).await?;

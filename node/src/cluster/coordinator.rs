@@ -33,8 +33,16 @@ pub fn coordinator(adverts: &[Advert], sha256: &str, version: &str) -> Option<St
         .min()
 }
 
+/// How a link a node reported lost is priced: so dear that the planner puts the two nodes
+/// side by side only when no plan without that hop exists.
+pub const LOST_LINK: Link = Link {
+    rtt_ms: 1e6,
+    bandwidth_bytes_per_s: 1.0,
+};
+
 /// The device graph of the eligible nodes. Every node keeps its own head (embedding and
 /// output head, `head_reserve` bytes) to serve requests, so that is taken off its budget.
+/// A data link either end reported lost is priced as [`LOST_LINK`].
 pub fn device_graph(
     adverts: &[Advert],
     sha256: &str,
@@ -54,6 +62,14 @@ pub fn device_graph(
         };
         if let Err(e) = graph.upsert_device(device) {
             tracing::warn!(peer = %a.peer_id, error = %e, "advert left out of the device graph");
+        }
+    }
+    for a in adverts {
+        for lost in &a.state.unreachable {
+            let (from, to) = (a.peer_id.to_string(), lost.to_string());
+            if graph.device(&from).is_some() && graph.device(&to).is_some() {
+                let _ = graph.set_link(&from, &to, LOST_LINK);
+            }
         }
     }
     graph

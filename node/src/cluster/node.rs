@@ -2,7 +2,7 @@
 //! requests, and runs whatever stages the coordinator assigns it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +10,7 @@ use sharding::chat::ChatTemplate;
 use sharding::gguf::GgufFile;
 use sharding::model::ModelConfig;
 use sharding::tokenizer::Tokenizer;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -20,8 +21,9 @@ use transport::discovery::{
 };
 use transport::quic::{Endpoint, Identity, Libp2pIdentity};
 
-use super::agent::{Agent, AgentConfig};
-use super::state::State;
+use super::driver::{self, Driver, Outputs};
+use super::machine::{self, Cluster, Snapshot};
+use super::stages::{StageSettings, Stages};
 use super::view::{ClusterView, ModelSummary};
 use super::weights::{ModelSource, Weights};
 use super::{measure, profile, snapshot};
@@ -70,25 +72,28 @@ pub struct NodeConfig {
     pub metrics: Arc<Metrics>,
 }
 
-/// Everything the API and the agent share.
+/// What the API reads of a running node.
 pub(crate) struct Shared {
     pub(crate) local: PeerId,
     pub(crate) model: ModelInfo,
     pub(crate) summary: ModelSummary,
     pub(crate) head: Head,
-    pub(crate) discovery: swarm::Handle,
-    pub(crate) state: Mutex<State>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The cluster machine's state, as the driver last published it.
+    pub(crate) snapshot: watch::Receiver<Snapshot>,
     /// The active plan and the broken ones, for heads that replay broken requests.
-    pub(crate) plans: tokio::sync::watch::Sender<PlanRoute>,
+    pub(crate) route: watch::Receiver<PlanRoute>,
+    /// Tokens this node's head generated, sampled once a second.
+    pub(crate) tokens: super::rate::TokenRate,
 }
 
 /// A running node.
 pub struct Node {
     shared: Arc<Shared>,
+    discovery: swarm::Handle,
     service: swarm::Service,
     cancel: CancellationToken,
-    agent: JoinHandle<()>,
+    driver: JoinHandle<()>,
     /// Serves the model's chunks when this node holds the whole file.
     seed: Option<BlobServer>,
 }
@@ -216,22 +221,36 @@ impl Node {
             .await
             .context("publishing the advert")?;
         info!(peer = %local, %data_addr, "joined");
-        let shared = Arc::new(Shared {
-            local,
-            model: loaded.info,
-            summary: loaded.summary,
-            head,
-            discovery: handle,
-            state: Mutex::new(State::new(advert)),
-            metrics: cfg.metrics.clone(),
-            plans: tokio::sync::watch::Sender::new(PlanRoute::default()),
+        let (snapshot_tx, snapshot) = watch::channel(Snapshot {
+            advert: advert.clone(),
+            members: Vec::new(),
+            active: None,
+            pending: None,
+            unplaceable: None,
+            load_error: None,
+            replans: 0,
+            route: PlanRoute::default(),
         });
-        let agent = Agent::new(
-            shared.clone(),
-            AgentConfig {
-                weights,
+        let (route_tx, route) = watch::channel(PlanRoute::default());
+        let machine = Cluster::new(
+            machine::Config {
+                local,
+                sha256: loaded.summary.sha256.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
                 profile: loaded.profile,
                 head_reserve: loaded.head_bytes,
+                placement: cfg.placement,
+                replan_delay: cfg.replan_delay.as_millis() as u64,
+                straggler: Default::default(),
+            },
+            advert,
+            0,
+        );
+        let (events_tx, stage_events) = mpsc::channel(64);
+        let stages = Stages::new(
+            StageSettings {
+                weights,
+                endpoint,
                 bind_ip: cfg.data_listen.ip(),
                 advertise_ip: ip,
                 threads: cfg.threads,
@@ -239,19 +258,42 @@ impl Node {
                 max_sessions_per_peer: cfg.max_sessions_per_peer,
                 max_context: cfg.max_context,
                 session_timeout: cfg.session_timeout,
-                replan_delay: cfg.replan_delay,
-                placement: cfg.placement,
-                endpoint,
                 wire: cfg.wire,
+                metrics: cfg.metrics.clone(),
             },
-            inbox,
+            events_tx,
         );
-        let agent = tokio::spawn(agent.run(cancel.clone()));
+        let driver = tokio::spawn(driver::run(
+            Driver {
+                machine,
+                discovery: handle.clone(),
+                inbox,
+                stages,
+                stage_events,
+                outputs: Outputs {
+                    snapshot: snapshot_tx,
+                    route: route_tx,
+                },
+                metrics: cfg.metrics.clone(),
+            },
+            cancel.child_token(),
+        ));
+        let shared = Arc::new(Shared {
+            local,
+            model: loaded.info,
+            summary: loaded.summary,
+            tokens: super::rate::TokenRate::start(head.clone(), cancel.child_token()),
+            head,
+            metrics: cfg.metrics.clone(),
+            snapshot,
+            route,
+        });
         Ok(Node {
             shared,
+            discovery: handle,
             service,
             cancel,
-            agent,
+            driver,
             seed,
         })
     }
@@ -263,11 +305,7 @@ impl Node {
 
     /// The addresses discovery listens on (for other nodes' `--peer`).
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.shared
-            .discovery
-            .listen_addrs()
-            .await
-            .unwrap_or_default()
+        self.discovery.listen_addrs().await.unwrap_or_default()
     }
 
     /// The API's view of this node.
@@ -275,13 +313,15 @@ impl Node {
         Arc::new(NodeBackend(self.shared.clone()))
     }
 
-    /// Leaves the cluster: stops the stages, the head and discovery.
+    /// Leaves the cluster: stops the stages, the head and discovery, in that order, and
+    /// waits for every task the node started.
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        let _ = self.agent.await;
+        let _ = self.driver.await;
         if let Some(seed) = self.seed {
             seed.shutdown().await;
         }
+        self.shared.tokens.stopped().await;
         self.shared.head.shutdown().await;
         self.service.shutdown().await;
     }
@@ -295,26 +335,34 @@ impl Backend for NodeBackend {
     }
 
     fn head(&self) -> Result<Head, String> {
-        let state = self.0.state.lock().expect("state lock");
-        match &state.active {
+        let snapshot = self.0.snapshot.borrow();
+        match &snapshot.active {
             // The plan lost a stage and the rest cannot hold the model: refuse at once.
             Some(active)
-                if state.unplaceable.is_some()
-                    && self.0.plans.borrow().broken >= active.assignment.epoch =>
+                if snapshot.unplaceable.is_some()
+                    && snapshot.route.broken >= active.assignment.epoch =>
             {
-                Err(snapshot::why_not_serving(&state))
+                Err(snapshot::why_not_serving(&snapshot))
             }
             Some(active) => Ok(self
                 .0
                 .head
                 .via(active.first)
-                .with_plans(Plans::new(self.0.plans.subscribe()))),
-            None => Err(snapshot::why_not_serving(&state)),
+                .with_plans(Plans::new(self.0.route.clone()))),
+            None => Err(snapshot::why_not_serving(&snapshot)),
         }
     }
 
     fn view(&self) -> ClusterView {
-        snapshot::view(&self.0)
+        let shared = &self.0;
+        snapshot::view(
+            &shared.snapshot.borrow(),
+            shared.local,
+            &shared.summary,
+            &shared.head,
+            shared.metrics.events().recent(),
+            shared.tokens.per_second(),
+        )
     }
 }
 

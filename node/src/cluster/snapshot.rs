@@ -1,16 +1,20 @@
-//! Builds the [`ClusterView`] a node reports from its state and its discovery view.
+//! Builds the [`ClusterView`] a node reports from its machine's snapshot.
 
 use std::collections::BTreeMap;
 
-use transport::discovery::{Advert, Discovery};
+use transport::discovery::Advert;
 
-use super::node::Shared;
-use super::state::State;
-use super::view::{ClusterState, ClusterView, MemberState, MemberView, PlanView, StageView};
+use transport::discovery::PeerId;
+
+use super::machine::Snapshot;
+use super::view::{
+    ClusterState, ClusterView, MemberState, MemberView, ModelSummary, PlanView, StageView,
+};
 use super::Assignment;
+use crate::pipeline::Head;
 
 /// Why requests cannot run now (no active plan), in words.
-pub(crate) fn why_not_serving(state: &State) -> String {
+pub(crate) fn why_not_serving(state: &Snapshot) -> String {
     if let Some(reason) = &state.unplaceable {
         return format!("the model cannot be placed on this cluster: {reason}");
     }
@@ -27,14 +31,23 @@ pub(crate) fn why_not_serving(state: &State) -> String {
     }
 }
 
-pub(crate) fn view(shared: &Shared) -> ClusterView {
-    let members = shared.discovery.members();
-    let state = shared.state.lock().expect("state lock");
-    let mut adverts: BTreeMap<String, &Advert> =
-        members.iter().map(|a| (a.peer_id.to_string(), a)).collect();
-    adverts.insert(shared.local.to_string(), &state.advert);
+/// The view of node `local`, from its machine's `state`, its head and what it recorded.
+pub(crate) fn view(
+    state: &Snapshot,
+    local: PeerId,
+    model: &ModelSummary,
+    head: &Head,
+    events: Vec<crate::events::Event>,
+    tokens_per_s: f64,
+) -> ClusterView {
+    let mut adverts: BTreeMap<String, &Advert> = state
+        .members
+        .iter()
+        .map(|a| (a.peer_id.to_string(), a))
+        .collect();
+    adverts.insert(local.to_string(), &state.advert);
     let active = state.active.as_ref().map(|a| &a.assignment);
-    let sha = &shared.summary.sha256;
+    let sha = &model.sha256;
     let layers_in = |plan: Option<&Assignment>, peer: &str| {
         plan.and_then(|p| p.stages.iter().find(|s| s.peer == peer))
             .map(|s| s.layers)
@@ -96,23 +109,23 @@ pub(crate) fn view(shared: &Shared) -> ClusterView {
     }
     let (cluster_state, problem) = match (&state.active, gone.is_empty()) {
         (None, _) if state.unplaceable.is_some() => {
-            (ClusterState::Unplaceable, Some(why_not_serving(&state)))
+            (ClusterState::Unplaceable, Some(why_not_serving(state)))
         }
-        (None, _) => (ClusterState::Forming, Some(why_not_serving(&state))),
+        (None, _) => (ClusterState::Forming, Some(why_not_serving(state))),
         (Some(_), false) => (ClusterState::Degraded, Some(gone.join("; "))),
         (Some(_), true) => (ClusterState::Ready, None),
     };
     let all: Vec<Advert> = adverts.values().map(|a| (*a).clone()).collect();
     ClusterView {
-        node: shared.local.to_string(),
-        model: shared.summary.clone(),
+        node: local.to_string(),
+        model: model.clone(),
         coordinator: super::coordinator::coordinator(&all, sha, env!("CARGO_PKG_VERSION")),
         state: cluster_state,
         problem,
         members: rows,
         plan: active.map(|a| PlanView {
             epoch: a.epoch,
-            head: shared.local.to_string(),
+            head: local.to_string(),
             stages: a
                 .stages
                 .iter()
@@ -123,10 +136,10 @@ pub(crate) fn view(shared: &Shared) -> ClusterView {
                 })
                 .collect(),
             predicted_ms_per_token: a.predicted_ms_per_token,
-            measured_ms_per_token: shared.head.recent_token_ms(),
+            measured_ms_per_token: head.recent_token_ms(),
         }),
-        tokens_per_s: state.tokens_per_s(),
+        tokens_per_s,
         replans: state.replans,
-        events: shared.metrics.events().recent(),
+        events,
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::head::PipelineError;
+use super::error::PipelineError;
 
 /// The cluster's routing state as the head sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,13 +61,9 @@ impl Plans {
             Ok(Ok(route)) => match route.usable(failed) {
                 Some(found) => Ok(found),
                 // Fail fast: waiting would only run out the clock.
-                None => Err(PipelineError::Unreachable(
-                    "the nodes left cannot hold the model (see /v1/cluster)".into(),
-                )),
+                None => Err(PipelineError::Unplaceable),
             },
-            _ => Err(PipelineError::Unreachable(format!(
-                "no healthy plan within {wait:?}"
-            ))),
+            _ => Err(PipelineError::NoPlan(wait)),
         }
     }
 

@@ -2,17 +2,22 @@
 //!
 //! The ring: the head embeds tokens and sends hidden states to stage 1; every stage runs its
 //! layers and forwards directly to the next; the last stage sends its hidden state back to the
-//! head, which applies the final norm and output head and samples. Per generated token that
-//! is exactly N + 1 one-way messages for N stages. Returning the hidden state (one row of
-//! `n_embd` floats, 2.3 KB for SmolLM2) rather than logits (196 KB) or sampling at the last
-//! stage keeps the sampler, its seed and the token history in one place, the head.
+//! head, which applies the final norm and output head. Per generated token that is exactly
+//! N + 1 one-way messages for N stages. Returning the hidden state (one row of `n_embd`
+//! floats, 2.3 KB for SmolLM2) rather than logits (196 KB) keeps the sampler, its seed and
+//! the token history with the request, at the head's node.
 //!
-//! Frame conventions on the `transport::quic` links (see [`protocol`]):
-//! `Open` (n_pos = positions to reserve) travels the whole ring and returns as the
-//! acknowledgement; `Prefill`/`Decode` carry `rows × n_embd` f32 hidden states for positions
-//! `pos..pos + rows`; `Close` frees the session everywhere; an `Error` frame for a session
-//! travels on to the head, which fails that request only.
+//! - [`protocol`]: the one message vocabulary (open, rows, close, error) and its encoding;
+//! - [`head`]: the head and the pull-based [`Generation`] a request runs on;
+//! - [`stage`]: a stage;
+//! - [`failover`]: which plans a request may use; [`error`]: how a request fails;
+//! - [`route`]: where a stage sends what it computed.
+//!
+//! An `Open` travels the whole ring and returns as the acknowledgement; `Rows` carry hidden
+//! states for consecutive positions; `Close` frees the session everywhere; a stage that
+//! cannot run or pass on a session's message sends an `Error` straight to its head.
 
+pub mod error;
 pub mod failover;
 pub mod head;
 mod links;
@@ -25,11 +30,12 @@ use std::time::Duration;
 
 use transport::quic::{EndpointConfig, Identity, PeerVerifier};
 
+pub use error::PipelineError;
 pub use failover::{PlanRoute, Plans};
-pub use head::{Head, HeadConfig, PipelineError};
+pub use head::{Generation, Head, HeadConfig};
 pub use protocol::WireDtype;
 pub use route::Route;
-pub use stage::{default_sessions_per_peer, Stage, StageConfig};
+pub use stage::{default_sessions_per_peer, Stage, StageConfig, StageEvent};
 
 /// Link settings for pipeline hops: a peer that stops answering is declared dead after two
 /// seconds (keep-alives every half second), so a stage notices a dead or restarted

@@ -35,25 +35,9 @@ pub(crate) async fn resolved(route: &mut watch::Receiver<Route>) -> Option<Route
     }
 }
 
-/// The reply address carried in an `Open` payload (`ip:port` as UTF-8), if any.
-pub fn parse_reply(payload: &[u8]) -> Option<SocketAddr> {
-    std::str::from_utf8(payload).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_addresses_parse_or_are_ignored() {
-        assert_eq!(
-            parse_reply(b"10.0.0.2:7601"),
-            Some("10.0.0.2:7601".parse().unwrap())
-        );
-        assert_eq!(parse_reply(b""), None);
-        assert_eq!(parse_reply(&[0xff, 0x00]), None);
-        assert_eq!(parse_reply(b"not an address"), None);
-    }
 
     #[tokio::test]
     async fn pending_routes_resolve_when_set() {

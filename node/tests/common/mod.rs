@@ -211,6 +211,8 @@ pub async fn start_pipeline(
             wire,
             // Stage 2 carries every head's sessions: only stage 1 bounds them per peer.
             previous_stage: i.checked_sub(1).map(|p| keys[p].public().to_peer_id()),
+            index: i as u32,
+            events: None,
         };
         let stage = Stage::start(cfg, endpoint_of(&keys[i])).await;
         stages.push(stage.expect("stage"));

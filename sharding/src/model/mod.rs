@@ -77,7 +77,7 @@ pub enum LoadError {
 }
 
 /// Why a forward step was refused. The shard is unchanged after any of these.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StepError {
     /// No session with this id is open.
     #[error("unknown session {0}")]

@@ -13,6 +13,7 @@
 pub mod aarch64;
 pub mod blocks;
 pub mod scalar;
+pub mod wire;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

@@ -121,8 +121,7 @@ impl Fetcher {
 }
 
 async fn request(link: &mut Link, id: u64, seq: u64, sha256: &[u8; 32]) -> Result<(), FetchError> {
-    let header = FrameHeader::bytes(FrameKind::Fetch, id, seq, sha256.len())
-        .expect("a 32-byte payload fits a frame");
+    let header = FrameHeader::new(FrameKind::Fetch, id, seq);
     Ok(link.send(&header, sha256).await?)
 }
 

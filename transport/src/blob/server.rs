@@ -157,9 +157,7 @@ async fn serve(
                 if let Some(rate) = rate {
                     rate.acquire(bytes.len() as u64).await;
                 }
-                let reply =
-                    FrameHeader::bytes(FrameKind::Piece, header.session, header.seq, bytes.len())
-                        .map_err(LinkError::Encode)?;
+                let reply = FrameHeader::new(FrameKind::Piece, header.session, header.seq);
                 link.send(&reply, &bytes).await?;
             }
             Err((code, why)) => link.send_error(code, header.session, &why).await?,

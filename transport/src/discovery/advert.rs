@@ -63,4 +63,8 @@ pub struct AdvertState {
     /// run time, since an operator may change it, and shown by `shoal status`.
     #[serde(default)]
     pub cpu_quota_milli: Option<u32>,
+    /// Peers this node's data plane lost its link to recently (a stage could not reach
+    /// the next one), so the coordinator keeps them apart in plans.
+    #[serde(default)]
+    pub unreachable: Vec<PeerId>,
 }

@@ -1,4 +1,4 @@
-//! Activation frames: a small bincode header plus raw little-endian payload bytes.
+//! Frames: a small bincode header plus an opaque payload.
 //!
 //! Wire layout of one frame (all integers little-endian):
 //!
@@ -9,43 +9,28 @@
 //! Both lengths come first, in a fixed 8-byte prefix, so a reader checks both against its
 //! [`Limits`] before it reads or allocates anything else, and knows exactly how many bytes to
 //! skip to stay in sync when it rejects a frame whose header is malformed or whose payload is
-//! too large. The payload is never serialized element by element: it is the tensor's bytes
-//! as laid out by [`Dtype`], so the hot path is one `read_exact` into a reusable buffer.
+//! too large. The payload is opaque here: the layer above (the pipeline's messages, the blob
+//! protocol) gives it meaning, so the hot path is one `read_exact` into a reusable buffer.
 //!
 //! Everything here is pure (no I/O) so the decoder can be driven from tests, proptests and a
 //! fuzz target over plain byte slices.
 
 use bincode::{Decode, Encode};
 
-use super::payload::Q8_BLOCK_BYTES;
-use super::payload::Q8_BLOCK_VALUES;
-
 /// Size of the fixed length prefix: `u32 header_len | u32 payload_len`.
 pub const PREFIX_LEN: usize = 8;
 
 /// Upper bound of an encoded [`FrameHeader`] (every varint at its widest), so a sender can
 /// encode into a stack buffer. Checked by a test against a header with every field at max.
-pub const MAX_ENCODED_HEADER: usize = 64;
+pub const MAX_ENCODED_HEADER: usize = 32;
 
-/// What a frame means to the pipeline. The transport does not interpret it beyond routing
-/// [`FrameKind::Error`] and [`FrameKind::Ping`]; stages do.
+/// What a frame is to the transport. Only the transport's own kinds are known here; every
+/// pipeline message travels as [`FrameKind::Message`] with its meaning in the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub enum FrameKind {
-    /// Start a session (the payload may carry stage-specific parameters).
-    Open,
-    /// A prompt chunk's activations travelling down the chain.
-    Prefill,
-    /// One generated position's activations travelling down the chain.
-    Decode,
-    /// Activations without prefill/decode distinction (e.g. replays).
-    Activations,
-    /// Final-stage logits travelling back to the head.
-    Logits,
-    /// Token ids (`Dtype::U32`), e.g. sampled tokens sent back to the head.
-    Tokens,
-    /// End of a session; the peer may free its KV cache.
-    Close,
-    /// The peer rejected something; the payload is a UTF-8 message.
+    /// A message of the layer above (the pipeline's open, rows, close, error), opaque here.
+    Message,
+    /// The transport rejected something; the payload is a UTF-8 message.
     Error(ErrorCode),
     /// Liveness or latency probe; echoed by the peer as [`FrameKind::Pong`].
     Ping,
@@ -63,112 +48,37 @@ pub enum FrameKind {
 pub enum ErrorCode {
     /// A frame exceeded the receiver's [`Limits`]; it was skipped.
     Oversized,
-    /// A frame's header could not be decoded or disagreed with its payload; it was skipped.
+    /// A frame's header could not be decoded; it was skipped.
     Malformed,
-    /// The frame was well formed but not valid in the session's state.
+    /// The frame was well formed but not valid in the receiver's state.
     Protocol,
     /// The receiver failed for its own reasons.
     Internal,
-}
-
-/// Element type of the payload, which fixes how many bytes a `rows x cols` tensor takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
-pub enum Dtype {
-    /// Opaque bytes (messages, parameters): one byte per element.
-    Bytes,
-    /// IEEE f32, 4 bytes per element.
-    F32,
-    /// IEEE f16, 2 bytes per element (see [`super::payload`]).
-    F16,
-    /// Block q8: per 32 values an f16 scale then 32 `i8`; the last block is zero-padded.
-    Q8Block,
-    /// `u32` values such as token ids, 4 bytes per element.
-    U32,
-}
-
-impl Dtype {
-    /// Exact payload size in bytes of a `rows x cols` tensor of this type, or `None` on
-    /// arithmetic overflow (which the decoder reports as a shape mismatch).
-    pub fn byte_len(self, rows: u32, cols: u32) -> Option<usize> {
-        let n = usize::try_from(u64::from(rows) * u64::from(cols)).ok()?;
-        match self {
-            Dtype::Bytes => Some(n),
-            Dtype::F16 => n.checked_mul(2),
-            Dtype::F32 | Dtype::U32 => n.checked_mul(4),
-            Dtype::Q8Block => n.div_ceil(Q8_BLOCK_VALUES).checked_mul(Q8_BLOCK_BYTES),
-        }
-    }
 }
 
 /// The per-frame metadata. Small and fixed-shape: it owns no heap memory, so decoding it
 /// cannot allocate however hostile the bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub struct FrameHeader {
-    /// What the frame means.
+    /// What the frame is to the transport.
     pub kind: FrameKind,
-    /// The inference session this frame belongs to.
+    /// The session (or request) the frame belongs to, so a receiver can route or refuse it
+    /// before it looks at the payload.
     pub session: u64,
-    /// Per-session, per-direction sequence number, so a stage can detect gaps or replays.
+    /// Per-session sequence number (a chunk index for [`FrameKind::Fetch`]).
     pub seq: u64,
-    /// Position (token index in the sequence) of the first row.
-    pub pos: u32,
-    /// Number of positions the frame covers.
-    pub n_pos: u32,
-    /// Element type of the payload.
-    pub dtype: Dtype,
-    /// Tensor rows (usually positions).
-    pub rows: u32,
-    /// Tensor columns (usually the hidden size).
-    pub cols: u32,
 }
 
 impl FrameHeader {
-    /// A header for a frame with an empty payload (`Open`, `Close`, `Ping`...).
-    pub fn empty(kind: FrameKind, session: u64, seq: u64) -> Self {
-        Self {
-            kind,
-            session,
-            seq,
-            pos: 0,
-            n_pos: 0,
-            dtype: Dtype::Bytes,
-            rows: 0,
-            cols: 0,
-        }
-    }
-
-    /// A header for an opaque byte payload of `len` bytes (shape `1 x len`). Fails if `len`
-    /// does not fit the `u32` shape fields.
-    pub fn bytes(kind: FrameKind, session: u64, seq: u64, len: usize) -> Result<Self, FrameError> {
-        let cols = u32::try_from(len).map_err(|_| FrameError::PayloadTooLarge {
-            len: len as u64,
-            max: u32::MAX,
-        })?;
-        Ok(Self {
-            rows: 1,
-            cols,
-            ..Self::empty(kind, session, seq)
-        })
-    }
-
-    /// Payload size the header announces (`dtype` x `rows` x `cols`), `None` on overflow.
-    pub fn payload_len(&self) -> Option<usize> {
-        self.dtype.byte_len(self.rows, self.cols)
+    /// A header of `kind` for `session`.
+    pub fn new(kind: FrameKind, session: u64, seq: u64) -> Self {
+        Self { kind, session, seq }
     }
 
     /// Encodes the length prefix and this header for a payload of `payload_len` bytes.
     ///
-    /// Fails with [`FrameError::ShapeMismatch`] if the header's shape does not describe exactly
-    /// `payload_len` bytes, so a sender bug is caught before it reaches the wire.
+    /// Fails with [`FrameError::PayloadTooLarge`] when the payload does not fit the prefix.
     pub fn encode_prefix(&self, payload_len: usize) -> Result<EncodedPrefix, FrameError> {
-        if self.payload_len() != Some(payload_len) {
-            return Err(FrameError::ShapeMismatch {
-                dtype: self.dtype,
-                rows: self.rows,
-                cols: self.cols,
-                payload_len: payload_len as u64,
-            });
-        }
         let payload_len = u32::try_from(payload_len).map_err(|_| FrameError::PayloadTooLarge {
             len: payload_len as u64,
             max: u32::MAX,
@@ -185,21 +95,13 @@ impl FrameHeader {
         })
     }
 
-    /// Decodes a header from exactly `bytes` and checks it against the announced payload size.
-    pub fn decode(bytes: &[u8], payload_len: u32) -> Result<Self, FrameError> {
+    /// Decodes a header from exactly `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
         let (header, used): (Self, usize) =
             bincode::decode_from_slice(bytes, wire_config()).map_err(FrameError::Decode)?;
         if used != bytes.len() {
             return Err(FrameError::TrailingHeaderBytes {
                 extra: bytes.len() - used,
-            });
-        }
-        if header.payload_len() != Some(payload_len as usize) {
-            return Err(FrameError::ShapeMismatch {
-                dtype: header.dtype,
-                rows: header.rows,
-                cols: header.cols,
-                payload_len: u64::from(payload_len),
             });
         }
         Ok(header)
@@ -289,7 +191,7 @@ impl Prefix {
 pub struct Frame<'a> {
     /// The frame's metadata.
     pub header: FrameHeader,
-    /// The raw little-endian payload, exactly `header.payload_len()` bytes.
+    /// The payload, opaque to the transport.
     pub payload: &'a [u8],
 }
 
@@ -312,7 +214,7 @@ impl<'a> Frame<'a> {
             return Err(FrameError::Incomplete { needed: total });
         }
         let (header_bytes, rest) = rest.split_at(prefix.header_len as usize);
-        let header = FrameHeader::decode(header_bytes, prefix.payload_len)?;
+        let header = FrameHeader::decode(header_bytes)?;
         let payload = &rest[..prefix.payload_len as usize];
         // `total` <= buf.len(), which is a usize.
         Ok((Self { header, payload }, total as usize))
@@ -363,18 +265,6 @@ pub enum FrameError {
         /// Bytes left over after the header.
         extra: usize,
     },
-    /// The header's `dtype x rows x cols` does not describe the payload's size.
-    #[error("frame shape {dtype:?} {rows}x{cols} does not match a payload of {payload_len} bytes")]
-    ShapeMismatch {
-        /// Declared element type.
-        dtype: Dtype,
-        /// Declared rows.
-        rows: u32,
-        /// Declared columns.
-        cols: u32,
-        /// Actual payload size.
-        payload_len: u64,
-    },
     /// The header could not be encoded (does not happen for a [`FrameHeader`]; kept typed).
     #[error("frame header could not be encoded: {0}")]
     Encode(#[source] bincode::error::EncodeError),
@@ -389,8 +279,7 @@ impl FrameError {
             }
             FrameError::Incomplete { .. }
             | FrameError::Decode(_)
-            | FrameError::TrailingHeaderBytes { .. }
-            | FrameError::ShapeMismatch { .. } => ErrorCode::Malformed,
+            | FrameError::TrailingHeaderBytes { .. } => ErrorCode::Malformed,
             FrameError::Encode(_) => ErrorCode::Internal,
         }
     }
@@ -406,31 +295,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn activations(session: u64, seq: u64, rows: u32, cols: u32) -> FrameHeader {
-        FrameHeader {
-            kind: FrameKind::Decode,
-            session,
-            seq,
-            pos: 7,
-            n_pos: rows,
-            dtype: Dtype::F32,
-            rows,
-            cols,
-        }
+    fn message(session: u64, seq: u64) -> FrameHeader {
+        FrameHeader::new(FrameKind::Message, session, seq)
     }
 
     #[test]
     fn widest_header_fits_the_stack_buffer() {
-        let h = FrameHeader {
-            kind: FrameKind::Error(ErrorCode::Internal),
-            session: u64::MAX,
-            seq: u64::MAX,
-            pos: u32::MAX,
-            n_pos: u32::MAX,
-            dtype: Dtype::Q8Block,
-            rows: u32::MAX,
-            cols: u32::MAX,
-        };
+        let h = FrameHeader::new(FrameKind::Error(ErrorCode::Internal), u64::MAX, u64::MAX);
         let mut buf = [0u8; 256];
         let n = bincode::encode_into_slice(h, &mut buf, wire_config()).expect("encodes");
         assert!(n <= MAX_ENCODED_HEADER, "{n}");
@@ -440,7 +311,7 @@ mod tests {
     fn round_trip_and_consumed_length() {
         let payload: Vec<u8> = (0..576 * 4).map(|i| i as u8).collect();
         let frame = Frame {
-            header: activations(3, 9, 1, 576),
+            header: message(3, 9),
             payload: &payload,
         };
         let mut wire = Vec::new();
@@ -455,7 +326,7 @@ mod tests {
     fn every_truncation_is_incomplete() {
         let payload = [1u8; 40];
         let frame = Frame {
-            header: activations(1, 2, 2, 5),
+            header: message(1, 2),
             payload: &payload,
         };
         let mut wire = Vec::new();
@@ -494,7 +365,7 @@ mod tests {
     fn malformed_headers_are_typed_errors() {
         let limits = Limits::default();
         // Unknown FrameKind variant 200.
-        let header = [200u8, 0, 0, 0, 0, 0, 1, 0, 0];
+        let header = [200u8, 0, 0];
         let mut wire = Vec::new();
         wire.extend_from_slice(&(header.len() as u32).to_le_bytes());
         wire.extend_from_slice(&0u32.to_le_bytes());
@@ -503,15 +374,8 @@ mod tests {
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
         assert_eq!(err.code(), ErrorCode::Malformed);
 
-        // A valid header announcing one f32 but followed by 3 payload bytes.
-        let good = activations(0, 0, 1, 1).encode_prefix(4).expect("encode");
-        let mut wire = good.as_bytes().to_vec();
-        wire[4..8].copy_from_slice(&3u32.to_le_bytes());
-        wire.extend_from_slice(&[0, 0, 0]);
-        let err = Frame::decode(&wire, &limits).expect_err("mismatch");
-        assert!(matches!(err, FrameError::ShapeMismatch { .. }), "{err}");
-
         // A valid header with a trailing byte inside the announced header length.
+        let good = message(0, 0).encode_prefix(4).expect("encode");
         let mut wire = good.as_bytes().to_vec();
         let header_len = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]) + 1;
         wire[..4].copy_from_slice(&header_len.to_le_bytes());
@@ -524,42 +388,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sender_rejects_inconsistent_shapes() {
-        let err = activations(0, 0, 2, 3)
-            .encode_prefix(23)
-            .expect_err("bad shape");
-        assert!(matches!(err, FrameError::ShapeMismatch { .. }));
-        let q8 = FrameHeader {
-            dtype: Dtype::Q8Block,
-            ..activations(0, 0, 1, 33)
-        };
-        assert_eq!(q8.payload_len(), Some(2 * Q8_BLOCK_BYTES));
-    }
-
     fn any_kind() -> impl Strategy<Value = FrameKind> {
         prop_oneof![
-            Just(FrameKind::Open),
-            Just(FrameKind::Prefill),
-            Just(FrameKind::Decode),
-            Just(FrameKind::Activations),
-            Just(FrameKind::Logits),
-            Just(FrameKind::Tokens),
-            Just(FrameKind::Close),
+            Just(FrameKind::Message),
             Just(FrameKind::Error(ErrorCode::Oversized)),
             Just(FrameKind::Error(ErrorCode::Protocol)),
             Just(FrameKind::Ping),
             Just(FrameKind::Pong),
-        ]
-    }
-
-    fn any_dtype() -> impl Strategy<Value = Dtype> {
-        prop_oneof![
-            Just(Dtype::Bytes),
-            Just(Dtype::F32),
-            Just(Dtype::F16),
-            Just(Dtype::Q8Block),
-            Just(Dtype::U32),
+            Just(FrameKind::Fetch),
+            Just(FrameKind::Piece),
         ]
     }
 
@@ -571,24 +408,19 @@ mod tests {
             let limits = Limits { max_header: 64, max_payload: 1 << 16 };
             if let Ok((frame, used)) = Frame::decode(&bytes, &limits) {
                 prop_assert!(used <= bytes.len());
-                prop_assert_eq!(Some(frame.payload.len()), frame.header.payload_len());
+                prop_assert!(frame.payload.len() <= 1 << 16);
             }
         }
 
         #[test]
         fn encode_decode_round_trips(
             kind in any_kind(),
-            dtype in any_dtype(),
             session in any::<u64>(),
             seq in any::<u64>(),
-            pos in any::<u32>(),
-            n_pos in any::<u32>(),
-            rows in 0u32..8,
-            cols in 0u32..70,
+            len in 0usize..300,
             fill in any::<u8>(),
         ) {
-            let header = FrameHeader { kind, session, seq, pos, n_pos, dtype, rows, cols };
-            let len = header.payload_len().expect("small shape");
+            let header = FrameHeader { kind, session, seq };
             let payload = vec![fill; len];
             let frame = Frame { header, payload: &payload };
             let mut wire = Vec::new();
@@ -601,7 +433,7 @@ mod tests {
         #[test]
         fn corrupting_one_byte_never_panics(pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
             let payload = [5u8; 8];
-            let frame = Frame { header: activations(1, 1, 1, 2), payload: &payload };
+            let frame = Frame { header: message(1, 1), payload: &payload };
             let mut wire = Vec::new();
             frame.encode_into(&mut wire).expect("encode");
             let i = pos.index(wire.len());

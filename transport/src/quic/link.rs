@@ -43,7 +43,7 @@ impl Link {
         }
     }
 
-    /// Sends one frame; `payload` must be exactly the size `header` describes.
+    /// Sends one frame.
     pub async fn send(&mut self, header: &FrameHeader, payload: &[u8]) -> Result<(), LinkError> {
         self.sender.send(header, payload).await
     }

@@ -1,7 +1,6 @@
-//! QUIC data plane: moves activation frames between adjacent pipeline stages.
+//! QUIC data plane: moves frames between adjacent pipeline stages.
 //!
 //! - [`frame`]: the wire format, a pure codec over byte slices (fuzzable, no I/O).
-//! - [`payload`]: f32 / f16 / block-q8 payload codecs.
 //! - [`stream`]: frame reader and writer over any tokio byte stream, and [`LinkError`].
 //! - [`tls`]: node identity (bound to the libp2p key) and the [`PeerVerifier`] seam; `proof`:
 //!   the cluster-key proof each link exchanges before its first frame.
@@ -15,14 +14,13 @@ mod emulation;
 mod endpoint;
 pub mod frame;
 mod link;
-pub mod payload;
 mod proof;
 pub mod stream;
 pub mod tls;
 
 pub use emulation::{LinkEmulation, LinkEmulationError};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointError};
-pub use frame::{Dtype, ErrorCode, Frame, FrameError, FrameHeader, FrameKind, Limits};
+pub use frame::{ErrorCode, Frame, FrameError, FrameHeader, FrameKind, Limits};
 pub use link::{Link, LinkReceiver, LinkSender};
 pub use stream::{FrameReader, FrameWriter, LinkError};
 pub use tls::{

@@ -131,7 +131,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Self { inner }
     }
 
-    /// Sends one frame. `payload` must be exactly the size `header` describes.
+    /// Sends one frame.
     pub async fn send(&mut self, header: &FrameHeader, payload: &[u8]) -> Result<(), LinkError> {
         let prefix = header
             .encode_prefix(payload.len())
@@ -156,8 +156,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         session: u64,
         message: &str,
     ) -> Result<(), LinkError> {
-        let header = FrameHeader::bytes(FrameKind::Error(code), session, 0, message.len())
-            .map_err(LinkError::Encode)?;
+        let header = FrameHeader::new(FrameKind::Error(code), session, 0);
         self.send(&header, message.as_bytes()).await
     }
 
@@ -210,7 +209,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.header.resize(prefix.header_len as usize, 0);
         self.read_exact_header().await?;
-        let header = FrameHeader::decode(&self.header, prefix.payload_len);
+        let header = FrameHeader::decode(&self.header);
         if let Err(error) = self.limits.check(prefix) {
             self.skip(prefix.payload_len as usize).await?;
             return Err(LinkError::Rejected {
@@ -297,20 +296,10 @@ async fn read_exact<R: AsyncRead + Unpin>(inner: &mut R, buf: &mut [u8]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quic::frame::Dtype;
     use tokio::io::duplex;
 
-    fn header(seq: u64, cols: u32) -> FrameHeader {
-        FrameHeader {
-            kind: FrameKind::Activations,
-            session: 42,
-            seq,
-            pos: seq as u32,
-            n_pos: 1,
-            dtype: Dtype::F32,
-            rows: 1,
-            cols,
-        }
+    fn header(seq: u64, _cols: u32) -> FrameHeader {
+        FrameHeader::new(FrameKind::Message, 42, seq)
     }
 
     fn payload(seq: u64, cols: u32) -> Vec<u8> {

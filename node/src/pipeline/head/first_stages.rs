@@ -12,19 +12,21 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{trace, warn};
-use transport::quic::{Endpoint, FrameKind};
+use transport::quic::Endpoint;
 
-use super::{Event, Outgoing};
+use super::{Event, Outgoing, PREFILL_IN_FLIGHT};
 use crate::metrics::Metrics;
 use crate::pipeline::links::Links;
+use crate::pipeline::protocol::{Failure, FailureCode};
 use crate::pipeline::stage::HOP;
 
 /// Frames waiting for one first stage; a full queue fails the frame's request (with an
 /// error, never a hang). A request has at most its `Open` and `PREFILL_IN_FLIGHT` chunks out
 /// at once, so this holds the default `--max-requests` (64) all starting together, twice
 /// over.
-const FIRST_STAGE_QUEUE: usize = 2 * 64 * (super::PREFILL_IN_FLIGHT + 1);
+const FIRST_STAGE_QUEUE: usize = 2 * 64 * (PREFILL_IN_FLIGHT + 1);
 /// A first stage's sender task ends after this long without frames (plans move on).
 const FIRST_STAGE_IDLE: Duration = Duration::from_secs(60);
 
@@ -38,6 +40,8 @@ pub(super) struct FirstStages {
     metrics: Option<Arc<Metrics>>,
     cancel: CancellationToken,
     sent: Arc<AtomicU64>,
+    /// The sender tasks, so shutdown can wait for them.
+    tasks: TaskTracker,
 }
 
 impl FirstStages {
@@ -52,7 +56,14 @@ impl FirstStages {
             metrics,
             cancel,
             sent: Arc::new(AtomicU64::new(0)),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Waits until every sender task has ended (after the head's token is cancelled).
+    pub(super) async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Frames delivered to first stages so far.
@@ -75,22 +86,23 @@ impl FirstStages {
                 let (tx, rx) = mpsc::channel(FIRST_STAGE_QUEUE);
                 let links = Links::new(
                     self.endpoint.clone(),
-                    self.metrics.clone(),
+                    self.metrics.clone().map(|m| (m, 0)),
                     2,
                     Duration::from_millis(50),
                 );
                 let (sent, cancel) = (self.sent.clone(), self.cancel.clone());
-                tokio::spawn(send_to(first, links, rx, sent, cancel));
+                self.tasks.spawn(send_to(first, links, rx, sent, cancel));
                 queues.entry(first).insert_entry(tx).into_mut()
             }
         };
         if let Err(e) = queue.try_send(frame) {
-            let (_, header, _, reply) = e.into_inner();
-            if header.kind != FrameKind::Close {
-                let _ = reply.try_send(Event::Failed(format!(
-                    "first stage {first}: too many frames waiting"
-                )));
-            }
+            // A session's close that finds the queue full is dropped: its session's events
+            // have no reader any more, and the stage frees the session when it times out.
+            let (_, _, _, reply) = e.into_inner();
+            let _ = reply.try_send(Event::Failed(Failure {
+                code: FailureCode::Busy,
+                message: format!("first stage {first}: too many frames waiting"),
+            }));
         }
         Ok(())
     }
@@ -116,16 +128,14 @@ async fn send_to(
         match links.send(first, &header, &payload).await {
             Ok(()) => {
                 let h = &header;
-                trace!(target: HOP, session = h.session, pos = h.pos, rows = h.rows, "sent");
+                trace!(target: HOP, session = h.session, seq = h.seq, "sent");
                 sent.fetch_add(1, Ordering::Relaxed);
             }
-            // A close that cannot be delivered has nobody left to tell.
-            Err(_) if header.kind == FrameKind::Close => {}
+            // A session's close that cannot be delivered has nobody left to tell.
+            Err(_) if reply.is_closed() => {}
             Err(last_error) => {
                 warn!(%first, error = %last_error, "first stage unreachable");
-                let _ = reply.try_send(Event::Failed(format!(
-                    "first stage {first} unreachable: {last_error}"
-                )));
+                let _ = reply.try_send(Event::Unreachable(last_error));
             }
         }
     }

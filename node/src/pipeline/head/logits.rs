@@ -6,8 +6,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sharding::model::Shard;
+use sharding::model::{Shard, StepError};
 use tokio::sync::{mpsc, oneshot};
+
+use super::super::error::PipelineError;
 
 /// Most sessions whose logits are computed together.
 const MAX_HEAD_BATCH: usize = 8;
@@ -20,7 +22,7 @@ pub(in crate::pipeline) const MIN_HEAD_BATCH: usize = 3;
 /// Requests waiting for the thread; senders wait when it is full.
 const QUEUE: usize = 64;
 
-type Reply = oneshot::Sender<Result<Vec<f32>, String>>;
+type Reply = oneshot::Sender<Result<Vec<f32>, StepError>>;
 
 /// A handle to the thread computing logits. It stops once every handle is dropped.
 #[derive(Clone)]
@@ -49,15 +51,16 @@ impl Logits {
     }
 
     /// The logits of the last row of `hidden`.
-    pub(super) async fn of(&self, hidden: Vec<f32>) -> Result<Vec<f32>, String> {
+    pub(super) async fn of(&self, hidden: Vec<f32>) -> Result<Vec<f32>, PipelineError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((hidden, reply))
             .await
-            .map_err(|_| "the logits thread stopped".to_owned())?;
+            .map_err(|_| PipelineError::Stopping)?;
         answer
             .await
-            .map_err(|_| "the logits thread stopped".to_owned())?
+            .map_err(|_| PipelineError::Stopping)?
+            .map_err(PipelineError::Head)
     }
 
     /// Batches of two or more sessions so far, and the sessions they held.
@@ -82,7 +85,7 @@ fn run(shard: &Mutex<Shard>, mut rx: mpsc::Receiver<(Vec<f32>, Reply)>, counts: 
                 Err(_) => break,
             }
         }
-        let mut shard = shard.lock().expect("shard lock");
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let e = shard.config().n_embd;
         rows.clear();
         replies.clear();
@@ -90,7 +93,7 @@ fn run(shard: &Mutex<Shard>, mut rx: mpsc::Receiver<(Vec<f32>, Reply)>, counts: 
             if hidden.is_empty() || !hidden.len().is_multiple_of(e) {
                 // Let `logits` say what is wrong with it.
                 let answer = shard.logits(&hidden, &mut out).map(|()| out.clone());
-                let _ = reply.send(answer.map_err(|e| e.to_string()));
+                let _ = reply.send(answer);
                 continue;
             }
             rows.extend_from_slice(&hidden[hidden.len() - e..]);
@@ -116,7 +119,7 @@ fn run(shard: &Mutex<Shard>, mut rx: mpsc::Receiver<(Vec<f32>, Reply)>, counts: 
             }
             Err(error) => {
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(error.to_string()));
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }

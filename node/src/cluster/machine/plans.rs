@@ -1,0 +1,299 @@
+//! Plans: the coordinator makes them, every node loads its part, reports ready, and
+//! activates a plan once every stage of it is ready.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use scheduler::straggler::Monitor;
+use tracing::{debug, info, warn};
+use transport::discovery::{Advert, AdvertState, PeerId};
+
+use super::super::control::{Assignment, Control};
+use super::super::coordinator;
+use super::{Action, Active, Cluster, Millis, Running, StageOrder};
+use crate::events::{moved_layers, short_id};
+
+impl Cluster {
+    /// The coordinator's job: plan, and tell everyone if anything changed.
+    pub(super) fn replan(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if !self.is_coordinator() {
+            return;
+        }
+        let adverts = self.adverts();
+        let sha = self.cfg.sha256.clone();
+        let graph =
+            coordinator::device_graph(&adverts, &sha, &self.cfg.version, self.cfg.head_reserve);
+        let epoch = adverts
+            .iter()
+            .map(|a| a.state.epoch)
+            .chain([self.highest_epoch, self.current_epoch()])
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let local = self.cfg.local.to_string();
+        let monitor = self.monitor.as_ref();
+        let adjust = |request: &mut scheduler::PlanRequest| {
+            if let Some(m) = monitor {
+                m.apply(request);
+            }
+        };
+        let planned = coordinator::assign(
+            &graph,
+            &self.cfg.profile,
+            &local,
+            epoch,
+            self.cfg.placement,
+            adjust,
+        );
+        let assignment = match planned {
+            Ok((a, plan)) => {
+                self.made.retain(|&e, _| e + 4 > epoch);
+                self.made.insert(epoch, plan);
+                a
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                warn!(%reason, devices = graph.len(), "the model cannot be placed");
+                self.unplaceable = Some(reason.clone());
+                self.route.unplaceable = true;
+                if self.told_unplaceable.as_ref() != Some(&reason) {
+                    self.told_unplaceable = Some(reason.clone());
+                    out.push(Action::Broadcast(Control::Unplaceable {
+                        model_sha256: sha,
+                        reason,
+                    }));
+                }
+                return;
+            }
+        };
+        self.told_unplaceable = None;
+        let current = self
+            .pending
+            .clone()
+            .or(self.active.as_ref().map(|a| a.assignment.clone()));
+        // The same layout as this node's plan changes nothing, unless members already follow
+        // a newer plan made without this node (it was paused or cut off and its plan's
+        // stages elsewhere are gone): then the layout goes out again under the new epoch.
+        let ahead = |c: &Assignment| adverts.iter().any(|a| a.state.epoch > c.epoch);
+        if let Some(current) = current.filter(|c| c.same_layout(&assignment) && !ahead(c)) {
+            // Nothing to change; make sure nobody missed the current plan.
+            for advert in adverts.iter().filter(|a| a.state.epoch < current.epoch) {
+                if advert.peer_id != self.cfg.local {
+                    out.push(Action::Send(
+                        advert.peer_id,
+                        Control::Assign(current.clone()),
+                    ));
+                }
+            }
+            return;
+        }
+        info!(
+            epoch,
+            stages = ?assignment.stages.iter().map(|s| (short_id(&s.peer), s.layers)).collect::<Vec<_>>(),
+            predicted_ms_per_token = assignment.predicted_ms_per_token,
+            "new plan"
+        );
+        out.push(Action::Broadcast(Control::Assign(assignment.clone())));
+        self.assign(assignment, now, out);
+    }
+
+    pub(super) fn on_control(
+        &mut self,
+        from: PeerId,
+        message: Control,
+        now: Millis,
+        out: &mut Vec<Action>,
+    ) {
+        match message {
+            Control::Assign(a) if a.model_sha256 != self.cfg.sha256 => {
+                warn!(%from, "ignored a plan for another model");
+            }
+            Control::Assign(a) if a.coordinator != from.to_string() => {
+                warn!(%from, "ignored a plan relayed by a node that did not make it");
+            }
+            Control::Assign(a) if a.epoch <= self.current_epoch() => {
+                debug!(%from, epoch = a.epoch, "ignored a stale plan");
+            }
+            Control::Assign(a) => self.assign(a, now, out),
+            Control::Unplaceable {
+                model_sha256,
+                reason,
+            } => {
+                if model_sha256 == self.cfg.sha256 {
+                    self.unplaceable = Some(reason);
+                    self.route.unplaceable = true;
+                }
+            }
+        }
+    }
+
+    /// A new plan: load this node's part and say so.
+    fn assign(&mut self, a: Assignment, now: Millis, out: &mut Vec<Action>) {
+        self.highest_epoch = self.highest_epoch.max(a.epoch);
+        self.assigned_at
+            .retain(|&e, _| e >= a.epoch.saturating_sub(4));
+        self.assigned_at.insert(a.epoch, now);
+        self.pending = Some(a.clone());
+        self.unplaceable = None;
+        self.route.unplaceable = false;
+        self.load_error = None;
+        // Stages loaded for a plan that never became active are of no use now.
+        let active = self.active_epoch();
+        self.retire_where(|r| r.epoch > active && r.epoch < a.epoch, out);
+        let local = self.cfg.local.to_string();
+        match a.stage_of(&local) {
+            Some(i) => {
+                let s = &a.stages[i];
+                info!(epoch = a.epoch, layers = ?s.layers, "loading my stage");
+                out.push(Action::LoadStage(StageOrder {
+                    epoch: a.epoch,
+                    layers: s.layers,
+                    index: i,
+                    last: i + 1 == a.stages.len(),
+                    previous: i.checked_sub(1).map(|p| a.stages[p].peer.clone()),
+                }));
+                self.publish(a.epoch, false, None, out);
+            }
+            None => self.publish(a.epoch, true, None, out),
+        }
+    }
+
+    /// This node's stage of `epoch` is ready at `addr`.
+    pub(super) fn loaded(&mut self, epoch: u64, addr: SocketAddr, out: &mut Vec<Action>) {
+        if self.pending.as_ref().map(|a| a.epoch) != Some(epoch) {
+            debug!(epoch, "a stage loaded for a superseded plan; stopping it");
+            out.push(Action::StopStage { epoch });
+            return;
+        }
+        info!(epoch, %addr, "my stage is ready");
+        self.stages.push(Running {
+            epoch,
+            idle_ticks: 0,
+        });
+        self.publish(epoch, true, Some(addr), out);
+    }
+
+    /// Publishes this node's plan state (step counts restart with every plan).
+    fn publish(
+        &mut self,
+        epoch: u64,
+        ready: bool,
+        stage_addr: Option<SocketAddr>,
+        out: &mut Vec<Action>,
+    ) {
+        let state = &self.advert.state;
+        self.advert.state = AdvertState {
+            epoch,
+            ready,
+            stage_addr,
+            steps: 0,
+            step_us: None,
+            cpu_quota_milli: state.cpu_quota_milli,
+            unreachable: state.unreachable.clone(),
+        };
+        out.push(Action::Publish(self.advert.clone()));
+    }
+
+    /// Activates the pending plan once every stage of it has reported ready.
+    pub(super) fn check_activation(&mut self, now: Millis, out: &mut Vec<Action>) {
+        let Some(pending) = self.pending.clone() else {
+            return;
+        };
+        let adverts: HashMap<String, Advert> = self
+            .adverts()
+            .into_iter()
+            .map(|a| (a.peer_id.to_string(), a))
+            .collect();
+        let mut addrs = Vec::with_capacity(pending.stages.len());
+        for s in &pending.stages {
+            match adverts.get(&s.peer).map(|a| &a.state) {
+                Some(st) if st.epoch == pending.epoch && st.ready => match st.stage_addr {
+                    Some(addr) => addrs.push(addr),
+                    None => return,
+                },
+                _ => return,
+            }
+        }
+        if let Some(i) = pending.stage_of(&self.cfg.local.to_string()) {
+            if let Some(&next) = addrs.get(i + 1) {
+                out.push(Action::RouteStage {
+                    epoch: pending.epoch,
+                    next,
+                });
+            }
+        }
+        if let Some(plan) = self.made.get(&pending.epoch) {
+            match self.monitor.as_mut() {
+                Some(m) => m.set_plan(plan, now),
+                None => self.monitor = Some(Monitor::new(self.cfg.straggler.clone(), plan, now)),
+            }
+            self.seen_steps.clear();
+        }
+        if self.active.is_some() {
+            self.replans += 1;
+            out.push(Action::Replanned);
+        }
+        let old = self
+            .active
+            .as_ref()
+            .map(|a| owners(&a.assignment))
+            .unwrap_or_default();
+        let moved = moved_layers(&old, &owners(&pending));
+        let stages: Vec<String> = pending
+            .stages
+            .iter()
+            .map(|s| format!("{} {}..{}", short_id(&s.peer), s.layers[0], s.layers[1]))
+            .collect();
+        let took = self
+            .assigned_at
+            .remove(&pending.epoch)
+            .map(|t| {
+                let s = now.saturating_sub(t) as f64 / 1e3;
+                format!(" {s:.2} s after it was assigned")
+            })
+            .unwrap_or_default();
+        out.push(Action::Event(format!(
+            "plan {} active{took}: {}{}",
+            pending.epoch,
+            stages.join(", "),
+            if old.is_empty() || moved.is_empty() {
+                String::new()
+            } else {
+                format!("; moved {}", moved.join(", "))
+            }
+        )));
+        info!(epoch = pending.epoch, first = %addrs[0], "plan active");
+        self.route.epoch = pending.epoch;
+        self.route.first = Some(addrs[0]);
+        self.active = Some(Active {
+            assignment: pending,
+            first: addrs[0],
+        });
+        self.pending = None;
+    }
+
+    /// Stops the stages `done` picks.
+    pub(super) fn retire_where(&mut self, done: impl Fn(&Running) -> bool, out: &mut Vec<Action>) {
+        self.stages.retain(|r| {
+            if done(r) {
+                info!(epoch = r.epoch, "retiring a stage of an older plan");
+                out.push(Action::StopStage { epoch: r.epoch });
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Each layer's node in a plan.
+fn owners(a: &Assignment) -> Vec<Option<String>> {
+    let n = a.stages.iter().map(|s| s.layers[1]).max().unwrap_or(0) as usize;
+    let mut v = vec![None; n];
+    for s in &a.stages {
+        for slot in &mut v[s.layers[0] as usize..s.layers[1] as usize] {
+            *slot = Some(s.peer.clone());
+        }
+    }
+    v
+}

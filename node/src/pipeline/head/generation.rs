@@ -1,0 +1,185 @@
+//! One request's generation, pulled by its caller: [`Generation::logits`] gives the next
+//! position's logits, [`Generation::push`] feeds back the token the caller picked. Sampling,
+//! stop strings and text stay with the caller; the head only moves rows and computes logits.
+//!
+//! Failover lives here. When the plan under a request breaks (a node left, a stage could
+//! not pass the session on, replies stopped), the next `logits` call waits for a newer plan
+//! and replays the whole context there — prompt plus every pushed token, as one prompt —
+//! which leaves the new stages' caches exactly where the old ones were: the logits, and so
+//! the caller's tokens, are the ones the broken plan would have given.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, trace, warn};
+
+use super::super::error::PipelineError;
+use super::super::failover::Plans;
+use super::super::protocol::{Phase, Reply};
+use super::super::stage::HOP;
+use super::attempt::Attempt;
+use super::Head;
+
+/// How long a broken request waits for a healthy plan before it fails.
+const RECOVERY_WAIT: Duration = Duration::from_secs(20);
+/// Replays one request may need before it gives up.
+const MAX_RECOVERIES: usize = 3;
+
+/// A request's generation on the pipeline. Dropping it frees its session on every stage.
+pub struct Generation {
+    head: Head,
+    /// The prompt and every token pushed since.
+    context: Vec<u32>,
+    /// Positions the session may reach.
+    reserve: usize,
+    /// The session on the current plan, if one is open.
+    attempt: Option<Attempt>,
+    /// A pushed token whose hidden state has not come back yet, and when it was sent.
+    awaiting: Option<Instant>,
+    /// The logits of the position after the context, once computed.
+    logits: Vec<f32>,
+    fresh: bool,
+    plans: Option<Plans>,
+    /// The plan of the current (or last started) attempt.
+    epoch: u64,
+    /// The newest plan this request failed on.
+    failed: Option<u64>,
+    recoveries: usize,
+    /// When the last plan broke under this request, until its next logits.
+    broke_at: Option<Instant>,
+    /// A failure found while pushing, reported by the next `logits`.
+    error: Option<PipelineError>,
+}
+
+impl Generation {
+    pub(super) fn new(head: Head, prompt: &[u32], reserve: usize) -> Generation {
+        let plans = head.plans.clone();
+        Generation {
+            head,
+            context: prompt.to_vec(),
+            reserve: reserve.max(prompt.len()),
+            attempt: None,
+            awaiting: None,
+            logits: Vec::new(),
+            fresh: false,
+            plans,
+            epoch: 0,
+            failed: None,
+            recoveries: 0,
+            broke_at: None,
+            error: None,
+        }
+    }
+
+    /// The prompt and the tokens pushed since.
+    pub fn tokens(&self) -> &[u32] {
+        &self.context
+    }
+
+    /// Requests replayed on another plan so far.
+    pub fn recoveries(&self) -> usize {
+        self.recoveries
+    }
+
+    /// The logits of the position after the last token: the prompt's at first, then those
+    /// following each [`Generation::push`]. Calling it again without a push returns the same
+    /// logits.
+    pub async fn logits(&mut self) -> Result<&[f32], PipelineError> {
+        if self.fresh {
+            return Ok(&self.logits);
+        }
+        loop {
+            let result = match self.error.take() {
+                Some(e) => Err(e),
+                None => self.hidden().await,
+            };
+            let hidden = match result {
+                Ok(hidden) => hidden,
+                Err(e) if self.may_recover(&e) => {
+                    self.recover(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let at = self.context.len() - 1;
+            trace!(target: HOP, pos = at, "computing");
+            self.logits = self.head.logits(hidden).await?;
+            trace!(target: HOP, pos = at, "computed");
+            if let Some(at) = self.broke_at.take() {
+                let took = at.elapsed();
+                info!(
+                    ms = took.as_millis() as u64,
+                    "request recovered: next token after the plan broke"
+                );
+                if let Some(m) = &self.head.inner.metrics {
+                    m.recovered(took.as_secs_f64());
+                }
+            }
+            self.head.inner.count_token();
+            self.fresh = true;
+            return Ok(&self.logits);
+        }
+    }
+
+    /// Appends `token` (the one picked from the last logits) and starts computing the next
+    /// position. A failure shows at the next [`Generation::logits`].
+    pub fn push(&mut self, token: u32) {
+        self.context.push(token);
+        self.fresh = false;
+        let pos = self.context.len() - 1;
+        if let Some(attempt) = self.attempt.as_mut() {
+            match attempt.push(pos, &[token], Phase::Decode, Reply::LastRow) {
+                Ok(()) => self.awaiting = Some(Instant::now()),
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
+    /// The hidden state of the context's last position, from the current plan or a new one.
+    async fn hidden(&mut self) -> Result<Vec<f32>, PipelineError> {
+        if let Some(attempt) = self.attempt.as_mut() {
+            let (_, hidden) = attempt.rows().await?;
+            if let Some(sent) = self.awaiting.take() {
+                self.head.inner.record_round_trip(sent.elapsed());
+            }
+            return Ok(hidden);
+        }
+        let route = match self.plans.as_mut() {
+            Some(plans) => plans.healthy(self.failed, RECOVERY_WAIT).await?,
+            None => (0, self.head.first().ok_or(PipelineError::NoRoute)?),
+        };
+        self.epoch = route.0;
+        let inner = self.head.inner.clone();
+        let started = Attempt::start(
+            inner,
+            route,
+            self.plans.clone(),
+            &self.context,
+            self.reserve,
+        );
+        let (attempt, hidden) = started.await?;
+        self.attempt = Some(attempt);
+        self.awaiting = None;
+        Ok(hidden)
+    }
+
+    fn may_recover(&self, e: &PipelineError) -> bool {
+        self.plans.is_some() && e.is_recoverable() && self.recoveries < MAX_RECOVERIES
+    }
+
+    /// Gives up the current plan: the next `hidden` replays the context on a newer one.
+    fn recover(&mut self, e: PipelineError) {
+        let epoch = self.epoch;
+        warn!(
+            epoch,
+            context = self.context.len(),
+            error = %e,
+            "the pipeline broke mid-request; replaying on the next plan"
+        );
+        self.attempt = None;
+        self.awaiting = None;
+        self.failed = Some(self.failed.map_or(epoch, |f| f.max(epoch)));
+        self.recoveries += 1;
+        self.head.inner.count_recovery();
+        self.broke_at.get_or_insert_with(Instant::now);
+    }
+}
