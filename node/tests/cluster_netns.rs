@@ -355,6 +355,87 @@ fn a_streamed_request_survives_sigkill_of_a_middle_stage() {
     drop(nodes);
 }
 
+/// A data link between two stages is cut while both processes stay up (their datagrams are
+/// dropped both ways; the control connections, TCP, stay open): the first stage fails its
+/// sessions back to their heads and reports the lost link, the coordinator plans around it,
+/// and the streamed request continues on the new plan with the fault-free text.
+#[test]
+fn a_data_link_cut_between_live_stages_moves_the_stream_to_a_new_plan() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped() {
+        return;
+    }
+    let logs: PathBuf = temp_dir("cluster-netns-cut");
+    let topo = Topology::create("shoal-cut", 84, 4).expect("namespaces");
+    let nodes: Vec<NodeProcess> = topo
+        .nodes()
+        .iter()
+        .map(|ns| NodeProcess::spawn(ns, &logs))
+        .collect();
+    let (epoch, _) = agree(&nodes, 4, 0, &logs);
+    let views: Vec<ClusterView> = nodes.iter().map(|n| n.view().unwrap()).collect();
+    let plan = views[0].plan.clone().unwrap();
+    assert!(plan.stages.len() >= 2, "{plan:?}");
+    let index_of = |peer: &str| views.iter().position(|v| v.node == peer).unwrap();
+    let (a, b) = (
+        index_of(&plan.stages[0].peer_id),
+        index_of(&plan.stages[1].peer_id),
+    );
+    let server = (0..nodes.len()).find(|&i| i != a && i != b).unwrap();
+    let (prompt, want) = expected_text(40);
+    // Pieces already on their way when the link is cut still arrive at once: the stall is
+    // the longest wait between two pieces after the cut.
+    let mut last = None;
+    let mut stall = Duration::ZERO;
+    let text = nodes[server].stream(&prompt, 40, |n, piece| {
+        let now = Instant::now();
+        if n == 15 {
+            cut_datagrams(&topo, a, b);
+            last = Some(now);
+        } else if let Some(prev) = last.filter(|_| !piece.is_empty()) {
+            stall = stall.max(now - prev);
+            last = Some(now);
+        }
+    });
+    assert_eq!(text, want, "the streamed text equals the fault-free run");
+    eprintln!(
+        "datagrams cut between two live stages: the stream stalled {stall:?} (logs in {})",
+        logs.display()
+    );
+    assert!(
+        stall <= Duration::from_secs(3),
+        "a {stall:?} stall after the cut"
+    );
+    // The plan the request moved to keeps the two nodes apart.
+    let after = nodes[server].view().unwrap().plan.unwrap();
+    assert!(after.epoch > epoch);
+    let (pa, pb) = (&views[a].node, &views[b].node);
+    for pair in after.stages.windows(2) {
+        let (x, y) = (&pair[0].peer_id, &pair[1].peer_id);
+        assert!(!(x == pa && y == pb || x == pb && y == pa), "{after:?}");
+    }
+    drop(nodes);
+}
+
+/// Drops every datagram between node namespaces `a` and `b`, both ways.
+fn cut_datagrams(topo: &Topology, a: usize, b: usize) {
+    for (from, to) in [(a, b), (b, a)] {
+        let status = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &topo.nodes()[from],
+                "iptables",
+                "-A",
+                "OUTPUT",
+            ])
+            .args(["-p", "udp", "-d", &topo.addr(to), "-j", "DROP"])
+            .status()
+            .expect("iptables");
+        assert!(status.success(), "iptables in {}", topo.nodes()[from]);
+    }
+}
+
 /// Streams 40 tokens of `prompt` through `server`, SIGKILLs process `pid` at the 15th piece;
 /// returns the text and the time from the kill to the next piece the client saw.
 fn stream_killing(server: &NodeProcess, prompt: &str, pid: &str) -> (String, Duration) {

@@ -183,7 +183,7 @@ impl Node {
             }
             None => None,
         };
-        let head = Head::start(
+        let head = Head::start_under(
             HeadConfig {
                 model: weights.path().to_owned(),
                 threads: cfg.threads,
@@ -195,6 +195,7 @@ impl Node {
                 wire: cfg.wire,
             },
             endpoint.clone(),
+            cancel.child_token(),
         )
         .await
         .context("starting this node's head")?;

@@ -149,6 +149,15 @@ pub struct Head {
 impl Head {
     /// Loads the embedding and output head and starts the link tasks.
     pub async fn start(cfg: HeadConfig, endpoint_config: EndpointConfig) -> anyhow::Result<Head> {
+        Head::start_under(cfg, endpoint_config, CancellationToken::new()).await
+    }
+
+    /// [`Head::start`] with the tasks stopping when `cancel` (a node's child token) is.
+    pub async fn start_under(
+        cfg: HeadConfig,
+        endpoint_config: EndpointConfig,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Head> {
         let (model, threads) = (cfg.model.clone(), cfg.threads);
         let shard = tokio::task::spawn_blocking(move || -> anyhow::Result<Shard> {
             let file = GgufFile::open(&model)?;
@@ -179,7 +188,6 @@ impl Head {
             }
             other => other,
         };
-        let cancel = CancellationToken::new();
         let shard = Arc::new(Mutex::new(shard));
         let inner = Arc::new(Inner {
             logits: Logits::start(shard.clone())?,

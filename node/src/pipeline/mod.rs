@@ -37,13 +37,17 @@ pub use protocol::WireDtype;
 pub use route::Route;
 pub use stage::{default_sessions_per_peer, Stage, StageConfig, StageEvent};
 
-/// Link settings for pipeline hops: a peer that stops answering is declared dead after two
-/// seconds (keep-alives every half second), so a stage notices a dead or restarted
-/// neighbour quickly and reconnects, instead of sending into a connection nobody reads.
+/// Link settings for pipeline hops: a peer that stops answering is declared dead after 1.5 s
+/// (keep-alives every 300 ms, five missed in a row), so a stage notices a dead, frozen or
+/// cut-off neighbour quickly and fails its sessions over, instead of sending into a
+/// connection nobody reads. This timeout is most of the time a request stalls when a link is
+/// cut between two live stages (`a_data_link_cut_between_live_stages_moves_the_stream_to_a_new_plan`
+/// in `node/tests/cluster_netns.rs`: 2.8 s with 2 s here, most of the rest loading the new
+/// plan's stages).
 pub fn endpoint_config(identity: Identity, verifier: Arc<dyn PeerVerifier>) -> EndpointConfig {
     EndpointConfig {
-        idle_timeout: Duration::from_secs(2),
-        keep_alive: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(1500),
+        keep_alive: Duration::from_millis(300),
         ..EndpointConfig::new(identity, verifier)
     }
 }
