@@ -19,6 +19,7 @@ pub mod profile;
 mod rate;
 mod snapshot;
 mod stages;
+mod startup;
 pub mod view;
 pub mod weights;
 

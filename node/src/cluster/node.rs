@@ -6,27 +6,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sharding::chat::ChatTemplate;
-use sharding::gguf::GgufFile;
-use sharding::model::ModelConfig;
-use sharding::tokenizer::Tokenizer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use transport::blob::{self, BlobServer, Fetcher, RateLimit};
 use transport::discovery::{
-    swarm, Advert, AdvertState, Config as DiscoveryConfig, Discovery, Keypair, Multiaddr, PeerId,
-    Protocol,
+    swarm, Advert, AdvertState, Config as DiscoveryConfig, Discovery, Inbox, Keypair, Multiaddr,
+    PeerId,
 };
 use transport::quic::{Endpoint, Identity, Libp2pIdentity};
 
 use super::driver::{self, Driver, Outputs};
 use super::machine::{self, Cluster, Snapshot};
+use super::snapshot;
 use super::stages::{StageSettings, Stages};
+use super::startup::{load_model, outward_ip};
 use super::view::{ClusterView, ModelSummary};
 use super::weights::{ModelSource, Weights};
-use super::{measure, profile, snapshot};
 use crate::backend::{Backend, ModelInfo};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Head, HeadConfig, PlanRoute, Plans};
@@ -90,8 +87,8 @@ pub(crate) struct Shared {
 /// A running node.
 pub struct Node {
     shared: Arc<Shared>,
-    discovery: swarm::Handle,
-    service: swarm::Service,
+    /// The libp2p service, unless the node runs on another discovery.
+    swarm: Option<(swarm::Handle, swarm::Service)>,
     cancel: CancellationToken,
     driver: JoinHandle<()>,
     /// Serves the model's chunks when this node holds the whole file.
@@ -99,7 +96,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Measures this node, joins the cluster and starts serving.
+    /// Measures this node, joins the cluster (libp2p: mDNS and/or static peers) and starts
+    /// serving.
     pub async fn start(cfg: NodeConfig, keypair: Keypair) -> anyhow::Result<Node> {
         let cancel = CancellationToken::new();
         let (handle, inbox, service) =
@@ -122,6 +120,32 @@ impl Node {
                 ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
             }
         };
+        let swarm = Some((handle.clone(), service));
+        Node::start_inner(cfg, keypair, ip, handle, inbox, swarm, cancel).await
+    }
+
+    /// Measures this node, joins the cluster through `discovery` (e.g. an in-memory network
+    /// in tests) and starts serving; the data plane listens where `cfg` says.
+    pub async fn start_on<D: Discovery>(
+        cfg: NodeConfig,
+        keypair: Keypair,
+        discovery: D,
+        inbox: Inbox,
+    ) -> anyhow::Result<Node> {
+        let ip = cfg.advertise_ip.unwrap_or(cfg.data_listen.ip());
+        let cancel = CancellationToken::new();
+        Node::start_inner(cfg, keypair, ip, discovery, inbox, None, cancel).await
+    }
+
+    async fn start_inner<D: Discovery>(
+        cfg: NodeConfig,
+        keypair: Keypair,
+        ip: IpAddr,
+        handle: D,
+        inbox: Inbox,
+        swarm: Option<(swarm::Handle, swarm::Service)>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Node> {
         let mut endpoint =
             pipeline::endpoint_config(Identity::from_keypair(&keypair)?, Arc::new(Libp2pIdentity));
         endpoint.link_emulation = cfg.link_emulation;
@@ -142,7 +166,7 @@ impl Node {
                     *sha256,
                     cache,
                     fetcher,
-                    handle.clone(),
+                    super::weights::members_of(handle.clone()),
                     *wait,
                     cfg.metrics.clone(),
                 )
@@ -291,8 +315,7 @@ impl Node {
         });
         Ok(Node {
             shared,
-            discovery: handle,
-            service,
+            swarm,
             cancel,
             driver,
             seed,
@@ -306,7 +329,10 @@ impl Node {
 
     /// The addresses discovery listens on (for other nodes' `--peer`).
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
-        self.discovery.listen_addrs().await.unwrap_or_default()
+        match &self.swarm {
+            Some((handle, _)) => handle.listen_addrs().await.unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     /// The API's view of this node.
@@ -324,7 +350,9 @@ impl Node {
         }
         self.shared.tokens.stopped().await;
         self.shared.head.shutdown().await;
-        self.service.shutdown().await;
+        if let Some((_, service)) = self.swarm {
+            service.shutdown().await;
+        }
     }
 }
 
@@ -365,81 +393,4 @@ impl Backend for NodeBackend {
             shared.tokens.per_second(),
         )
     }
-}
-
-struct Loaded {
-    info: ModelInfo,
-    summary: ModelSummary,
-    profile: scheduler::ModelProfile,
-    cost: transport::discovery::LayerCost,
-    head_bytes: u64,
-    /// The chunk manifest, built while hashing a local file (`None` for a fetched one).
-    manifest: Option<blob::Manifest>,
-}
-
-/// Reads, hashes, profiles and measures the model (blocking). `sha256` is given for a model
-/// fetched from peers (its chunks were verified as they came); a local file is hashed.
-fn load_model(
-    path: &std::path::Path,
-    threads: usize,
-    context: usize,
-    sha256: Option<String>,
-) -> anyhow::Result<Loaded> {
-    let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let meta = file.metadata();
-    let n_layers = ModelConfig::from_metadata(meta)?.n_layers as u32;
-    let (sha256, manifest) = match sha256 {
-        Some(sha) => (sha, None),
-        None => {
-            let manifest =
-                hash_with_progress(path).with_context(|| format!("hashing {}", path.display()))?;
-            (blob::hex(&manifest.sha256), Some(manifest))
-        }
-    };
-    let model_profile = profile::model_profile_with_sha256(&file, context as u32, sha256.clone())?;
-    let head_bytes = model_profile.embedding_bytes + model_profile.head_bytes.unwrap_or(0);
-    let cost = measure::measure_layer_cost(&file, threads)?;
-    let name = meta
-        .str("general.name")
-        .map(str::to_owned)
-        .ok()
-        .unwrap_or_else(|| {
-            path.file_stem()
-                .map_or("model".into(), |s| s.to_string_lossy().into_owned())
-        });
-    let info = ModelInfo {
-        name: name.clone(),
-        tokenizer: Tokenizer::from_gguf(meta)?,
-        template: ChatTemplate::from_gguf(meta)?,
-        context,
-    };
-    Ok(Loaded {
-        info,
-        summary: ModelSummary {
-            name,
-            sha256,
-            n_layers,
-        },
-        profile: model_profile,
-        cost,
-        head_bytes,
-        manifest,
-    })
-}
-
-/// The first non-loopback IPv4 among the listen addresses.
-fn outward_ip(addrs: &[Multiaddr]) -> Option<IpAddr> {
-    addrs.iter().flat_map(|a| a.iter()).find_map(|p| match p {
-        Protocol::Ip4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(IpAddr::V4(ip)),
-        _ => None,
-    })
-}
-
-/// Hashes the model (whole and per chunk) with a progress bar.
-fn hash_with_progress(path: &std::path::Path) -> std::io::Result<blob::Manifest> {
-    let len = std::fs::metadata(path)?.len();
-    let bar = super::weights::progress_bar(len, "hashing the model");
-    let manifest = blob::Manifest::build(path, |n| bar.inc(n))?;
-    bar.finish_and_clear();
-    Ok(manifest)
 }

@@ -17,7 +17,7 @@ use sharding::gguf::Header;
 use sharding::model::{ModelConfig, ShardSpec};
 use tracing::{info, warn};
 use transport::blob::{self, Fetcher, Manifest, PartialFile};
-use transport::discovery::{swarm, Discovery};
+use transport::discovery::{Advert, Discovery};
 
 use crate::metrics::Metrics;
 
@@ -58,8 +58,16 @@ struct Source {
     sha256: [u8; 32],
     part: tokio::sync::Mutex<PartialFile>,
     fetcher: Fetcher,
-    discovery: swarm::Handle,
+    discovery: Members,
     metrics: Arc<Metrics>,
+}
+
+/// The current members of the cluster, from whatever discovery the node runs on.
+pub(crate) type Members = Arc<dyn Fn() -> Arc<Vec<Advert>> + Send + Sync>;
+
+/// [`Members`] of `discovery`.
+pub(crate) fn members_of<D: Discovery>(discovery: D) -> Members {
+    Arc::new(move || discovery.members())
 }
 
 impl Weights {
@@ -74,7 +82,7 @@ impl Weights {
         sha256: [u8; 32],
         cache: &Path,
         fetcher: Fetcher,
-        discovery: swarm::Handle,
+        discovery: Members,
         wait: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Weights> {
@@ -256,10 +264,9 @@ impl Source {
 }
 
 /// Members that serve the model `sha256`.
-fn seeds(discovery: &swarm::Handle, sha256: &[u8; 32]) -> Vec<SocketAddr> {
+fn seeds(members: &Members, sha256: &[u8; 32]) -> Vec<SocketAddr> {
     let hex = blob::hex(sha256);
-    discovery
-        .members()
+    members()
         .iter()
         .filter(|a| a.models.contains(&hex))
         .filter_map(|a| a.seed_addr)
@@ -269,7 +276,7 @@ fn seeds(discovery: &swarm::Handle, sha256: &[u8; 32]) -> Vec<SocketAddr> {
 /// Waits for a holder of `sha256` and asks it for the manifest.
 async fn fetch_manifest(
     fetcher: &Fetcher,
-    discovery: &swarm::Handle,
+    discovery: &Members,
     sha256: &[u8; 32],
     wait: Duration,
 ) -> anyhow::Result<Manifest> {

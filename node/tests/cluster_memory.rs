@@ -1,0 +1,100 @@
+//! Whole nodes (driver, machine, stages, heads; QUIC on loopback) whose discovery is the
+//! in-memory network instead of libp2p: they form one plan, serve llama.cpp's tokens through
+//! any node, and when one is cut off the others replan without it and serve on, the request
+//! that was running on the broken plan finishing with the same tokens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::backend::Backend;
+use shoal::cluster::coordinator::Placement;
+use shoal::cluster::{ModelSource, Node, NodeConfig};
+use shoal_tests::{argmax, model_path, references};
+use transport::cluster_key::ClusterKey;
+use transport::discovery::memory::MemoryNetwork;
+use transport::discovery::{Config, Keypair, PeerId};
+
+#[path = "common/agree.rs"]
+mod agree;
+use agree::agree;
+
+async fn start(net: &MemoryNetwork) -> (Node, PeerId) {
+    let keypair = Keypair::generate_ed25519();
+    let peer = keypair.public().to_peer_id();
+    let (handle, inbox) = net.join(peer);
+    let cfg = NodeConfig {
+        model: ModelSource::File(model_path("smollm2")),
+        discovery: Config {
+            cluster_key: Some(ClusterKey::from_secret(b"memory network test key")),
+            ..Config::loopback(Vec::new(), Duration::from_secs(2))
+        },
+        data_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        advertise_ip: None,
+        threads: 1,
+        memory_budget: 140 << 20,
+        max_context: 512,
+        max_sessions: 8,
+        max_sessions_per_peer: 8,
+        session_timeout: Duration::from_secs(60),
+        replan_delay: Duration::from_millis(200),
+        reply_timeout: Duration::from_secs(20),
+        link_emulation: None,
+        wire: Default::default(),
+        placement: Placement::Even,
+        metrics: Arc::new(shoal::metrics::Metrics::new()),
+    };
+    let node = Node::start_on(cfg, keypair, handle, inbox).await.unwrap();
+    (node, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_the_in_memory_network_form_serve_and_replan() {
+    let refs = references("smollm2");
+    let net = MemoryNetwork::default();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start(&net).await);
+    }
+    let backends: Vec<Arc<dyn Backend>> = nodes.iter().map(|(n, _)| n.backend()).collect();
+    let within = Duration::from_secs(60);
+    let views = agree(&backends, within, |v| v.members.len() == 3).await;
+    let plan = views[0].plan.clone().unwrap();
+    assert_eq!(plan.stages.len(), 3);
+    for (r, b) in refs.iter().zip(&backends) {
+        let head = b.head().unwrap();
+        let got = head.generate(&r.prompt_ids, 16, argmax, |_| true).await;
+        assert_eq!(got.unwrap(), r.greedy_ids[..16], "{}", r.key);
+    }
+    // Cut off the node of the last stage while a request runs through a survivor; the
+    // survivors replan without it and the request ends with the fault-free tokens.
+    let victim: PeerId = plan.stages.last().unwrap().peer_id.parse().unwrap();
+    let server = nodes.iter().position(|(_, p)| *p != victim).unwrap();
+    let head = backends[server].head().unwrap();
+    let r = &refs[1];
+    let mut seen = 0;
+    let got = head
+        .generate(&r.prompt_ids, r.greedy_ids.len(), argmax, |_| {
+            seen += 1;
+            if seen == 10 {
+                net.kill(victim);
+            }
+            true
+        })
+        .await
+        .expect("the request survives");
+    assert_eq!(got, r.greedy_ids, "tokens after the loss");
+    let gone = nodes.iter().position(|(_, p)| *p == victim).unwrap();
+    let (doomed, _) = nodes.remove(gone);
+    let survivors: Vec<Arc<dyn Backend>> = nodes.iter().map(|(n, _)| n.backend()).collect();
+    let views = agree(&survivors, within, |v| {
+        v.members.len() == 2 && v.plan.as_ref().is_some_and(|p| p.epoch > plan.epoch)
+    })
+    .await;
+    let after = views[0].plan.clone().unwrap();
+    assert!(after.stages.iter().all(|s| s.peer_id != victim.to_string()));
+    doomed.shutdown().await;
+    for (n, _) in nodes {
+        n.shutdown().await;
+    }
+}
