@@ -7,6 +7,7 @@ use sharding::tokenizer::Tokenizer;
 
 use crate::cluster::ClusterView;
 use crate::pipeline::Head;
+use crate::speculate::Drafter;
 
 /// The model a node serves, as the API presents it.
 pub struct ModelInfo {
@@ -53,4 +54,11 @@ pub trait Backend: Send + Sync + 'static {
     fn head(&self) -> Result<Head, String>;
     /// A snapshot of the cluster (`GET /v1/cluster`).
     fn view(&self) -> ClusterView;
+
+    /// How a request on `prompt` drafts tokens for speculative decoding (`None`: it does
+    /// not speculate).
+    fn drafter(&self, prompt: &[u32]) -> Option<Drafter> {
+        let _ = prompt;
+        None
+    }
 }

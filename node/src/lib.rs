@@ -6,8 +6,10 @@
 
 pub mod api;
 pub mod backend;
+mod blocking;
 pub mod cluster;
 pub mod cpu_quota;
 pub mod events;
 pub mod metrics;
 pub mod pipeline;
+pub mod speculate;

@@ -76,6 +76,10 @@ pub struct Metrics {
     hop_bytes: Family<HopLabels, Counter<u64, AtomicU64>>,
     hop_send: HistogramFamily<HopLabels>,
     recovery: Histogram,
+    spec_passes: Counter,
+    spec_drafted: Counter,
+    spec_accepted: Counter,
+    spec_drafts: Histogram,
     events: crate::events::EventLog,
 }
 
@@ -163,7 +167,35 @@ impl Metrics {
             "Time from a broken plan to the next token of a request replayed on a new one",
             recovery.clone(),
         );
+        let spec_passes = Counter::default();
+        registry.register(
+            "decode_passes",
+            "Passes through the pipeline that decoded tokens (tokens per pass: generated_tokens / decode_passes)",
+            spec_passes.clone(),
+        );
+        let spec_drafted = Counter::default();
+        registry.register(
+            "speculative_drafted_tokens",
+            "Draft tokens sent through the pipeline for verification",
+            spec_drafted.clone(),
+        );
+        let spec_accepted = Counter::default();
+        registry.register(
+            "speculative_accepted_tokens",
+            "Draft tokens the target model agreed with",
+            spec_accepted.clone(),
+        );
+        let spec_drafts = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0]);
+        registry.register(
+            "speculative_drafts_per_pass",
+            "Drafts a pass carried, as each session's controller chose them",
+            spec_drafts.clone(),
+        );
         Metrics {
+            spec_passes,
+            spec_drafted,
+            spec_accepted,
+            spec_drafts,
             recovery,
             events: Default::default(),
             registry,
@@ -259,6 +291,19 @@ impl Metrics {
         let labels = HopLabels { hop };
         self.hop_bytes.get_or_create(&labels).inc_by(bytes as u64);
         self.hop_send.get_or_create(&labels).observe(seconds);
+    }
+
+    /// A request's decoding went from `before` to `now` (passes, drafts sent and kept).
+    pub fn speculated(&self, before: &crate::speculate::Stats, now: &crate::speculate::Stats) {
+        let passes = now.passes.saturating_sub(before.passes);
+        self.spec_passes.inc_by(passes);
+        self.spec_drafted
+            .inc_by(now.drafted.saturating_sub(before.drafted));
+        self.spec_accepted
+            .inc_by(now.accepted.saturating_sub(before.accepted));
+        if passes > 0 {
+            self.spec_drafts.observe(now.k as f64);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

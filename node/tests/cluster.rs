@@ -54,6 +54,8 @@ async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placeme
         link_emulation: None,
         wire: Default::default(),
         placement,
+        speculate: Default::default(),
+        draft_model: None,
         metrics: std::sync::Arc::new(shoal::metrics::Metrics::new()),
     };
     Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()

@@ -42,6 +42,8 @@ async fn start(net: &MemoryNetwork) -> (Node, PeerId) {
         link_emulation: None,
         wire: Default::default(),
         placement: Placement::Even,
+        speculate: Default::default(),
+        draft_model: None,
         metrics: Arc::new(shoal::metrics::Metrics::new()),
     };
     let node = Node::start_on(cfg, keypair, handle, inbox).await.unwrap();

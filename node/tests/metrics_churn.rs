@@ -40,6 +40,8 @@ async fn start(bootstrap: Vec<Multiaddr>, metrics: Arc<Metrics>) -> Node {
         wire: Default::default(),
         // Every join and leave changes the layout.
         placement: Placement::Even,
+        speculate: Default::default(),
+        draft_model: None,
         metrics,
     };
     Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()

@@ -47,6 +47,8 @@ fn config(model: ModelSource, bootstrap: Vec<Multiaddr>) -> NodeConfig {
         link_emulation: None,
         wire: Default::default(),
         placement: Placement::Even,
+        speculate: Default::default(),
+        draft_model: None,
         metrics: Arc::new(shoal::metrics::Metrics::new()),
     }
 }

@@ -17,6 +17,8 @@
 
 use std::collections::VecDeque;
 
+mod speculative;
+
 /// Why a sampler could not be built or could not sample.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SamplingError {
@@ -191,10 +193,7 @@ impl Sampler {
 
     /// Picks the next token from `logits` (one per vocabulary id) and records it.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, SamplingError> {
-        if logits.is_empty() {
-            return Err(SamplingError::EmptyLogits);
-        }
-        u32::try_from(logits.len()).map_err(|_| SamplingError::TooManyLogits(logits.len()))?;
+        check_logits(logits)?;
         if self.config.temperature <= 0.0 && !self.penalizes() {
             // Plain greedy needs no candidate list, only passes over the logits: 3.8 us
             // instead of 34 for SmolLM2's 49152 (`benches/sampling.rs`), on every token.
@@ -202,6 +201,19 @@ impl Sampler {
             self.accept(id);
             return Ok(id);
         }
+        self.prepare(logits);
+        let id = if self.config.temperature <= 0.0 {
+            argmax(&self.candidates)
+        } else {
+            self.sample_filtered(logits.len())
+        };
+        self.accept(id);
+        Ok(id)
+    }
+
+    /// Fills the candidates from `logits`: every logit, or only those that can be among
+    /// top-k's when no penalty reorders them, penalties applied.
+    fn prepare(&mut self, logits: &[f32]) {
         let k = self.config.top_k;
         // Without penalties top-k needs only the logits that can be among its k: listing
         // those alone makes its selection a few hundred candidates' instead of 49152's.
@@ -231,13 +243,6 @@ impl Sampler {
             self.candidates.extend(all.filter(|&(_, l)| l >= floor));
         }
         self.apply_penalties();
-        let id = if self.config.temperature <= 0.0 {
-            argmax(&self.candidates)
-        } else {
-            self.sample_filtered(logits.len())
-        };
-        self.accept(id);
-        Ok(id)
     }
 
     /// Whether the penalties change any logit of the next pick.
@@ -367,6 +372,15 @@ impl Sampler {
         }
         max
     }
+}
+
+/// `logits` can be sampled: not empty, ids fit `u32`.
+fn check_logits(logits: &[f32]) -> Result<(), SamplingError> {
+    if logits.is_empty() {
+        return Err(SamplingError::EmptyLogits);
+    }
+    u32::try_from(logits.len()).map_err(|_| SamplingError::TooManyLogits(logits.len()))?;
+    Ok(())
 }
 
 /// A value no larger than the `k`-th largest of `logits` (NaN counting as minus infinity),

@@ -16,6 +16,7 @@ use super::stop::StopMatcher;
 use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::pipeline::Head;
+use crate::speculate::{Speculation, Stats, StepError, MAX_DRAFTS};
 
 /// What to generate.
 pub(crate) struct Job {
@@ -83,46 +84,52 @@ async fn run(
     let mut finish = FinishReason::Length;
     let mut hit_stop = false;
     let mut last_token: Option<Instant> = None;
-    let mut generation = head.open(&prompt, prompt.len() + max_tokens);
+    let generation = head.open(&prompt, prompt.len() + max_tokens);
+    let drafter = backend.drafter(&prompt);
+    let mut decoding = Speculation::new(generation, head.clone(), drafter, MAX_DRAFTS);
     let mut generated = 0;
-    while generated < max_tokens {
-        let logits = match generation.logits().await {
-            Ok(logits) => logits,
-            Err(e) => return Event::Failed(e.into()),
-        };
-        let id = match sampler.sample(logits) {
-            Ok(id) => id,
-            Err(e) => return Event::Failed(ApiError::Internal(format!("sampling failed: {e}"))),
-        };
-        generated += 1;
-        let now = Instant::now();
-        match last_token.replace(now) {
-            None => metrics.first_token(now.duration_since(arrived).as_secs_f64()),
-            Some(prev) => metrics.next_token(now.duration_since(prev).as_secs_f64()),
+    let mut batch = Vec::new();
+    let mut reported = Stats::default();
+    'decode: while generated < max_tokens {
+        let room = max_tokens - generated;
+        match decoding.next(&mut sampler, room, &mut batch).await {
+            Ok(()) => {}
+            Err(StepError::Pipeline(e)) => return Event::Failed(e.into()),
+            Err(StepError::Sampling(e)) => {
+                return Event::Failed(ApiError::Internal(format!("sampling failed: {e}")))
+            }
         }
-        metrics.token_generated();
-        if tx.is_closed() {
-            // Nobody reads the answer any more: stop computing it.
-            break;
-        }
-        if tokenizer.is_eog(id) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        let (text, hit) = stops.push(decoder.push(id));
-        if !text.is_empty() && tx.try_send(Event::Text(text.to_owned())).is_err() {
-            break;
-        }
-        if hit {
-            hit_stop = true;
-            finish = FinishReason::Stop;
-            break;
-        }
-        if generated < max_tokens {
-            generation.push(id);
+        let stats = decoding.stats();
+        metrics.speculated(&reported, &stats);
+        reported = stats;
+        for &id in &batch {
+            generated += 1;
+            let now = Instant::now();
+            match last_token.replace(now) {
+                None => metrics.first_token(now.duration_since(arrived).as_secs_f64()),
+                Some(prev) => metrics.next_token(now.duration_since(prev).as_secs_f64()),
+            }
+            metrics.token_generated();
+            if tx.is_closed() {
+                // Nobody reads the answer any more: stop computing it.
+                break 'decode;
+            }
+            if tokenizer.is_eog(id) {
+                finish = FinishReason::Stop;
+                break 'decode;
+            }
+            let (text, hit) = stops.push(decoder.push(id));
+            if !text.is_empty() && tx.try_send(Event::Text(text.to_owned())).is_err() {
+                break 'decode;
+            }
+            if hit {
+                hit_stop = true;
+                finish = FinishReason::Stop;
+                break 'decode;
+            }
         }
     }
-    drop(generation);
+    drop(decoding);
     if !hit_stop {
         // Bytes the decoder and the matcher held back are final now (a stop may still
         // complete inside the decoder's last bytes).

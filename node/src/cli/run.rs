@@ -112,6 +112,16 @@ pub(crate) struct Args {
     wire_dtype: shoal::pipeline::WireDtype,
     #[command(flatten)]
     key: super::cluster_key::KeyArgs,
+    /// How this node's API requests draft tokens that the whole pipeline verifies in one
+    /// pass (speculative decoding): `ngram` looks the text's own n-grams up (no model; wins
+    /// on code, rewrites, quotes), `draft` runs --draft-model, `off` decodes one token a pass.
+    /// Greedy output is the same whichever is chosen.
+    #[arg(long, env = "SHOAL_SPECULATE", value_enum, default_value_t)]
+    speculate: shoal::speculate::Mode,
+    /// The draft model of `--speculate draft`: a small GGUF with the served model's
+    /// vocabulary, run whole on this node.
+    #[arg(long, env = "SHOAL_DRAFT_MODEL")]
+    draft_model: Option<PathBuf>,
     /// Seconds of quiet after a join or leave before replanning.
     #[arg(long, env = "SHOAL_REPLAN_DELAY", default_value_t = 1.0)]
     replan_delay: f64,
@@ -198,6 +208,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             link_emulation: args.link_emulation,
             wire: args.wire_dtype,
             placement: args.placement,
+            speculate: args.speculate,
+            draft_model: args.draft_model.clone(),
             metrics: metrics.clone(),
         };
         let node = Node::start(cfg, keypair).await?;

@@ -65,6 +65,11 @@ pub struct NodeConfig {
     pub link_emulation: Option<transport::quic::LinkEmulation>,
     /// What this node's head and stages send hidden states as.
     pub wire: pipeline::WireDtype,
+    /// How this node's head drafts tokens for speculative decoding.
+    pub speculate: crate::speculate::Mode,
+    /// The draft model of `speculate = draft`: a small GGUF with the served model's
+    /// vocabulary.
+    pub draft_model: Option<std::path::PathBuf>,
     /// Where the node's head and stages record what they do (shared with the API).
     pub metrics: Arc<Metrics>,
 }
@@ -82,6 +87,9 @@ pub(crate) struct Shared {
     pub(crate) route: watch::Receiver<PlanRoute>,
     /// Tokens this node's head generated, sampled once a second.
     pub(crate) tokens: super::rate::TokenRate,
+    /// How requests draft tokens.
+    pub(crate) speculate: crate::speculate::Mode,
+    pub(crate) draft: Option<crate::speculate::DraftModel>,
 }
 
 /// A running node.
@@ -303,8 +311,22 @@ impl Node {
             },
             cancel.child_token(),
         ));
+        let draft = match (cfg.speculate, &cfg.draft_model) {
+            (crate::speculate::Mode::Draft, None) => {
+                anyhow::bail!("--speculate draft needs a --draft-model")
+            }
+            (crate::speculate::Mode::Draft, Some(path)) => {
+                let tokenizer = &loaded.info.tokenizer;
+                let (threads, context) = (cfg.threads, cfg.max_context);
+                let load = || crate::speculate::DraftModel::load(path, tokenizer, threads, context);
+                Some(crate::blocking::run_blocking(load)?)
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             local,
+            speculate: cfg.speculate,
+            draft,
             model: loaded.info,
             summary: loaded.summary,
             tokens: super::rate::TokenRate::start(head.clone(), cancel.child_token()),
@@ -379,6 +401,15 @@ impl Backend for NodeBackend {
                 .via(active.first)
                 .with_plans(Plans::new(self.0.route.clone()))),
             None => Err(snapshot::why_not_serving(&snapshot)),
+        }
+    }
+
+    fn drafter(&self, prompt: &[u32]) -> Option<crate::speculate::Drafter> {
+        use crate::speculate::{Drafter, Mode, Ngram};
+        match (self.0.speculate, &self.0.draft) {
+            (Mode::Ngram, _) => Some(Drafter::Ngram(Ngram::new(prompt))),
+            (Mode::Draft, Some(model)) => Some(Drafter::Model(model.session(prompt))),
+            _ => None,
         }
     }
 

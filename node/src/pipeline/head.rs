@@ -35,6 +35,7 @@ mod attempt;
 mod first_stages;
 pub mod generation;
 mod logits;
+mod passes;
 mod receive;
 
 /// Where the head sits and how long it waits.
@@ -85,9 +86,6 @@ enum Event {
 /// enough that a long prompt does not fill a first stage's queue, which other requests share.
 const PREFILL_IN_FLIGHT: usize = 4;
 
-/// How many recent decode round trips [`Head::recent_token_ms`] takes the median of.
-const RECENT: usize = 64;
-
 struct Inner {
     shard: Arc<Mutex<Shard>>,
     embedding: Embedding,
@@ -103,8 +101,8 @@ struct Inner {
     generated: AtomicU64,
     recoveries: AtomicU64,
     metrics: Option<Arc<Metrics>>,
-    /// Round trips of recent decode steps through the stages, milliseconds.
-    recent_ms: Mutex<std::collections::VecDeque<f32>>,
+    /// Recent passes through the stages.
+    passes: Mutex<passes::Passes>,
     timeout: Duration,
 }
 
@@ -124,12 +122,10 @@ impl Inner {
         }
     }
 
-    fn record_round_trip(&self, took: Duration) {
-        let mut recent = self.recent_ms.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() == RECENT {
-            recent.pop_front();
-        }
-        recent.push_back(took.as_secs_f32() * 1e3);
+    /// A pass of `rows` rows through the stages took `took`.
+    fn record_pass(&self, rows: usize, took: Duration) {
+        let mut passes = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        passes.record(rows, took.as_secs_f32() * 1e3);
     }
 }
 
@@ -204,7 +200,7 @@ impl Head {
             generated: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
             metrics: cfg.metrics.clone(),
-            recent_ms: Mutex::new(Default::default()),
+            passes: Mutex::new(Default::default()),
             timeout: cfg.reply_timeout,
         });
         let receiving = tokio::spawn(receive::receive_loop(
@@ -284,18 +280,15 @@ impl Head {
 
     /// Median round trip of recent decode steps through the stages, in milliseconds.
     pub fn recent_token_ms(&self) -> Option<f64> {
-        let recent = self
-            .inner
-            .recent_ms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<f32> = recent.iter().copied().collect();
-        drop(recent);
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f32::total_cmp);
-        Some(f64::from(v[v.len() / 2]))
+        let passes = self.inner.passes.lock().unwrap_or_else(|e| e.into_inner());
+        passes.single_ms()
+    }
+
+    /// What passes through the stages cost now, in milliseconds: one of a single row, and
+    /// each further row of a longer one (from recent passes; `None` until seen).
+    pub fn pass_fit(&self) -> (Option<f64>, Option<f64>) {
+        let passes = self.inner.passes.lock().unwrap_or_else(|e| e.into_inner());
+        passes.fit()
     }
 
     /// The address stages answer this head at, when it was given one.
@@ -341,21 +334,23 @@ impl Head {
         if self.in_flight() < logits::MIN_HEAD_BATCH {
             if let Ok(mut shard) = self.inner.shard.try_lock() {
                 let mut logits = Vec::new();
-                let mut product = || shard.logits(&hidden, &mut logits);
-                // A node's head serves the HTTP API on a multi-thread runtime: the worker
-                // hands its other tasks over before the product blocks it for a few ms. A
-                // current-thread runtime (`shoal generate`) has nothing else to run.
-                let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
-                let result = match flavor {
-                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                        tokio::task::block_in_place(product)
-                    }
-                    _ => product(),
-                };
+                let product = || shard.logits(&hidden, &mut logits);
+                let result = crate::blocking::run_blocking(product);
                 return result.map(|()| logits).map_err(PipelineError::Head);
             }
         }
         self.inner.logits.of(hidden).await
+    }
+
+    /// The logits of every row of `hidden`, `vocab_size` per row: the verification of
+    /// speculative drafts. Each row gets the bits [`Head::logits`] gives it alone.
+    async fn logits_rows(&self, hidden: Vec<f32>) -> Result<Vec<f32>, PipelineError> {
+        let product = || {
+            let mut shard = self.inner.shard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut out = Vec::new();
+            shard.logits_each(&hidden, &mut out).map(|()| out)
+        };
+        crate::blocking::run_blocking(product).map_err(PipelineError::Head)
     }
 
     /// Stops the link tasks and closes the endpoint, telling the stages (bounded wait), so

@@ -28,7 +28,6 @@ use super::route::Route;
 use crate::metrics::Metrics;
 use compute::compute;
 use steps::StepTimes;
-use worker::{BatchCounts, Reports, Settings};
 
 mod compute;
 mod network;
@@ -94,6 +93,47 @@ pub enum StageEvent {
         /// What happened.
         error: String,
     },
+}
+
+/// The compute task's settings.
+struct Settings {
+    /// Sessions idle this long are closed.
+    timeout: Duration,
+    /// What hidden states go downstream as.
+    wire: WireDtype,
+    /// Sessions one upstream may hold, unless it is `previous_stage`.
+    per_peer: usize,
+    /// The upstream exempt from `per_peer`.
+    previous_stage: Option<Upstream>,
+}
+
+/// Decode steps that ran batched with other sessions' steps.
+#[derive(Default)]
+struct BatchCounts {
+    /// Batches of two or more steps.
+    batches: AtomicU64,
+    /// Steps in those batches.
+    steps: AtomicU64,
+}
+
+/// What the compute task shares with the [`super::Stage`] handle and the metrics.
+struct Reports {
+    open: Arc<AtomicUsize>,
+    /// The metrics, with this stage's index in its plan.
+    metrics: Option<(Arc<Metrics>, u32)>,
+    steps: Arc<StepTimes>,
+    batched: Arc<BatchCounts>,
+}
+
+impl Reports {
+    /// A batch of `k` (two or more) decode rows ran.
+    fn batched(&self, k: usize) {
+        self.batched.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched.steps.fetch_add(k as u64, Ordering::Relaxed);
+        if let Some((m, stage)) = &self.metrics {
+            m.stage_batched(*stage, k);
+        }
+    }
 }
 
 /// The default of [`StageConfig::max_sessions_per_peer`]: three quarters of the stage's

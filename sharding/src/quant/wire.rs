@@ -155,6 +155,13 @@ mod tests {
         back
     }
 
+    /// How far a Q8_0 value may land from the original: half a step, plus the f16 rounding
+    /// of the scale times the largest code (ggml quantizes with the f32 scale and stores its
+    /// f16; the engine's activations do the same).
+    fn q8_0_bound(amax: f32) -> f32 {
+        amax / 254.0 + amax / 2048.0 + 1e-6
+    }
+
     #[test]
     fn f32_is_exact_and_lengths_are_checked() {
         let v = activations(576, 1);
@@ -195,7 +202,7 @@ mod tests {
         for (chunk, got) in v.chunks(32).zip(back.chunks(32)) {
             let amax = chunk.iter().fold(0.0f32, |m, x| m.max(x.abs()));
             for (a, b) in chunk.iter().zip(got) {
-                assert!((a - b).abs() <= amax / 254.0 * 1.01, "{a} -> {b}");
+                assert!((a - b).abs() <= q8_0_bound(amax), "{a} -> {b}");
             }
         }
     }
@@ -217,7 +224,7 @@ mod tests {
             for (block, got) in values.chunks(32).zip(back.chunks(32)) {
                 let amax = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 for (a, b) in block.iter().zip(got) {
-                    prop_assert!((a - b).abs() <= amax / 254.0 * 1.01 + 1e-6, "{a} -> {b}");
+                    prop_assert!((a - b).abs() <= q8_0_bound(amax), "{a} -> {b}");
                 }
             }
         }

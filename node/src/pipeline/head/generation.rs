@@ -48,6 +48,8 @@ pub struct Generation {
     broke_at: Option<Instant>,
     /// A failure found while pushing, reported by the next `logits`.
     error: Option<PipelineError>,
+    /// The logits of the rows of the last [`Generation::verify`], row after row.
+    rows: Vec<f32>,
 }
 
 impl Generation {
@@ -67,6 +69,7 @@ impl Generation {
             recoveries: 0,
             broke_at: None,
             error: None,
+            rows: Vec::new(),
         }
     }
 
@@ -134,12 +137,67 @@ impl Generation {
         }
     }
 
+    /// Runs `tokens` at the positions after the context as one step and returns the logits
+    /// of every row (`vocab_size` each, row after row): row `i` gives the position after
+    /// `tokens[i]`. The context does not grow until [`Generation::accept`] says how many of
+    /// `tokens` to keep; the positions of the others are rolled back on every stage by the
+    /// next step. This verifies speculative drafts in one pass through the ring.
+    pub async fn verify(&mut self, tokens: &[u32]) -> Result<&[f32], PipelineError> {
+        self.fresh = false;
+        loop {
+            let result = match self.error.take() {
+                Some(e) => Err(e),
+                None => self.verify_once(tokens).await,
+            };
+            let hidden = match result {
+                Ok(hidden) => hidden,
+                Err(e) if self.may_recover(&e) => {
+                    self.recover(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.rows = self.head.logits_rows(hidden).await?;
+            if let Some(at) = self.broke_at.take() {
+                if let Some(m) = &self.head.inner.metrics {
+                    m.recovered(at.elapsed().as_secs_f64());
+                }
+            }
+            return Ok(&self.rows);
+        }
+    }
+
+    /// Keeps the first `n` of the tokens the last [`Generation::verify`] ran (the rest were
+    /// rejected). The next step starts after them.
+    pub fn accept(&mut self, tokens: &[u32], n: usize) {
+        let n = n.min(tokens.len());
+        self.context.extend_from_slice(&tokens[..n]);
+        for _ in 0..n {
+            self.head.inner.count_token();
+        }
+        self.fresh = false;
+    }
+
+    async fn verify_once(&mut self, tokens: &[u32]) -> Result<Vec<f32>, PipelineError> {
+        if self.attempt.is_none() {
+            // A new plan: replay the accepted context first; its last row is not needed.
+            self.hidden().await?;
+        }
+        let pos = self.context.len();
+        let attempt = self.attempt.as_mut().ok_or(PipelineError::NoRoute)?;
+        attempt.push(pos, tokens, Phase::Decode, Reply::AllRows)?;
+        let sent = Instant::now();
+        let (_, hidden) = attempt.rows().await?;
+        self.head.inner.record_pass(tokens.len(), sent.elapsed());
+        Ok(hidden)
+    }
+
     /// The hidden state of the context's last position, from the current plan or a new one.
     async fn hidden(&mut self) -> Result<Vec<f32>, PipelineError> {
         if let Some(attempt) = self.attempt.as_mut() {
             let (_, hidden) = attempt.rows().await?;
             if let Some(sent) = self.awaiting.take() {
-                self.head.inner.record_round_trip(sent.elapsed());
+                self.head.inner.record_pass(1, sent.elapsed());
             }
             return Ok(hidden);
         }

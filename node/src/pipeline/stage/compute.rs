@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 use transport::quic::{FrameHeader, FrameKind};
 
-use super::worker::{DecodeRow, Reports, Settings, Worker};
-use super::{Job, Outgoing};
+use super::worker::{DecodeRow, Worker};
+use super::{Job, Outgoing, Reports, Settings};
 use crate::pipeline::protocol::{Message, Phase, RowsHead};
 
 /// Most decode rows computed as one batch. A batch takes only rows already waiting: a lone
@@ -136,8 +136,12 @@ fn decode_row(header: &FrameHeader, payload: &[u8]) -> Option<RowsHead> {
     }
 }
 
-/// Whether a frame holds several positions (run off the stage's thread).
+/// Whether a frame holds a prompt chunk of several positions, run off the stage's thread so
+/// its links keep answering. A verification of speculative drafts (a few generated rows)
+/// runs here like a decode step: it costs little more than one, and a hand-off to another
+/// thread and back would cost more than the rows.
 fn is_multi_row(header: &FrameHeader, payload: &[u8]) -> bool {
     header.kind == FrameKind::Message
-        && matches!(Message::decode(payload), Ok(Message::Rows(r)) if r.head.rows > 1)
+        && matches!(Message::decode(payload),
+            Ok(Message::Rows(r)) if r.head.rows > 1 && r.head.phase == Phase::Prefill)
 }

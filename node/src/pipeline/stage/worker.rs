@@ -2,60 +2,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sharding::model::{BatchError, Input, Shard, StepError};
 use tracing::{debug, info, trace, warn};
 use transport::quic::{FrameHeader, FrameKind};
 
-use super::steps::StepTimes;
-use super::{Dest, Outgoing, Upstream, HOP};
+use super::{Dest, Outgoing, Reports, Settings, Upstream, HOP};
 use crate::cpu_quota;
-use crate::metrics::{Metrics, StepKind};
-use crate::pipeline::protocol::{self, FailureCode, Message, Phase, Rows, RowsHead, WireDtype};
-
-/// The compute task's settings.
-pub(super) struct Settings {
-    /// Sessions idle this long are closed.
-    pub(super) timeout: Duration,
-    /// What hidden states go downstream as.
-    pub(super) wire: WireDtype,
-    /// Sessions one upstream may hold, unless it is `previous_stage`.
-    pub(super) per_peer: usize,
-    /// The upstream exempt from `per_peer`.
-    pub(super) previous_stage: Option<Upstream>,
-}
-
-/// Decode steps that ran batched with other sessions' steps.
-#[derive(Default)]
-pub(super) struct BatchCounts {
-    /// Batches of two or more steps.
-    pub(super) batches: AtomicU64,
-    /// Steps in those batches.
-    pub(super) steps: AtomicU64,
-}
-
-/// What the compute task shares with the [`super::Stage`] handle and the metrics.
-pub(super) struct Reports {
-    pub(super) open: Arc<AtomicUsize>,
-    /// The metrics, with this stage's index in its plan.
-    pub(super) metrics: Option<(Arc<Metrics>, u32)>,
-    pub(super) steps: Arc<StepTimes>,
-    pub(super) batched: Arc<BatchCounts>,
-}
-
-impl Reports {
-    /// A batch of `k` (two or more) decode rows ran.
-    pub(super) fn batched(&self, k: usize) {
-        self.batched.batches.fetch_add(1, Ordering::Relaxed);
-        self.batched.steps.fetch_add(k as u64, Ordering::Relaxed);
-        if let Some((m, stage)) = &self.metrics {
-            m.stage_batched(*stage, k);
-        }
-    }
-}
+use crate::metrics::StepKind;
+use crate::pipeline::protocol::{self, FailureCode, Message, Phase, Rows, RowsHead};
 
 /// One session on this stage.
 struct Session {
@@ -294,15 +250,7 @@ impl Worker {
     fn step(&mut self, session: u64, rows: &Rows<'_>) -> Result<Vec<u8>, StepError> {
         self.read_hidden(rows)?;
         let pos = rows.head.pos as usize;
-        // Generated rows a little below the session's length roll it back first: the head
-        // rejected the positions after `pos` (speculative drafts). A prompt chunk must come
-        // in order: a replayed one is refused.
-        if let Some(len) = self.shard.session(session).map(|c| c.len()) {
-            if rows.head.phase == Phase::Decode && pos < len && len - pos <= protocol::MAX_ROLLBACK
-            {
-                self.shard.truncate_session(session, pos)?;
-            }
-        }
+        self.roll_back(session, &rows.head)?;
         self.shard
             .forward(session, pos, Input::Hidden(&self.hidden), &mut self.result)?;
         let mut payload = Vec::new();
@@ -352,6 +300,10 @@ impl Worker {
                 Ok(_) => Err("not rows".to_owned()),
                 Err(e) => Err(e),
             };
+            let read = read.and_then(|()| {
+                self.roll_back(session, &rows_head)
+                    .map_err(|e| e.to_string())
+            });
             match read {
                 Ok(()) => {
                     b.inputs.extend_from_slice(&self.hidden);
@@ -415,6 +367,19 @@ impl Worker {
             protocol::encode_rows(out, &self.result[i * e..(i + 1) * e], &mut payload);
             self.send(header, payload, head);
         }
+    }
+
+    /// Generated rows a little below the session's length roll it back first: the head
+    /// rejected the positions after theirs (speculative drafts). A prompt chunk must come in
+    /// order: a replayed one is refused by the step.
+    fn roll_back(&mut self, session: u64, rows: &RowsHead) -> Result<(), StepError> {
+        let pos = rows.pos as usize;
+        if let Some(len) = self.shard.session(session).map(|c| c.len()) {
+            if rows.phase == Phase::Decode && pos < len && len - pos <= protocol::MAX_ROLLBACK {
+                self.shard.truncate_session(session, pos)?;
+            }
+        }
+        Ok(())
     }
 
     /// Decodes rows' hidden states into `self.hidden`.

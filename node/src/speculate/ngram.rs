@@ -1,0 +1,112 @@
+//! Prompt lookup: the longest recent n-gram of the text so far that ended the same way as
+//! the text does now proposes the tokens that followed it. No model, a hash lookup per
+//! draft; it wins where the output repeats its input (code edits, rewrites, quotes, JSON).
+
+use std::collections::HashMap;
+
+/// Longest n-gram matched; longer matches are tried first.
+const MAX_N: usize = 3;
+
+/// An index of the n-grams (1..=[`MAX_N`]) of a growing token sequence: for each, where the
+/// tokens after its latest occurrence start.
+#[derive(Debug, Default)]
+pub struct Ngram {
+    tokens: Vec<u32>,
+    /// (n, hash of the n tokens) -> start of the tokens after their latest occurrence.
+    after: HashMap<(usize, u64), usize>,
+    /// N-grams ending before this position are indexed.
+    indexed: usize,
+}
+
+impl Ngram {
+    /// An index of `tokens` (the prompt).
+    pub fn new(tokens: &[u32]) -> Ngram {
+        let mut ngram = Ngram::default();
+        ngram.extend(tokens);
+        ngram
+    }
+
+    /// The sequence grew by `tokens`.
+    pub fn extend(&mut self, tokens: &[u32]) {
+        self.tokens.extend_from_slice(tokens);
+    }
+
+    /// Up to `k` tokens that followed the latest earlier occurrence of the sequence's longest
+    /// matching ending, into `out` (cleared). Nothing when no ending recurs.
+    pub fn propose(&mut self, k: usize, out: &mut Vec<u32>) {
+        out.clear();
+        let len = self.tokens.len();
+        // Index every n-gram that has at least one token after it: those ending before the
+        // last token. The last token's own n-grams are what gets looked up.
+        while self.indexed + 1 < len {
+            let end = self.indexed + 1;
+            for n in 1..=MAX_N.min(end) {
+                let key = (n, hash(&self.tokens[end - n..end]));
+                self.after.insert(key, end);
+            }
+            self.indexed += 1;
+        }
+        if k == 0 {
+            return;
+        }
+        for n in (1..=MAX_N.min(len)).rev() {
+            if let Some(&start) = self.after.get(&(n, hash(&self.tokens[len - n..]))) {
+                // A hash match of different tokens would only make a draft that verification
+                // rejects; check it anyway, it is a few comparisons.
+                if start >= n && self.tokens[start - n..start] == self.tokens[len - n..] {
+                    let end = (start + k).min(len);
+                    out.extend_from_slice(&self.tokens[start..end]);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// FNV-1a over the tokens' little-endian bytes.
+fn hash(tokens: &[u32]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for t in tokens {
+        for b in t.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_recent_match_proposes_what_followed_it() {
+        // "a b c d X a b c" -> after "a b c" came "d X".
+        let mut n = Ngram::new(&[1, 2, 3, 4, 9, 1, 2, 3]);
+        let mut out = Vec::new();
+        n.propose(2, &mut out);
+        assert_eq!(out, [4, 9]);
+        // A longer ending beats a more recent shorter one.
+        let mut n = Ngram::new(&[5, 6, 7, 8, 6, 3, 5, 6]);
+        n.propose(3, &mut out);
+        assert_eq!(out, [7, 8, 6]);
+        // The most recent occurrence of the same n-gram wins.
+        let mut n = Ngram::new(&[1, 2, 7, 1, 2, 8, 1, 2]);
+        n.propose(1, &mut out);
+        assert_eq!(out, [8]);
+    }
+
+    #[test]
+    fn no_recurrence_proposes_nothing_and_growth_is_indexed() {
+        let mut n = Ngram::new(&[1, 2, 3]);
+        let mut out = vec![42];
+        n.propose(4, &mut out);
+        assert!(out.is_empty());
+        n.extend(&[1, 2]);
+        n.propose(4, &mut out);
+        // After "1 2" came "3 1 2"; the proposal stops at the end of the text.
+        assert_eq!(out, [3, 1, 2]);
+        n.propose(0, &mut out);
+        assert!(out.is_empty());
+    }
+}
