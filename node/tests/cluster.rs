@@ -26,10 +26,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BUDGET: u64 = 100 << 20;
 
-async fn start(bootstrap: Vec<Multiaddr>) -> Node {
-    start_with(bootstrap, BUDGET).await
-}
-
 async fn start_with(bootstrap: Vec<Multiaddr>, budget: u64) -> Node {
     start_placed(bootstrap, budget, Placement::Planned).await
 }
@@ -217,9 +213,16 @@ async fn a_request_survives_the_loss_of_a_stage_with_the_same_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
     let _serial = SERIAL.lock().await;
-    let first = start(Vec::new()).await;
+    // Three nodes hold the model, two cannot: each has 76 MiB less its 16 MiB overhead and
+    // its 28.7 MiB head for layers of 2.5 MiB with 512 positions of KV (12 of 30).
+    let budget = 76 << 20;
+    let first = start_with(Vec::new(), budget).await;
     let seed = first.listen_addrs().await;
-    let mut nodes = vec![first, start(seed.clone()).await, start(seed.clone()).await];
+    let mut nodes = vec![
+        first,
+        start_with(seed.clone(), budget).await,
+        start_with(seed.clone(), budget).await,
+    ];
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
     let views = agree(&backends, AGREE_WITHIN, |v| v.members.len() == 3).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -291,7 +294,7 @@ async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
     assert!(refusal.contains("cannot be placed"), "{refusal}");
     // Capacity returns: a new node joins, the cluster replans and serves again, and status
     // says ready.
-    nodes.push(start(seed.clone()).await);
+    nodes.push(start_with(seed.clone(), budget).await);
     let backends: Vec<_> = nodes.iter().map(Node::backend).collect();
     agree(&backends, AGREE_WITHIN, |v| v.members.len() == 3).await;
     let r = &references("smollm2")[0];

@@ -30,6 +30,7 @@ pub fn model() -> ModelProfile {
         sha256: "llama-80".into(),
         n_layers: 80,
         bytes_per_layer: 480_000_000,
+        layer_bytes: Vec::new(),
         embedding_bytes: 590_000_000,
         head_bytes: Some(590_000_000),
         head_cost_layers: 590.0 / 480.0,
@@ -50,12 +51,14 @@ pub fn fleet() -> DeviceGraph {
         let gib = 2 + rng.next() % 15;
         let sha = if i % 10 == 9 { "other" } else { "llama-80" };
         g.upsert_device(Device {
-            id: format!("peer-{i:04}"),
-            memory_bytes: gib << 30,
             threads,
-            decode_ms_per_layer: per_layer,
-            prefill_ms_per_layer: per_layer / 8.0,
-            model_sha256: Some(sha.into()),
+            ..Device::new(
+                format!("peer-{i:04}"),
+                gib << 30,
+                per_layer,
+                per_layer / 8.0,
+                Some(sha.into()),
+            )
         })
         .expect("valid device");
     }

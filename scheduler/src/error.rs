@@ -7,9 +7,12 @@ use thiserror::Error;
 pub enum GraphError {
     /// A cost or bandwidth was NaN, infinite or negative; the planner's arithmetic needs finite,
     /// non-negative numbers.
-    #[error("device {device}: {field} must be finite and non-negative, got {value}")]
+    #[error(
+        "device {device}: {field} = {value} is not a usable measurement (finite and \
+         non-negative; positive for quotas and periods)"
+    )]
     InvalidMeasurement {
-        /// Peer id the bad number belongs to (for a link, `a<->b`).
+        /// Peer id the bad number belongs to (for a link, `a->b`).
         device: String,
         /// Name of the offending field.
         field: &'static str,
@@ -17,7 +20,7 @@ pub enum GraphError {
         value: f64,
     },
     /// A link's bandwidth was zero: nothing could ever cross it.
-    #[error("link {a}<->{b}: bandwidth must be positive")]
+    #[error("link {a}->{b}: bandwidth must be positive")]
     ZeroBandwidth {
         /// One end of the link.
         a: String,
@@ -47,18 +50,47 @@ pub enum PlanError {
         /// The model the request asked for.
         model_sha256: String,
     },
-    /// The eligible devices together have less memory than the model needs.
-    #[error("insufficient memory: needed {needed} bytes, available {available} bytes")]
+    /// The devices holding the model have less memory, after their process overheads, than
+    /// the model's layers, their KV cache and one output product.
+    #[error(
+        "insufficient memory: the model needs {needed} bytes ({layers} of layers, {kv} of KV \
+         cache, {head} of output head) but the devices holding it offer {available} after \
+         their process overheads ({budget} of budget in all)"
+    )]
     InsufficientMemory {
-        /// Bytes for all layers (weights + reserved KV), embedding, head and one device overhead.
+        /// `layers + kv + head`.
         needed: u64,
-        /// Sum of the eligible devices' memory budgets.
+        /// Sum over the eligible devices of budget minus overhead.
         available: u64,
+        /// Weights of all layers.
+        layers: u64,
+        /// KV cache of all layers for the reserved context.
+        kv: u64,
+        /// One output product (the least any head needs, split or whole).
+        head: u64,
+        /// Sum of the eligible devices' budgets.
+        budget: u64,
+    },
+    /// A piece that cannot be divided (one layer with its KV cache) is larger than any
+    /// device's free memory.
+    #[error(
+        "no device can hold {piece} ({bytes} bytes): the most free memory any device holding \
+         the model has is {largest_free} bytes, on {device}"
+    )]
+    PieceTooLarge {
+        /// What the piece is, e.g. "layer 12 with its KV cache".
+        piece: String,
+        /// Its bytes.
+        bytes: u64,
+        /// The largest budget minus overhead among eligible devices.
+        largest_free: u64,
+        /// The device with that much free memory.
+        device: String,
     },
     /// Memory suffices in total but no ordering of devices both fits every stage and is
-    /// connected by known links (per-device overhead, layer granularity or missing links).
+    /// connected by usable links; the text gives the numbers.
     #[error("no feasible plan: {0}")]
-    NoFeasiblePlan(&'static str),
+    NoFeasiblePlan(String),
     /// A device named in the request (head node, fixed order, explicit assignment) is not in
     /// the graph.
     #[error("unknown device {0}")]

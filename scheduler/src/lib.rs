@@ -9,7 +9,9 @@
 //!   ranges minimizing per-token latency or the pipeline bottleneck, under memory limits,
 //!   plus baselines ([`planner::even_split`], [`planner::memory_proportional_split`]) and
 //!   [`Plan::explain`];
-//! - the straggler policy ([`straggler::Monitor`]): slow / dead / recovered decisions.
+//! - the straggler policy ([`straggler::Monitor`]): slow / dead / recovered decisions, and
+//!   [`planner::rebalance`], which moves the fewest layers that restore the prediction;
+//! - the link policy ([`links::LinkWatch`]): when a measured link changed enough to replan.
 //!
 //! What it must not touch: no I/O, no clock (time is a parameter, in milliseconds), no async
 //! runtime, no networking, no model math. It does not depend on `sharding`, `transport` or
@@ -17,13 +19,14 @@
 
 mod error;
 mod graph;
+pub mod links;
 mod plan;
 pub mod planner;
 mod profile;
 pub mod straggler;
 
 pub use error::{GraphError, PlanError, StragglerError};
-pub use graph::{Device, DeviceGraph, Link};
-pub use plan::{Hop, Objective, Plan, Stage};
-pub use planner::{PlanRequest, PlannerConfig, ReturnPayload};
-pub use profile::ModelProfile;
+pub use graph::{Device, DeviceGraph, Link, LinkState, DEFAULT_OVERHEAD_BYTES};
+pub use plan::{DeviceMemory, Hop, Objective, Plan, Slice, Stage};
+pub use planner::{PlanRequest, PlannerConfig};
+pub use profile::{ModelProfile, HEAD_BYTE_COST};

@@ -10,9 +10,11 @@
 //! step or heartbeat is older than `heartbeat_timeout_ms` is dead.
 //!
 //! Decisions: [`Decision::Rebalance`] (replan with the device's cost × slowdown, see
-//! [`Monitor::apply`]; [`crate::planner::plan_in_order`] keeps the current stages so only a
-//! few layers move to its neighbours), [`Decision::Evict`] (replan without it) and
-//! [`Decision::Restore`] (replan with its nominal cost). A straggler planned out entirely has
+//! [`Monitor::apply`]), [`Decision::Evict`] (replan without it) and [`Decision::Restore`]
+//! (replan with its nominal cost). A rebalance or restore keeps the current stages and moves
+//! the fewest layers that bring the prediction within [`Config::rebalance_tolerance`] of the
+//! best those stages allow ([`crate::planner::rebalance`]): a stage at half speed keeps the
+//! share it can still run, and only a dead device loses everything. A straggler planned out entirely has
 //! no steps to judge; it is restored after `recover_hold_ms` alive. Each such restore that
 //! is followed by the device being flagged again doubles its next hold (up to 32×), so a
 //! persistently slow device is tried again after 10 s, 20 s, 40 s … rather than every 10 s;
@@ -47,6 +49,10 @@ pub struct Config {
     pub rebalance_change: f64,
     /// Cap on stored samples per device (bounds memory whatever the step rate).
     pub max_samples: usize,
+    /// How far above the best split of the current stages a rebalance may stay, as a
+    /// fraction, to move fewer layers (see [`crate::planner::rebalance`]). 0.15 keeps a
+    /// stage at half speed at a share that costs the token at most 15 %.
+    pub rebalance_tolerance: f64,
 }
 
 impl Default for Config {
@@ -60,6 +66,7 @@ impl Default for Config {
             heartbeat_timeout_ms: 3_000,
             rebalance_change: 0.25,
             max_samples: 256,
+            rebalance_tolerance: 0.15,
         }
     }
 }
@@ -113,6 +120,15 @@ pub enum Decision {
         /// Peer id.
         device: String,
     },
+}
+
+impl Decision {
+    /// Whether the replan this decision calls for keeps the current stages and moves the
+    /// fewest layers ([`crate::planner::rebalance`]) rather than planning afresh: true for a
+    /// slowdown or a restore, false for an eviction.
+    pub fn moves_in_place(&self) -> bool {
+        !matches!(self, Decision::Evict { .. })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +188,7 @@ impl Monitor {
             t.samples.clear();
         }
         for stage in &plan.stages {
-            let nominal = stage.compute_ms / stage.slowdown;
+            let nominal = stage.busy_ms / stage.slowdown;
             let t = self
                 .devices
                 .entry(stage.device.clone())

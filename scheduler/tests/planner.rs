@@ -10,6 +10,7 @@ fn smollm2() -> ModelProfile {
         sha256: "smollm2-135m".into(),
         n_layers: 30,
         bytes_per_layer: 2_900_000,
+        layer_bytes: Vec::new(),
         embedding_bytes: 30_000_000,
         head_bytes: None,
         head_cost_layers: 0.0,
@@ -24,12 +25,8 @@ fn smollm2() -> ModelProfile {
 
 fn device(id: &str, threads: u32, ms: f64, mib: u64, sha: &str) -> Device {
     Device {
-        id: id.into(),
-        memory_bytes: mib << 20,
         threads,
-        decode_ms_per_layer: ms,
-        prefill_ms_per_layer: ms / 10.0,
-        model_sha256: Some(sha.into()),
+        ..Device::new(id, mib << 20, ms, ms / 10.0, Some(sha.into()))
     }
 }
 
@@ -85,15 +82,16 @@ fn best_even(g: &DeviceGraph, r: &PlanRequest) -> Plan {
 
 fn assert_covers(plan: &Plan, n_layers: u32) {
     let mut next = 0;
-    for (i, s) in plan.stages.iter().enumerate() {
+    for s in &plan.stages {
         assert_eq!(s.layers.start, next);
         assert!(s.layers.end > s.layers.start);
-        assert_eq!(s.embed, i == 0);
-        assert_eq!(s.head, i + 1 == plan.stages.len());
         assert!(s.memory_bytes <= s.memory_budget);
         next = s.layers.end;
     }
     assert_eq!(next, n_layers);
+    for m in &plan.memory {
+        assert!(m.total_bytes <= m.budget_bytes, "{plan}");
+    }
 }
 
 #[test]
@@ -136,7 +134,7 @@ fn throughput_plan_is_near_the_work_conserving_bound() {
     assert!(layers("fast") >= layers("slow"), "{plan}");
     assert!(layers("fast") > layers("throttled"), "{plan}");
     // No split can beat spreading all work (30 layers + the head) by speed perfectly.
-    let work = 30.0 + 30.0 / 2.9;
+    let work = 30.0 + smollm2().head_cost_layers;
     let bound = work / (1.0 / 0.15 + 1.0 / 0.30 + 1.0 / 0.60);
     assert!(plan.bottleneck_ms >= bound - 1e-9);
     assert!(plan.bottleneck_ms <= 1.1 * bound, "{plan}");
@@ -147,27 +145,26 @@ fn predicted_costs_match_hand_computation() {
     let g = heterogeneous();
     let mut r = request(Objective::Latency);
     r.head_node = Some("slow".into());
+    r.config.allow_slices = false;
     let plan = evaluate(&g, &r, &[("fast", 20), ("throttled", 10)]).unwrap();
-    let head = 30.0 / 2.9;
-    let compute = 20.0 * 0.15 + (10.0 + head) * 0.60;
-    // slow -> fast: token id; fast -> throttled: hidden; throttled -> slow: f32 logits.
-    let hops = [4.0, 2304.0, 49_152.0 * 4.0]
-        .iter()
-        .map(|b| 0.5 + b * 1000.0 / 1e8)
-        .sum::<f64>();
-    assert!((plan.predicted_ms_per_token - (compute + hops)).abs() < 1e-9);
-    assert!((plan.bottleneck_ms - (10.0 + head) * 0.60).abs() < 1e-9);
+    // The head node runs the output product; stages run layers only.
+    let head = smollm2().head_cost_layers * 0.30;
+    let compute = 20.0 * 0.15 + 10.0 * 0.60;
+    // slow -> fast, fast -> throttled, throttled -> slow: one hidden state each.
+    let hops = 3.0 * (0.5 + 2304.0 * 1000.0 / 1e8);
+    assert!((plan.predicted_ms_per_token - (compute + hops + head)).abs() < 1e-9);
+    assert!((plan.head_ms - head).abs() < 1e-9);
+    assert!((plan.bottleneck_ms - (10.0 * 0.60_f64).max(head)).abs() < 1e-9);
     assert_eq!(plan.hops.len(), 3);
+    assert_eq!(plan.heads, ["slow"]);
     let per_layer = 2_900_000 + 768 * 2048;
-    assert_eq!(
-        plan.stages[0].memory_bytes,
-        20 * per_layer + 30_000_000 + (64 << 20)
-    );
-    // Tied embeddings: the last stage needs the table again for the head.
-    assert_eq!(
-        plan.stages[1].memory_bytes,
-        10 * per_layer + 30_000_000 + (64 << 20)
-    );
+    let overhead = scheduler::DEFAULT_OVERHEAD_BYTES;
+    assert_eq!(plan.stages[0].memory_bytes, 20 * per_layer + overhead);
+    assert_eq!(plan.stages[1].memory_bytes, 10 * per_layer + overhead);
+    // The head node holds the tied table once, as its output product; nothing else does.
+    let slow = plan.memory.iter().find(|m| m.device == "slow").unwrap();
+    assert_eq!(slow.total_bytes, 30_000_000 + overhead);
+    assert_eq!(slow.layer_bytes + slow.kv_bytes, 0);
 }
 
 #[test]
@@ -195,10 +192,18 @@ fn reports_insufficient_memory() {
     g.upsert_device(device("a", 1, 0.3, 100, "smollm2-135m"))
         .unwrap();
     let err = planner::plan(&g, &PlanRequest::new(smollm2())).unwrap_err();
-    let PlanError::InsufficientMemory { needed, available } = err else {
+    let PlanError::InsufficientMemory {
+        needed,
+        available,
+        head,
+        ..
+    } = err
+    else {
         panic!("unexpected {err:?}");
     };
-    assert_eq!(available, 100 << 20);
+    assert_eq!(available, (100 << 20) - scheduler::DEFAULT_OVERHEAD_BYTES);
+    // Nobody serves the API and there is no head node: no output head to hold.
+    assert_eq!(head, 0);
     assert!(needed > available);
 }
 
@@ -220,11 +225,11 @@ fn reports_no_eligible_devices_and_unknown_head() {
 
 #[test]
 fn missing_links_are_unreachable_unless_defaulted() {
-    // Two 200 MiB devices: the model only fits split across both, but they share no link.
+    // Two 100 MiB devices: the model only fits split across both, but they share no link.
     let mut g = DeviceGraph::new();
-    g.upsert_device(device("a", 1, 0.3, 200, "smollm2-135m"))
+    g.upsert_device(device("a", 1, 0.3, 100, "smollm2-135m"))
         .unwrap();
-    g.upsert_device(device("b", 1, 0.3, 200, "smollm2-135m"))
+    g.upsert_device(device("b", 1, 0.3, 100, "smollm2-135m"))
         .unwrap();
     let mut r = PlanRequest::new(smollm2());
     assert!(matches!(
@@ -238,6 +243,15 @@ fn missing_links_are_unreachable_unless_defaulted() {
     r.config.default_link = Some(LAN);
     let plan = planner::plan(&g, &r).unwrap();
     assert_eq!(plan.stages.len(), 2);
+    // A link reported down is never priced with the default.
+    g.set_link_down("a", "b").unwrap();
+    assert!(matches!(
+        planner::plan(&g, &r),
+        Err(PlanError::NoFeasiblePlan(_))
+    ));
+    g.set_one_way_link("a", "b", LAN).unwrap();
+    let plan = planner::plan(&g, &r).unwrap();
+    assert_eq!(plan.stages[0].device, "a", "only a -> b is usable: {plan}");
 }
 
 #[test]
@@ -295,9 +309,8 @@ fn explain_names_stages_hops_and_bottleneck() {
     r.head_node = Some("slow".into());
     let text = planner::plan(&g, &r).unwrap().explain();
     assert!(text.contains("stage 0:"), "{text}");
-    assert!(text.contains("+embed"), "{text}");
     assert!(
-        text.contains("+head") || text.contains("embed+head"),
+        text.contains("output head whole on slow") || text.contains("vocabulary slices"),
         "{text}"
     );
     assert!(text.contains("MiB"), "{text}");

@@ -6,15 +6,8 @@ use scheduler::{Device, DeviceGraph, Link, ModelProfile, Objective, PlanRequest}
 fn setup() -> (DeviceGraph, PlanRequest) {
     let mut g = DeviceGraph::new();
     for id in ["a", "b", "c"] {
-        g.upsert_device(Device {
-            id: id.into(),
-            memory_bytes: 1 << 30,
-            threads: 1,
-            decode_ms_per_layer: 1.0,
-            prefill_ms_per_layer: 0.1,
-            model_sha256: Some("m".into()),
-        })
-        .unwrap();
+        g.upsert_device(Device::new(id, 1 << 30, 1.0, 0.1, Some("m".into())))
+            .unwrap();
     }
     let lan = Link {
         rtt_ms: 0.1,
@@ -26,6 +19,7 @@ fn setup() -> (DeviceGraph, PlanRequest) {
         sha256: "m".into(),
         n_layers: 12,
         bytes_per_layer: 1_000_000,
+        layer_bytes: Vec::new(),
         embedding_bytes: 1_000_000,
         head_bytes: Some(0),
         head_cost_layers: 0.0,
@@ -65,7 +59,7 @@ fn drive(
 fn expected(plan: &scheduler::Plan) -> Vec<(String, f64)> {
     plan.stages
         .iter()
-        .map(|s| (s.device.clone(), s.compute_ms / s.slowdown))
+        .map(|s| (s.device.clone(), s.busy_ms / s.slowdown))
         .collect()
 }
 
@@ -275,4 +269,94 @@ fn a_device_that_stays_slow_is_retried_after_longer_and_longer_holds() {
     assert!(gaps[0] >= hold && gaps[0] < 2 * hold, "{gaps:?}");
     assert!(gaps[1] >= 2 * hold && gaps[1] < 3 * hold, "{gaps:?}");
     assert!(gaps[2] >= 4 * hold && gaps[2] < 5 * hold, "{gaps:?}");
+}
+
+/// A stage at half speed: the monitor flags it, and the rebalance it calls for keeps the
+/// current stages, moves the fewest layers and leaves the slow stage a share, where a fresh
+/// plan would drop it; one stream keeps at least 80 % of its predicted speed.
+#[test]
+fn a_stage_at_half_speed_keeps_a_share_and_most_of_the_speed() {
+    let mut g = DeviceGraph::new();
+    // Each device holds 8 of the 12 layers: two must share, and either of the other two
+    // could take a slow one's layers.
+    let layer = 1_000_000 + 1_000 * 64;
+    for id in ["a", "b", "c"] {
+        g.upsert_device(Device {
+            overhead_bytes: 0,
+            ..Device::new(id, 8 * layer, 1.0, 0.1, Some("m".into()))
+        })
+        .unwrap();
+    }
+    let lan = Link {
+        rtt_ms: 0.2,
+        bandwidth_bytes_per_s: 1e9,
+    };
+    for (x, y) in [("a", "b"), ("b", "c"), ("a", "c")] {
+        g.set_link(x, y, lan).unwrap();
+    }
+    let mut r = PlanRequest::new(ModelProfile {
+        sha256: "m".into(),
+        n_layers: 12,
+        bytes_per_layer: 1_000_000,
+        layer_bytes: Vec::new(),
+        embedding_bytes: 1_000_000,
+        head_bytes: Some(0),
+        head_cost_layers: 0.0,
+        kv_bytes_per_token_per_layer: 1,
+        context_tokens: 1_000,
+        hidden_bytes_per_token: 1_000,
+        vocab_size: 100,
+    });
+    let before = scheduler::planner::plan(&g, &r).unwrap();
+    let counts: Vec<usize> = before.stages.iter().map(|s| s.layers.len()).collect();
+    assert_eq!(counts, [6, 6], "equal devices get equal shares: {before}");
+    let victim = before.stages[0].device.clone();
+    let config = Config::default();
+    let mut m = Monitor::new(config.clone(), &before, 0);
+    let mut t = 0;
+    let mut decisions = Vec::new();
+    while decisions.is_empty() && t < 10_000 {
+        for s in &before.stages {
+            let f = if s.device == victim { 2.0 } else { 1.0 };
+            m.record_step(&s.device, t, s.busy_ms * f).unwrap();
+        }
+        decisions = m.evaluate(t);
+        t += 100;
+    }
+    assert!(
+        matches!(&decisions[..], [d @ Decision::Rebalance { device, .. }] if *device == victim && d.moves_in_place()),
+        "{decisions:?}"
+    );
+    m.apply(&mut r);
+    let fresh = scheduler::planner::plan(&g, &r).unwrap();
+    assert!(
+        fresh.stages.iter().all(|s| s.device != victim),
+        "a fresh plan drops it: {fresh}"
+    );
+    let after = scheduler::planner::rebalance(&g, &r, &before, config.rebalance_tolerance).unwrap();
+    let share = after
+        .stages
+        .iter()
+        .find(|s| s.device == victim)
+        .map_or(0, |s| s.layers.len());
+    assert!(share > 0 && share < 6, "{after}");
+    assert!(
+        after.predicted_ms_per_token <= before.predicted_ms_per_token / 0.8,
+        "before {before}\nafter {after}"
+    );
+    assert!(
+        after.predicted_ms_per_token
+            <= fresh.predicted_ms_per_token * (1.0 + config.rebalance_tolerance) + 1e-9,
+        "fresh {fresh}\nafter {after}"
+    );
+    assert!(
+        moved(&before, &after) < moved(&before, &fresh),
+        "{after}\n{fresh}"
+    );
+}
+
+/// Layers whose device differs between two plans.
+fn moved(a: &scheduler::Plan, b: &scheduler::Plan) -> usize {
+    let owner = |p: &scheduler::Plan, l: u32| p.stage_of_layer(l).map(|s| s.device.clone());
+    (0..12).filter(|&l| owner(a, l) != owner(b, l)).count()
 }

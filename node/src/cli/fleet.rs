@@ -14,7 +14,8 @@ use shoal::cluster::ClusterView;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FleetFile {
-    /// Device that feeds tokens and samples; the first device when absent.
+    /// Device that feeds tokens and samples (it serves the API); the first device when
+    /// absent.
     #[serde(default)]
     pub(crate) head: Option<String>,
     /// Price of a hop between devices with no entry in `links`; the command line's
@@ -42,6 +43,23 @@ pub(crate) struct DeviceSpec {
     /// Whether the device holds the model being planned; true when absent.
     #[serde(default)]
     pub(crate) holds_model: Option<bool>,
+    /// Whether it serves the API (and so holds a head); only the head when absent.
+    #[serde(default)]
+    pub(crate) serves_api: Option<bool>,
+    /// Its process overhead besides weights and KV, bytes or a size ("24MiB"); the
+    /// scheduler's default when absent.
+    #[serde(default)]
+    pub(crate) overhead: Option<Size>,
+    /// Measured milliseconds of the whole output product per token; estimated from the
+    /// layer cost when absent.
+    #[serde(default)]
+    pub(crate) head_ms: Option<f64>,
+    /// Cores its CPU quota allows, if it has one.
+    #[serde(default)]
+    pub(crate) cpu_quota: Option<f64>,
+    /// That quota's period in milliseconds (100 when absent).
+    #[serde(default)]
+    pub(crate) cpu_period_ms: Option<f64>,
 }
 
 fn one() -> u32 {
@@ -83,14 +101,21 @@ impl LinkSpec {
     }
 }
 
-/// A measured link between two devices of a fleet file.
+/// A measured link between two devices of a fleet file: both directions, or `a` to `b` only
+/// with `one_way`; `down` marks it unusable (no measurement needed then).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LinkEntry {
     pub(crate) a: String,
     pub(crate) b: String,
-    pub(crate) rtt_ms: f64,
-    pub(crate) bandwidth_mbps: f64,
+    #[serde(default)]
+    pub(crate) rtt_ms: Option<f64>,
+    #[serde(default)]
+    pub(crate) bandwidth_mbps: Option<f64>,
+    #[serde(default)]
+    pub(crate) one_way: bool,
+    #[serde(default)]
+    pub(crate) down: bool,
 }
 
 /// Devices to plan over, where they came from, and the head node.
@@ -109,34 +134,63 @@ pub(crate) fn from_file(path: &Path, sha256: &str) -> anyhow::Result<Fleet> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: FleetFile =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let head = match &file.head {
+        Some(h) if !file.devices.iter().any(|d| &d.id == h) => {
+            bail!("head {h} is not a device of the fleet")
+        }
+        Some(h) => Some(h.clone()),
+        None => file.devices.first().map(|d| d.id.clone()),
+    };
     let mut graph = DeviceGraph::new();
     for d in &file.devices {
-        let memory = d
-            .memory
-            .bytes()
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("device {}: memory", d.id))?;
+        let size = |s: &Size, what: &str| {
+            s.bytes()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("device {}: {what}", d.id))
+        };
+        let overhead = match &d.overhead {
+            Some(o) => size(o, "overhead")?,
+            None => scheduler::DEFAULT_OVERHEAD_BYTES,
+        };
         graph.upsert_device(Device {
-            id: d.id.clone(),
-            memory_bytes: memory,
             threads: d.threads,
-            decode_ms_per_layer: d.decode_ms_per_layer,
-            prefill_ms_per_layer: d.prefill_ms_per_layer.unwrap_or(d.decode_ms_per_layer),
-            model_sha256: d.holds_model.unwrap_or(true).then(|| sha256.to_owned()),
+            serves_api: d.serves_api.unwrap_or(head.as_ref() == Some(&d.id)),
+            overhead_bytes: overhead,
+            head_ms: d.head_ms,
+            cpu_quota: d.cpu_quota,
+            cpu_period_ms: d.cpu_period_ms,
+            ..Device::new(
+                d.id.clone(),
+                size(&d.memory, "memory")?,
+                d.decode_ms_per_layer,
+                d.prefill_ms_per_layer.unwrap_or(d.decode_ms_per_layer),
+                d.holds_model.unwrap_or(true).then(|| sha256.to_owned()),
+            )
         })?;
     }
     for l in &file.links {
-        let spec = LinkSpec {
-            rtt_ms: l.rtt_ms,
-            bandwidth_mbps: l.bandwidth_mbps,
+        if l.down {
+            graph.set_link_down(&l.a, &l.b)?;
+            continue;
+        }
+        let (Some(rtt_ms), Some(bandwidth_mbps)) = (l.rtt_ms, l.bandwidth_mbps) else {
+            bail!(
+                "link {} - {}: rtt_ms and bandwidth_mbps are needed unless it is down",
+                l.a,
+                l.b
+            );
         };
-        graph.set_link(&l.a, &l.b, spec.link())?;
+        let link = LinkSpec {
+            rtt_ms,
+            bandwidth_mbps,
+        }
+        .link();
+        if l.one_way {
+            graph.set_one_way_link(&l.a, &l.b, link)?;
+        } else {
+            graph.set_link(&l.a, &l.b, link)?;
+        }
     }
-    let head = match file.head {
-        Some(h) if graph.device(&h).is_none() => bail!("head {h} is not a device of the fleet"),
-        Some(h) => Some(h),
-        None => file.devices.first().map(|d| d.id.clone()),
-    };
     Ok(Fleet {
         graph,
         head,
@@ -147,7 +201,7 @@ pub(crate) fn from_file(path: &Path, sha256: &str) -> anyhow::Result<Fleet> {
 
 /// The members of a running cluster. Members that have not measured themselves yet are left
 /// out (the planner cannot price them); the view carries no prefill figure, so decode stands
-/// in for it.
+/// in for it, nor overheads, quota periods or links, so those are the defaults.
 pub(crate) fn from_view(view: &ClusterView, sha256: &str, url: &str) -> anyhow::Result<Fleet> {
     let mut graph = DeviceGraph::new();
     let mut unmeasured = 0;
@@ -157,12 +211,15 @@ pub(crate) fn from_view(view: &ClusterView, sha256: &str, url: &str) -> anyhow::
             continue;
         };
         graph.upsert_device(Device {
-            id: m.peer_id.clone(),
-            memory_bytes: m.memory_budget_bytes,
             threads: m.threads,
-            decode_ms_per_layer: decode,
-            prefill_ms_per_layer: decode,
-            model_sha256: m.holds_model.then(|| sha256.to_owned()),
+            serves_api: m.api_addr.is_some(),
+            ..Device::new(
+                m.peer_id.clone(),
+                m.memory_budget_bytes,
+                decode,
+                decode,
+                m.holds_model.then(|| sha256.to_owned()),
+            )
         })?;
     }
     if graph.is_empty() {
@@ -200,13 +257,17 @@ pub(crate) fn local_copies(
     }
     let mut graph = DeviceGraph::new();
     for i in 1..=count {
+        // Like `scripts/demo`: the first copy serves the API, the others run layers only.
         graph.upsert_device(Device {
-            id: format!("local-{i}"),
-            memory_bytes: memory,
             threads,
-            decode_ms_per_layer: cost.decode_ms,
-            prefill_ms_per_layer: cost.prefill_ms_per_token,
-            model_sha256: Some(sha256.to_owned()),
+            serves_api: i == 1,
+            ..Device::new(
+                format!("local-{i}"),
+                memory,
+                cost.decode_ms,
+                cost.prefill_ms_per_token,
+                Some(sha256.to_owned()),
+            )
         })?;
     }
     Ok(Fleet {
@@ -231,6 +292,40 @@ mod tests {
             .graph
             .devices()
             .all(|d| d.holds("m") && d.memory_bytes > 0));
+        // Only the head serves the API unless a device says otherwise.
+        let serving: Vec<&str> = fleet
+            .graph
+            .devices()
+            .filter(|d| d.serves_api)
+            .map(|d| d.id.as_str())
+            .collect();
+        assert_eq!(serving, [fleet.head.as_deref().unwrap()]);
+    }
+
+    #[test]
+    fn links_may_be_one_way_or_down() {
+        let dir = std::env::temp_dir().join(format!("shoal-fleet-links-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("links.json");
+        let text = r#"{"devices": [
+            {"id": "a", "memory": "1GiB", "decode_ms_per_layer": 1, "overhead": "20MiB"},
+            {"id": "b", "memory": "1GiB", "decode_ms_per_layer": 1, "serves_api": true},
+            {"id": "c", "memory": "1GiB", "decode_ms_per_layer": 1}],
+            "links": [{"a": "a", "b": "b", "rtt_ms": 2, "bandwidth_mbps": 8, "one_way": true},
+                      {"a": "b", "b": "c", "down": true}]}"#;
+        std::fs::write(&path, text).expect("write");
+        let fleet = from_file(&path, "m").expect("fleet");
+        let g = &fleet.graph;
+        assert_eq!(g.link("a", "b").map(|l| l.bandwidth_bytes_per_s), Some(1e6));
+        assert_eq!(g.link("b", "a"), None);
+        assert_eq!(g.link_state("c", "b"), Some(scheduler::LinkState::Down));
+        assert_eq!(g.device("a").map(|d| d.overhead_bytes), Some(20 << 20));
+        assert!(
+            g.device("a").is_some_and(|d| d.serves_api),
+            "the head serves"
+        );
+        assert!(g.device("b").is_some_and(|d| d.serves_api));
+        assert!(g.device("c").is_some_and(|d| !d.serves_api));
     }
 
     #[test]
@@ -243,6 +338,11 @@ mod tests {
             r#"{"head": "z", "devices": [{"id": "a", "memory": 1, "decode_ms_per_layer": 1}]}"#,
             r#"{"devices": [], "links": [{"a": "a", "b": "b", "rtt_ms": 1, "bandwidth_mbps": 1}]}"#,
             r#"{"devices": [{"id": "a", "memry": 1, "decode_ms_per_layer": 1}]}"#,
+            r#"{"devices": [{"id": "a", "memory": 1, "decode_ms_per_layer": 1, "overhead": "x"}]}"#,
+            r#"{"devices": [{"id": "a", "memory": 1, "decode_ms_per_layer": 1, "cpu_quota": 0}]}"#,
+            r#"{"devices": [{"id": "a", "memory": 1, "decode_ms_per_layer": 1},
+                {"id": "b", "memory": 1, "decode_ms_per_layer": 1}],
+                "links": [{"a": "a", "b": "b", "rtt_ms": 1}]}"#,
         ];
         for (i, text) in bad.iter().enumerate() {
             let path = dir.join(format!("bad{i}.json"));

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use scheduler::planner::{even_split, memory_proportional_split, plan};
-use scheduler::{ModelProfile, Objective, PlanError, PlanRequest};
+use scheduler::{ModelProfile, Objective, PlanError};
 use sharding::gguf::GgufFile;
+use shoal::cluster::coordinator::{plan_request, ASSUMED_LINK};
 use shoal::cluster::measure::measure_layer_cost;
 use shoal::cluster::profile::{format_size, memory_budget, model_profile, parse_size};
 
@@ -63,12 +64,14 @@ pub(crate) struct Args {
     /// Context length whose KV cache every stage reserves.
     #[arg(long, default_value_t = 2048)]
     context: u32,
-    /// Round trip of links with no measurement, milliseconds.
-    #[arg(long, default_value_t = 1.0)]
-    rtt_ms: f64,
-    /// Bandwidth of links with no measurement, megabits per second.
-    #[arg(long, default_value_t = 100.0)]
-    bandwidth_mbps: f64,
+    /// Round trip of links with no measurement, milliseconds (default: the fleet file's
+    /// default link, else the coordinator's assumed LAN, 0.5).
+    #[arg(long)]
+    rtt_ms: Option<f64>,
+    /// Bandwidth of links with no measurement, megabits per second (default: the fleet
+    /// file's, else the coordinator's, 100).
+    #[arg(long)]
+    bandwidth_mbps: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -79,17 +82,20 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         GgufFile::open(&args.model).with_context(|| format!("opening {}", args.model.display()))?;
     let profile = model_profile(&file, args.context)?;
     let fleet = load_fleet(&args, &file, &profile)?;
-    let mut request = PlanRequest::new(profile.clone());
+    // The coordinator's request, so a fleet file gets the plan a live cluster would make.
+    let mut request = plan_request(&profile, fleet.head.clone());
     request.objective = match args.objective {
         ObjectiveArg::Latency => Objective::Latency,
         ObjectiveArg::Throughput => Objective::Throughput,
     };
-    request.head_node = fleet.head.clone();
-    let default_link = fleet::LinkSpec {
-        rtt_ms: args.rtt_ms,
-        bandwidth_mbps: args.bandwidth_mbps,
-    };
-    request.config.default_link = Some(fleet.default_link.unwrap_or(default_link.link()));
+    let mut default_link = fleet.default_link.unwrap_or(ASSUMED_LINK);
+    if let Some(rtt) = args.rtt_ms {
+        default_link.rtt_ms = rtt;
+    }
+    if let Some(mbps) = args.bandwidth_mbps {
+        default_link.bandwidth_bytes_per_s = mbps * 1e6 / 8.0;
+    }
+    request.config.default_link = Some(default_link);
     let planned = plan(&fleet.graph, &request)
         .map_err(|e| anyhow::anyhow!("cannot place the model on this fleet: {}", why(&e)))?;
     let outcome = |r: Result<scheduler::Plan, PlanError>| match r {
@@ -151,18 +157,40 @@ fn load_fleet(args: &Args, file: &GgufFile, profile: &ModelProfile) -> anyhow::R
 /// A planner error in words a user can act on (sizes in MiB rather than raw bytes).
 fn why(e: &PlanError) -> String {
     match e {
-        PlanError::InsufficientMemory { needed, available } => format!(
-            "the model needs {} (weights, KV cache for the context, one stage's overhead) \
-             but the devices holding it offer {} in total",
+        PlanError::InsufficientMemory {
+            needed,
+            available,
+            layers,
+            kv,
+            head,
+            budget,
+        } => format!(
+            "the model needs {} ({} of layers, {} of KV cache for the context, {} of output \
+             head) but the devices holding it offer {} after their process overheads ({} of \
+             budget in all)",
             format_size(*needed),
-            format_size(*available)
+            format_size(*layers),
+            format_size(*kv),
+            format_size(*head),
+            format_size(*available),
+            format_size(*budget),
+        ),
+        PlanError::PieceTooLarge {
+            piece,
+            bytes,
+            largest_free,
+            device,
+        } => format!(
+            "no device can hold {piece} ({}): the most free memory is {} on {device}",
+            format_size(*bytes),
+            format_size(*largest_free)
         ),
         PlanError::StageOverBudget {
             device,
             needed,
             budget,
         } => format!(
-            "the stage on {device} would need {} but its budget is {}",
+            "{device} would need {} but its budget is {}",
             format_size(*needed),
             format_size(*budget)
         ),

@@ -41,17 +41,18 @@ impl Report {
     fn write(&self, out: &mut String) -> std::fmt::Result {
         let m = &self.model;
         let head = match m.head_bytes {
-            Some(b) => format!("head {}", format_size(b)),
-            None => "tied head".to_owned(),
+            Some(b) => format!("output head {}", format_size(b)),
+            None => format!("output head tied to it ({} rows)", m.vocab_size),
         };
         writeln!(
             out,
-            "model {}: {} layers x {}, embedding {}, {head}, KV {}/layer at {} tokens; {} in one piece",
+            "model {}: {} layers up to {}, embedding {} (read from the file), {head}, KV {}/layer \
+             at {} tokens; {} in one piece",
             self.model_name,
             m.n_layers,
             format_size(m.bytes_per_layer),
             format_size(m.embedding_bytes),
-            format_size(m.kv_bytes_per_token_per_layer * u64::from(m.context_tokens)),
+            format_size(m.kv_bytes_per_layer()),
             m.context_tokens,
             format_size(m.total_bytes()),
         )?;
@@ -63,19 +64,22 @@ impl Report {
         )?;
         writeln!(
             out,
-            "  {:<20} {:>7} {:>11} {:>15} {:>16}  holds model",
-            "device", "threads", "memory", "decode ms/layer", "prefill ms/layer"
+            "  {:<20} {:>7} {:>11} {:>10} {:>15} {:>16}  holds model, serves API",
+            "device", "threads", "memory", "overhead", "decode ms/layer", "prefill ms/layer"
         )?;
         for d in &self.devices {
+            let yes = |b: bool| if b { "yes" } else { "no" };
             writeln!(
                 out,
-                "  {:<20} {:>7} {:>11} {:>15.3} {:>16.3}  {}",
+                "  {:<20} {:>7} {:>11} {:>10} {:>15.3} {:>16.3}  {}, {}",
                 d.id,
                 d.threads,
                 format_size(d.memory_bytes),
+                format_size(d.overhead_bytes),
                 d.decode_ms_per_layer,
                 d.prefill_ms_per_layer,
-                if d.holds(&m.sha256) { "yes" } else { "no" }
+                yes(d.holds(&m.sha256)),
+                yes(d.serves_api),
             )?;
         }
         writeln!(out)?;
@@ -127,9 +131,19 @@ fn row(out: &mut String, name: &str, outcome: &Outcome) -> std::fmt::Result {
                 .iter()
                 .map(|s| format!("{} {}..{}", s.device, s.layers.start, s.layers.end))
                 .collect();
+            let head = if p.slices.is_empty() {
+                String::new()
+            } else {
+                let slices: Vec<String> = p
+                    .slices
+                    .iter()
+                    .map(|s| format!("{} {}..{}", s.device, s.rows.start, s.rows.end))
+                    .collect();
+                format!("; output head rows {}", slices.join(", "))
+            };
             writeln!(
                 out,
-                "  {:<22} {:>6} {:>9.2} {:>14.1} {:>15.1}  {}",
+                "  {:<22} {:>6} {:>9.2} {:>14.1} {:>15.1}  {}{head}",
                 name,
                 p.stages.len(),
                 p.predicted_ms_per_token,

@@ -1,17 +1,49 @@
 //! The coordinator's decisions, as pure functions of the members' adverts: who coordinates,
 //! the device graph, and the assignment for a new epoch.
+//!
+//! `shoal plan` builds its request with [`plan_request`] too, so a fleet file describing the
+//! same devices and links gets the same plan as the live cluster.
 
-use scheduler::planner::{self, PlanRequest, ReturnPayload};
+use scheduler::planner::{self, PlanRequest};
 use scheduler::{Device, DeviceGraph, Link, ModelProfile, Plan, PlanError};
 use transport::discovery::Advert;
 
 use super::control::{Assignment, StageAssignment};
 
 /// The link assumed between nodes whose link has not been measured: a switched LAN.
-pub const ASSUMED_LINK: Link = Link {
-    rtt_ms: 0.5,
-    bandwidth_bytes_per_s: 12.5e6,
-};
+pub const ASSUMED_LINK: Link = planner::ASSUMED_LAN;
+
+/// What the planner needs to know about a member beyond what [`Advert`] carries today. The
+/// node fills it from its own measurements and, once they travel in the advert, from the
+/// advert.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeFacts {
+    /// The node serves the HTTP API (it holds a head: embedding rows, final norm and, unless
+    /// the plan splits it, the output product). `--no-api` nodes hold their layers only.
+    pub serves_api: bool,
+    /// Bytes the node's process takes besides weights and KV, measured (`None`:
+    /// [`scheduler::DEFAULT_OVERHEAD_BYTES`]).
+    pub overhead_bytes: Option<u64>,
+    /// Milliseconds of the whole output product for one token, timed like the layer cost
+    /// (`None`: estimated from the layer cost).
+    pub head_ms: Option<f64>,
+    /// The period of the node's CPU quota in milliseconds. The quota itself comes from the
+    /// advert; without the period it is not used. Give it only once the advert's layer
+    /// cost is a full-speed figure (single steps after idling): today's start-up timing
+    /// runs 300 ms back to back, so a quota is already in it.
+    pub cpu_period_ms: Option<f64>,
+}
+
+/// One direction of a measured link, as a member reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkReport {
+    /// Sending peer id.
+    pub from: String,
+    /// Receiving peer id.
+    pub to: String,
+    /// The measurement, or `None` when the link is down (probes fail).
+    pub link: Option<Link>,
+}
 
 /// Adverts of the nodes that may run layers of the model `sha256`: they hold it, have
 /// measured their layer cost, and run this software version.
@@ -33,46 +65,97 @@ pub fn coordinator(adverts: &[Advert], sha256: &str, version: &str) -> Option<St
         .min()
 }
 
-/// How a link a node reported lost is priced: so dear that the planner puts the two nodes
-/// side by side only when no plan without that hop exists.
-pub const LOST_LINK: Link = Link {
-    rtt_ms: 1e6,
-    bandwidth_bytes_per_s: 1.0,
-};
-
-/// The device graph of the eligible nodes. Every node keeps its own head (embedding and
-/// output head, `head_reserve` bytes) to serve requests, so that is taken off its budget.
-/// A data link either end reported lost is priced as [`LOST_LINK`].
+/// The device graph of the eligible nodes, with what `facts` says of each and the links
+/// `links` reports (pairs between eligible nodes only; later reports replace earlier ones).
+/// Each node's budget is its whole budget: the planner takes its overhead, its layers and
+/// (if it serves the API) its head off it.
 pub fn device_graph(
     adverts: &[Advert],
     sha256: &str,
     version: &str,
-    head_reserve: u64,
+    facts: impl Fn(&Advert) -> NodeFacts,
+    links: &[LinkReport],
 ) -> DeviceGraph {
     let mut graph = DeviceGraph::new();
     for a in eligible(adverts, sha256, version) {
         let cost = a.layer_cost.expect("eligible adverts are measured");
+        let f = facts(a);
+        let quota = a.state.cpu_quota_milli.map(|m| f64::from(m) / 1000.0);
         let device = Device {
-            id: a.peer_id.to_string(),
-            memory_bytes: a.memory_budget_bytes.saturating_sub(head_reserve),
             threads: a.threads,
-            decode_ms_per_layer: cost.decode_ms,
-            prefill_ms_per_layer: cost.prefill_ms_per_token,
-            model_sha256: Some(sha256.to_owned()),
+            serves_api: f.serves_api,
+            overhead_bytes: f
+                .overhead_bytes
+                .unwrap_or(scheduler::DEFAULT_OVERHEAD_BYTES),
+            head_ms: f.head_ms,
+            cpu_quota: quota.filter(|_| f.cpu_period_ms.is_some()),
+            cpu_period_ms: f.cpu_period_ms,
+            ..Device::new(
+                a.peer_id.to_string(),
+                a.memory_budget_bytes,
+                cost.decode_ms,
+                cost.prefill_ms_per_token,
+                Some(sha256.to_owned()),
+            )
         };
         if let Err(e) = graph.upsert_device(device) {
             tracing::warn!(peer = %a.peer_id, error = %e, "advert left out of the device graph");
         }
     }
-    for a in adverts {
-        for lost in &a.state.unreachable {
-            let (from, to) = (a.peer_id.to_string(), lost.to_string());
-            if graph.device(&from).is_some() && graph.device(&to).is_some() {
-                let _ = graph.set_link(&from, &to, LOST_LINK);
-            }
+    for r in links {
+        if graph.device(&r.from).is_none() || graph.device(&r.to).is_none() {
+            continue;
+        }
+        let set = match r.link {
+            Some(link) => graph.set_one_way_link(&r.from, &r.to, link),
+            None => graph
+                .set_link_down(&r.from, &r.to)
+                .and_then(|()| restore_reverse(&mut graph, links, r)),
+        };
+        if let Err(e) = set {
+            tracing::warn!(from = %r.from, to = %r.to, error = %e, "link report left out");
         }
     }
     graph
+}
+
+/// `set_link_down` marks both directions; the reverse direction keeps its own report.
+fn restore_reverse(
+    graph: &mut DeviceGraph,
+    links: &[LinkReport],
+    down: &LinkReport,
+) -> Result<(), scheduler::GraphError> {
+    let reverse = links
+        .iter()
+        .rev()
+        .find(|l| l.from == down.to && l.to == down.from)
+        .and_then(|l| l.link);
+    match reverse {
+        Some(link) => graph.set_one_way_link(&down.to, &down.from, link),
+        None => Ok(()),
+    }
+}
+
+/// The head a plan's prediction is for: the coordinator if it serves the API, else the
+/// serving node with the lowest peer id; `None` when no node serves.
+pub fn head_node(graph: &DeviceGraph, coordinator: &str) -> Option<String> {
+    if graph.device(coordinator).is_some_and(|d| d.serves_api) {
+        return Some(coordinator.to_owned());
+    }
+    graph
+        .devices()
+        .filter(|d| d.serves_api)
+        .map(|d| d.id.clone())
+        .min()
+}
+
+/// The planning request every planner caller starts from: this model, latency objective,
+/// `head` as the head node, unmeasured links priced as [`ASSUMED_LINK`].
+pub fn plan_request(profile: &ModelProfile, head: Option<String>) -> PlanRequest {
+    let mut request = PlanRequest::new(profile.clone());
+    request.head_node = head;
+    request.config.default_link = Some(ASSUMED_LINK);
+    request
 }
 
 /// How the coordinator splits the layers.
@@ -87,9 +170,13 @@ pub enum Placement {
     Memory,
 }
 
-/// Plans `profile` over `graph` with `coordinator` as the head node and numbers it `epoch`;
-/// `adjust` adds what the straggler policy knows (slowdowns, evictions). Returns the
-/// assignment to send and the planner's plan (for the straggler policy's predictions).
+/// Plans `profile` over `graph` and numbers it `epoch`. The head is [`head_node`];
+/// `adjust` adds what the straggler policy knows (slowdowns, evictions). With `keep` (the
+/// current plan and the straggler policy's tolerance) a planned placement moves the fewest
+/// layers of it that bring the prediction within the tolerance of the best its stages
+/// allow ([`planner::rebalance`]), falling back to a fresh plan when its stages cannot be
+/// kept. Returns the assignment to send and the planner's plan (for the straggler policy's
+/// predictions and the output head's slices).
 pub fn assign(
     graph: &DeviceGraph,
     profile: &ModelProfile,
@@ -97,19 +184,18 @@ pub fn assign(
     epoch: u64,
     placement: Placement,
     adjust: impl FnOnce(&mut PlanRequest),
+    keep: Option<(&Plan, f64)>,
 ) -> Result<(Assignment, Plan), PlanError> {
-    let mut request = PlanRequest::new(profile.clone());
-    request.head_node = Some(coordinator.to_owned());
-    request.config.return_payload = ReturnPayload::Hidden;
-    // Heads live on every node (see `device_graph`); plan layers only.
-    request.config.overhead_bytes = 16 << 20;
-    // Until links are measured, price every hop as a LAN hop.
-    request.config.default_link = Some(ASSUMED_LINK);
+    let mut request = plan_request(profile, head_node(graph, coordinator));
     adjust(&mut request);
-    let plan = match placement {
-        Placement::Planned => planner::plan(graph, &request)?,
-        Placement::Even => planner::even_split(graph, &request)?,
-        Placement::Memory => planner::memory_proportional_split(graph, &request)?,
+    let plan = match (placement, keep) {
+        (Placement::Planned, Some((current, tolerance))) => {
+            planner::rebalance(graph, &request, current, tolerance)
+                .or_else(|_| planner::plan(graph, &request))?
+        }
+        (Placement::Planned, None) => planner::plan(graph, &request)?,
+        (Placement::Even, _) => planner::even_split(graph, &request)?,
+        (Placement::Memory, _) => planner::memory_proportional_split(graph, &request)?,
     };
     let assignment = Assignment {
         epoch,
@@ -130,111 +216,4 @@ pub fn assign(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use transport::discovery::{AdvertState, Keypair, LayerCost};
-
-    use super::*;
-
-    fn advert(threads: u32, memory: u64, decode_ms: f64, model: &str) -> Advert {
-        Advert {
-            peer_id: Keypair::generate_ed25519().public().to_peer_id(),
-            data_addr: SocketAddr::from(([127, 0, 0, 1], 7601)),
-            threads,
-            memory_budget_bytes: memory,
-            models: vec![model.to_owned()],
-            layer_cost: Some(LayerCost {
-                decode_ms,
-                prefill_ms_per_token: decode_ms / 4.0,
-            }),
-            version: "v".into(),
-            seed_addr: None,
-            state: AdvertState::default(),
-        }
-    }
-
-    fn profile(sha: &str) -> ModelProfile {
-        ModelProfile {
-            sha256: sha.into(),
-            n_layers: 30,
-            bytes_per_layer: 3 << 20,
-            embedding_bytes: 20 << 20,
-            head_bytes: None,
-            head_cost_layers: 6.0,
-            kv_bytes_per_token_per_layer: 1536,
-            context_tokens: 2048,
-            hidden_bytes_per_token: 576 * 4,
-            vocab_size: 49152,
-        }
-    }
-
-    #[test]
-    fn coordinator_is_the_lowest_eligible_peer_and_others_get_no_layers() {
-        let sha = "aa".repeat(32);
-        let mut adverts = vec![
-            advert(2, 1 << 30, 0.2, &sha),
-            advert(1, 1 << 30, 0.4, &sha),
-            advert(1, 1 << 30, 0.4, &"bb".repeat(32)),
-        ];
-        let lowest = adverts[..2].iter().map(|a| a.peer_id.to_string()).min();
-        assert_eq!(coordinator(&adverts, &sha, "v"), lowest);
-        adverts[1].version = "other".into();
-        assert_eq!(
-            coordinator(&adverts, &sha, "v"),
-            Some(adverts[0].peer_id.to_string())
-        );
-        let graph = device_graph(&adverts, &sha, "v", 0);
-        assert_eq!(
-            graph.len(),
-            1,
-            "other model and other version are not devices"
-        );
-    }
-
-    #[test]
-    fn the_assignment_covers_every_layer_once_and_favours_the_fast_node() {
-        let sha = "aa".repeat(32);
-        let adverts = vec![
-            advert(2, 1 << 30, 0.1, &sha),
-            advert(1, 1 << 30, 0.4, &sha),
-            advert(1, 1 << 30, 0.4, &sha),
-        ];
-        let graph = device_graph(&adverts, &sha, "v", 30 << 20);
-        let head = coordinator(&adverts, &sha, "v").unwrap();
-        let a = assign(&graph, &profile(&sha), &head, 7, Placement::Planned, |_| {})
-            .unwrap()
-            .0;
-        assert_eq!(a.epoch, 7);
-        let mut next = 0;
-        for s in &a.stages {
-            assert_eq!(s.layers[0], next);
-            next = s.layers[1];
-        }
-        assert_eq!(next, 30);
-        let fast = adverts[0].peer_id.to_string();
-        let fast_layers: u32 = a
-            .stages
-            .iter()
-            .filter(|s| s.peer == fast)
-            .map(|s| s.layers[1] - s.layers[0])
-            .sum();
-        assert!(
-            fast_layers >= 10,
-            "fast node got {fast_layers} of 30: {a:?}"
-        );
-    }
-
-    #[test]
-    fn too_little_memory_is_a_plan_error() {
-        let sha = "aa".repeat(32);
-        let adverts = vec![
-            advert(1, 40 << 20, 0.1, &sha),
-            advert(1, 40 << 20, 0.1, &sha),
-        ];
-        let graph = device_graph(&adverts, &sha, "v", 30 << 20);
-        let head = coordinator(&adverts, &sha, "v").unwrap();
-        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Planned, |_| {}).is_err());
-        assert!(assign(&graph, &profile(&sha), &head, 1, Placement::Even, |_| {}).is_err());
-    }
-}
+mod tests;

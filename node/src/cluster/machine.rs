@@ -51,8 +51,6 @@ pub(crate) struct Config {
     pub(crate) version: String,
     /// The model's sizes and costs, for the planner.
     pub(crate) profile: ModelProfile,
-    /// Bytes every node keeps for its own head.
-    pub(crate) head_reserve: u64,
     /// How the coordinator splits layers.
     pub(crate) placement: Placement,
     /// Quiet time after a join or leave before the coordinator replans.
@@ -131,6 +129,9 @@ pub(crate) struct Cluster {
     stages: Vec<Running>,
     /// When each recent plan was received, to report how long it took to become active.
     assigned_at: HashMap<u64, Millis>,
+    /// Set by a straggler decision that moves layers in place: the next plan keeps the
+    /// active one's stages, within this tolerance of the best.
+    rebalance: Option<f64>,
     /// Peers this node's stages lost the link to, and when; reported in its advert until
     /// [`UNREACHABLE_FOR`] has passed.
     unreachable: BTreeMap<PeerId, Millis>,
@@ -159,6 +160,7 @@ impl Cluster {
             stages: Vec::new(),
             assigned_at: HashMap::new(),
             unreachable: BTreeMap::new(),
+            rebalance: None,
         };
         // A node alone still plans for itself.
         machine.arm_replan(now);

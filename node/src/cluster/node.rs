@@ -271,7 +271,6 @@ impl Node {
                 sha256: loaded.summary.sha256.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 profile: loaded.profile,
-                head_reserve: loaded.head_bytes,
                 placement: cfg.placement,
                 replan_delay: cfg.replan_delay.as_millis() as u64,
                 straggler: Default::default(),

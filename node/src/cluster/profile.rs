@@ -33,8 +33,8 @@ pub fn model_profile(
 
 /// [`model_profile`] with a digest the caller computed (or cached) already.
 ///
-/// `bytes_per_layer` is the largest layer: the planner multiplies it by a layer count to
-/// check memory, and under-counting any layer could overcommit a device.
+/// `bytes_per_layer` is the largest layer and `layer_bytes` every layer's own size: the
+/// planner counts a stage's layers exactly, and the largest where it must bound.
 pub fn model_profile_with_sha256(
     file: &GgufFile,
     context_tokens: u32,
@@ -78,6 +78,7 @@ pub fn model_profile_with_sha256(
         sha256,
         n_layers: u32::try_from(config.n_layers).context("layer count")?,
         bytes_per_layer,
+        layer_bytes: per_layer,
         embedding_bytes,
         // Tied embeddings: the head reads token_embd; the final norm is a rounding error.
         head_bytes: output.map(|o| o + output_norm),

@@ -20,7 +20,6 @@ pub(crate) struct Loaded {
     pub(crate) summary: ModelSummary,
     pub(crate) profile: scheduler::ModelProfile,
     pub(crate) cost: transport::discovery::LayerCost,
-    pub(crate) head_bytes: u64,
     /// The chunk manifest, built while hashing a local file (`None` for a fetched one).
     pub(crate) manifest: Option<blob::Manifest>,
 }
@@ -45,7 +44,6 @@ pub(crate) fn load_model(
         }
     };
     let model_profile = profile::model_profile_with_sha256(&file, context as u32, sha256.clone())?;
-    let head_bytes = model_profile.embedding_bytes + model_profile.head_bytes.unwrap_or(0);
     let cost = measure::measure_layer_cost(&file, threads)?;
     let name = meta
         .str("general.name")
@@ -70,7 +68,6 @@ pub(crate) fn load_model(
         },
         profile: model_profile,
         cost,
-        head_bytes,
         manifest,
     })
 }

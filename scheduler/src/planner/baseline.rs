@@ -4,8 +4,8 @@
 use crate::error::PlanError;
 use crate::graph::{Device, DeviceGraph};
 use crate::plan::Plan;
-use crate::planner::problem::Problem;
-use crate::planner::PlanRequest;
+use crate::planner::head::Layout;
+use crate::planner::{evaluate_stages, PlanRequest};
 
 /// `n_layers` split into `k` near-equal contiguous parts, larger parts first.
 pub(crate) fn even_counts(n_layers: u32, k: usize) -> Vec<u32> {
@@ -19,26 +19,30 @@ pub(crate) fn even_counts(n_layers: u32, k: usize) -> Vec<u32> {
 pub fn even_split(graph: &DeviceGraph, request: &PlanRequest) -> Result<Plan, PlanError> {
     let devices = baseline_devices(graph, request)?;
     let counts = even_counts(request.model.n_layers, devices.len());
-    let problem = Problem::new(graph, request, devices);
-    let idx: Vec<usize> = (0..counts.len()).collect();
-    problem.build_plan(&idx, &counts)
+    let stages: Vec<(&Device, u32)> = devices.into_iter().zip(counts).collect();
+    evaluate_stages(graph, request, &stages)
 }
 
-/// Every eligible device gets layers in proportion to its memory budget beyond the fixed
-/// overhead (largest remainder rounding, at least one layer each), in graph order.
+/// Every eligible device gets layers in proportion to the memory it has for them (its
+/// budget beyond its overhead and any whole output head it holds; largest remainder
+/// rounding, at least one layer each), in graph order.
 pub fn memory_proportional_split(
     graph: &DeviceGraph,
     request: &PlanRequest,
 ) -> Result<Plan, PlanError> {
     let devices = baseline_devices(graph, request)?;
+    let layout = if Layout::holders_fit(graph, request) {
+        Layout::whole()
+    } else {
+        Layout::sliced(Default::default())
+    };
     let free: Vec<u64> = devices
         .iter()
-        .map(|d| d.memory_bytes.saturating_sub(request.config.overhead_bytes))
+        .map(|d| layout.free_for_layers(request, d))
         .collect();
     let counts = proportional_counts(request.model.n_layers, &free);
-    let problem = Problem::new(graph, request, devices);
-    let idx: Vec<usize> = (0..counts.len()).collect();
-    problem.build_plan(&idx, &counts)
+    let stages: Vec<(&Device, u32)> = devices.into_iter().zip(counts).collect();
+    evaluate_stages(graph, request, &stages)
 }
 
 fn baseline_devices<'g>(

@@ -1,41 +1,87 @@
-//! A planning problem reduced to numbers: candidate devices with per-role layer capacities
-//! and per-layer costs, and dense hop-cost tables between them and the head node.
+//! A planning problem reduced to numbers: candidate devices with the memory they have left
+//! for layers and their per-layer costs, dense hop-cost tables between them and the head
+//! node, and what every plan of the layout pays regardless of the split.
 //!
-//! Searches work on candidate indices only; graph lookups happen once, here.
+//! Searches work on candidate indices only; graph lookups happen once, here. The final
+//! plan is priced again from the graph by `price.rs`, with the same cost model.
 
 use std::collections::HashMap;
 
-use crate::error::PlanError;
-use crate::graph::{Device, Link};
-use crate::plan::{Hop, Objective, Plan, Stage};
-use crate::planner::{PlanRequest, ReturnPayload};
-use crate::profile::{stage_cost, Role};
+use crate::graph::{Device, Link, LinkState};
+use crate::plan::Objective;
+use crate::planner::head::Layout;
+use crate::planner::PlanRequest;
 use crate::DeviceGraph;
-
-/// Bytes of a token id sent from the head node to the first stage.
-const TOKEN_BYTES: u64 = 4;
 
 /// Stand-in for "impossible" in cost tables; arithmetic on it stays infinite.
 pub(crate) const INF: f64 = f64::INFINITY;
 
-/// One device the planner may use.
+/// An objective value and the tie-breaker among equal values: the busiest stage under the
+/// latency objective (so equal sums prefer balanced splits), the sum under throughput.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Cost {
+    pub(crate) value: f64,
+    pub(crate) tie: f64,
+}
+
+impl Cost {
+    pub(crate) const ZERO: Cost = Cost {
+        value: 0.0,
+        tie: 0.0,
+    };
+    pub(crate) const IMPOSSIBLE: Cost = Cost {
+        value: INF,
+        tie: INF,
+    };
+
+    /// Lower value, or an equal value (to rounding) with a lower tie-breaker. Costs are
+    /// non-negative; this runs in the DP's innermost loop, so it stays branch-light.
+    #[inline]
+    pub(crate) fn better_than(self, other: Cost) -> bool {
+        if other.value == INF {
+            return self.value < INF;
+        }
+        let eps = 1e-9 * other.value.max(1.0);
+        if self.value + eps < other.value {
+            return true;
+        }
+        if self.value > other.value + eps {
+            return false;
+        }
+        self.tie + 1e-9 * other.tie.max(1.0) < other.tie
+    }
+
+    pub(crate) fn is_possible(self) -> bool {
+        self.value < INF
+    }
+}
+
+/// One device the planner may give layers.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate<'a> {
     pub(crate) device: &'a Device,
-    pub(crate) slowdown: f64,
-    /// Decode ms of one layer after slowdown.
+    /// Decode ms of one layer after slowdown, under load (the throughput rate).
     pub(crate) unit_ms: f64,
-    /// Max layers per role, indexed by [`role_index`].
-    caps: [u32; 4],
+    /// Decode ms of one layer after slowdown at full speed: the least a layer can cost one
+    /// stream (a lower bound for searches).
+    pub(crate) floor_ms: f64,
+    /// Bytes left for layers and their KV: budget - overhead - whole head - slice reserve.
+    pub(crate) free: u64,
+    /// Busy ms per token besides layers (the whole output product on the head node).
+    pub(crate) extra_ms: f64,
+    /// Whether a CPU quota makes one stream's cost other than `layers × floor_ms`.
+    quota: bool,
 }
 
-/// Dense costs for a list of candidates.
+/// Dense costs for a list of candidates under one layout.
 #[derive(Debug)]
 pub(crate) struct Problem<'a> {
     pub(crate) req: &'a PlanRequest,
     pub(crate) n_layers: u32,
     pub(crate) cands: Vec<Candidate<'a>>,
-    head_cost_layers: f64,
+    /// `prefix[l]`: weight bytes of layers `0..l`.
+    prefix: Vec<u64>,
+    kv_per_layer: u64,
     /// `k * k` one-way latency of a hidden state between candidates (INF: unreachable).
     hop_lat: Vec<f64>,
     /// `k * k` link busy time of a hidden state.
@@ -44,22 +90,10 @@ pub(crate) struct Problem<'a> {
     entry_xfer: Vec<f64>,
     exit_lat: Vec<f64>,
     exit_xfer: Vec<f64>,
-    /// Links used for hops, kept to describe hops in the final plan.
-    links: HashMap<(usize, usize), Link>,
-    head_links: HashMap<usize, Link>,
-    head_index: Option<usize>,
-}
-
-fn role_index(role: Role) -> usize {
-    usize::from(role.embed) | (usize::from(role.head) << 1)
-}
-
-/// The role of position `j` in an order of length `k`.
-pub(crate) fn role_at(j: usize, k: usize) -> Role {
-    Role {
-        embed: j == 0,
-        head: j + 1 == k,
-    }
+    /// Latency every plan of the layout pays besides layers and chain hops.
+    fixed_latency: f64,
+    /// Busy time every plan of the layout has on some device regardless of its layers.
+    fixed_busy: f64,
 }
 
 /// Combines two costs under an objective: sum for latency, max for throughput.
@@ -70,123 +104,123 @@ pub(crate) fn combine(objective: Objective, a: f64, b: f64) -> f64 {
     }
 }
 
-/// Max layers a device can hold in `role` (0 when even the fixed parts do not fit).
-pub(crate) fn layer_capacity(device: &Device, req: &PlanRequest, role: Role) -> u32 {
-    let fixed = req
-        .model
-        .role_bytes(role)
-        .saturating_add(req.config.overhead_bytes);
-    let Some(free) = device.memory_bytes.checked_sub(fixed) else {
-        return 0;
-    };
-    let per_layer = req.model.layer_memory_bytes();
-    let fit = free
-        .checked_div(per_layer)
-        .unwrap_or(u64::from(req.model.n_layers));
-    u32::try_from(fit.min(u64::from(req.model.n_layers))).unwrap_or(req.model.n_layers)
+/// The link a hop from `from` to `to` uses: the measured one, the request's default when
+/// the pair was never measured, none when it is down.
+pub(crate) fn resolve_link(
+    graph: &DeviceGraph,
+    req: &PlanRequest,
+    from: &str,
+    to: &str,
+) -> Option<Link> {
+    match graph.link_state(from, to) {
+        Some(LinkState::Up(link)) => Some(link),
+        Some(LinkState::Down) => None,
+        None => req.config.default_link,
+    }
 }
 
 impl<'a> Problem<'a> {
-    /// Builds tables for `devices` (in the given order) against `graph`.
+    /// Builds tables for `devices` (in the given order) against `graph` under `layout`.
     pub(crate) fn new(
         graph: &'a DeviceGraph,
         req: &'a PlanRequest,
         devices: Vec<&'a Device>,
+        layout: &Layout,
     ) -> Self {
+        let model = &req.model;
+        let head = req.head_node.as_deref();
+        let (head_ms, head_busy_ms) = layout.whole_head_ms(graph, req);
         let cands: Vec<Candidate<'a>> = devices
             .into_iter()
             .map(|device| {
                 let slowdown = req.slowdown.get(&device.id).copied().unwrap_or(1.0);
-                let mut caps = [0; 4];
-                for embed in [false, true] {
-                    for head in [false, true] {
-                        let role = Role { embed, head };
-                        caps[role_index(role)] = layer_capacity(device, req, role);
-                    }
-                }
                 Candidate {
                     device,
-                    slowdown,
-                    unit_ms: device.decode_ms_per_layer * slowdown,
-                    caps,
+                    unit_ms: device.sustained_ms(device.decode_ms_per_layer * slowdown),
+                    floor_ms: device.decode_ms_per_layer * slowdown,
+                    quota: device.sustained_ms(1.0) != 1.0,
+                    free: layout.free_for_layers(req, device),
+                    extra_ms: layout.busy.get(&device.id).copied().unwrap_or(0.0)
+                        + if Some(device.id.as_str()) == head {
+                            head_busy_ms
+                        } else {
+                            0.0
+                        },
                 }
             })
             .collect();
         let k = cands.len();
-        let pos: HashMap<&str, usize> = cands
+        let mut prefix = Vec::with_capacity(model.n_layers as usize + 1);
+        prefix.push(0u64);
+        for l in 0..model.n_layers {
+            let last = prefix[prefix.len() - 1];
+            prefix.push(last.saturating_add(model.layer_weight_bytes(l)));
+        }
+        let edge = if head.is_some() { INF } else { 0.0 };
+        let mut p = Problem {
+            req,
+            n_layers: model.n_layers,
+            prefix,
+            kv_per_layer: model.kv_bytes_per_layer(),
+            hop_lat: vec![INF; k * k],
+            hop_xfer: vec![INF; k * k],
+            entry_lat: vec![edge; k],
+            entry_xfer: vec![edge; k],
+            exit_lat: vec![edge; k],
+            exit_xfer: vec![edge; k],
+            fixed_latency: head_ms,
+            fixed_busy: head_busy_ms,
+            cands,
+        };
+        p.fill_links(graph, head);
+        p
+    }
+
+    fn fill_links(&mut self, graph: &DeviceGraph, head: Option<&str>) {
+        let k = self.cands.len();
+        let bytes = self.req.model.hidden_bytes_per_token;
+        let pos: HashMap<&str, usize> = self
+            .cands
             .iter()
             .enumerate()
             .map(|(i, c)| (c.device.id.as_str(), i))
             .collect();
-        let head = req.head_node.as_deref();
-        let mut p = Problem {
-            req,
-            n_layers: req.model.n_layers,
-            head_cost_layers: req.model.head_cost_layers,
-            hop_lat: vec![INF; k * k],
-            hop_xfer: vec![INF; k * k],
-            entry_lat: vec![if head.is_some() { INF } else { 0.0 }; k],
-            entry_xfer: vec![if head.is_some() { INF } else { 0.0 }; k],
-            exit_lat: vec![if head.is_some() { INF } else { 0.0 }; k],
-            exit_xfer: vec![if head.is_some() { INF } else { 0.0 }; k],
-            links: HashMap::new(),
-            head_links: HashMap::new(),
-            head_index: head.and_then(|h| pos.get(h).copied()),
-            cands,
-        };
+        let default = self.req.config.default_link;
+        let mut known = vec![false; k * k];
         for i in 0..k {
-            let id = p.cands[i].device.id.as_str();
-            for (other, link) in graph.neighbours(id) {
-                if let Some(&j) = pos.get(other) {
-                    p.set_hop(i, j, link);
+            for (other, state) in graph.links_from(&self.cands[i].device.id) {
+                let Some(&j) = pos.get(other) else { continue };
+                known[i * k + j] = true;
+                if let LinkState::Up(link) = state {
+                    self.hop_lat[i * k + j] = link.hop_ms(bytes);
+                    self.hop_xfer[i * k + j] = link.transfer_ms(bytes);
                 }
-                if Some(other) == head {
-                    p.set_head_link(i, link);
+            }
+            for j in (0..k).filter(|&j| j != i && !known[i * k + j]) {
+                if let Some(link) = default {
+                    self.hop_lat[i * k + j] = link.hop_ms(bytes);
+                    self.hop_xfer[i * k + j] = link.transfer_ms(bytes);
                 }
             }
         }
-        if let Some(default) = req.config.default_link {
-            for i in 0..k {
-                for j in 0..k {
-                    if i != j && !p.links.contains_key(&(i, j)) {
-                        p.set_hop(i, j, default);
-                    }
-                }
-                if head.is_some() && !p.head_links.contains_key(&i) {
-                    p.set_head_link(i, default);
-                }
+        let Some(head) = head else { return };
+        for i in 0..k {
+            let id = self.cands[i].device.id.as_str();
+            if id == head {
+                self.entry_lat[i] = 0.0;
+                self.entry_xfer[i] = 0.0;
+                self.exit_lat[i] = 0.0;
+                self.exit_xfer[i] = 0.0;
+                continue;
             }
-        }
-        if let Some(h) = p.head_index {
-            p.entry_lat[h] = 0.0;
-            p.entry_xfer[h] = 0.0;
-            p.exit_lat[h] = 0.0;
-            p.exit_xfer[h] = 0.0;
-        }
-        p
-    }
-
-    fn set_hop(&mut self, i: usize, j: usize, link: Link) {
-        let k = self.cands.len();
-        let bytes = self.req.model.hidden_bytes_per_token;
-        self.hop_lat[i * k + j] = link.hop_ms(bytes);
-        self.hop_xfer[i * k + j] = link.transfer_ms(bytes);
-        self.links.insert((i, j), link);
-    }
-
-    fn set_head_link(&mut self, i: usize, link: Link) {
-        self.entry_lat[i] = link.hop_ms(TOKEN_BYTES);
-        self.entry_xfer[i] = link.transfer_ms(TOKEN_BYTES);
-        self.exit_lat[i] = link.hop_ms(self.return_bytes());
-        self.exit_xfer[i] = link.transfer_ms(self.return_bytes());
-        self.head_links.insert(i, link);
-    }
-
-    fn return_bytes(&self) -> u64 {
-        match self.req.config.return_payload {
-            ReturnPayload::Logits => u64::from(self.req.model.vocab_size) * 4,
-            ReturnPayload::TokenId => TOKEN_BYTES,
-            ReturnPayload::Hidden => self.req.model.hidden_bytes_per_token,
+            if let Some(link) = resolve_link(graph, self.req, head, id) {
+                self.entry_lat[i] = link.hop_ms(bytes);
+                self.entry_xfer[i] = link.transfer_ms(bytes);
+            }
+            if let Some(link) = resolve_link(graph, self.req, id, head) {
+                self.exit_lat[i] = link.hop_ms(bytes);
+                self.exit_xfer[i] = link.transfer_ms(bytes);
+            }
         }
     }
 
@@ -194,19 +228,58 @@ impl<'a> Problem<'a> {
         self.req.objective
     }
 
-    /// Max layers candidate `c` can take in `role`.
-    pub(crate) fn cap(&self, c: usize, role: Role) -> u32 {
-        self.cands[c].caps[role_index(role)]
+    /// Whether layers `start..end` fit in what candidate `c` has left.
+    #[inline]
+    pub(crate) fn fits(&self, c: usize, start: usize, end: usize) -> bool {
+        let weights = self.prefix[end] - self.prefix[start];
+        let kv = self.kv_per_layer.saturating_mul((end - start) as u64);
+        weights.saturating_add(kv) <= self.cands[c].free
     }
 
-    /// Decode compute of `n` layers on candidate `c` in `role`.
-    pub(crate) fn compute(&self, c: usize, role: Role, n: u32) -> f64 {
-        let head = if role.head {
-            self.head_cost_layers
+    /// The cost of candidate `c` running `n` layers, as a term of the objective.
+    #[inline]
+    pub(crate) fn stage(&self, c: usize, n: u32) -> Cost {
+        let cand = &self.cands[c];
+        let full = f64::from(n) * cand.floor_ms;
+        let one_stream = if cand.quota {
+            cand.device.one_stream_ms(full)
         } else {
-            0.0
+            full
         };
-        (f64::from(n) + head) * self.cands[c].unit_ms
+        let busy = f64::from(n) * cand.unit_ms + cand.extra_ms;
+        match self.objective() {
+            Objective::Latency => Cost {
+                value: one_stream,
+                tie: busy,
+            },
+            Objective::Throughput => Cost {
+                value: busy,
+                tie: one_stream,
+            },
+        }
+    }
+
+    /// Adds a stage's cost to a prefix's (the tie-breaker combines the other way round).
+    #[inline]
+    pub(crate) fn add(&self, a: Cost, b: Cost) -> Cost {
+        match self.objective() {
+            Objective::Latency => Cost {
+                value: a.value + b.value,
+                tie: a.tie.max(b.tie),
+            },
+            Objective::Throughput => Cost {
+                value: a.value.max(b.value),
+                tie: a.tie + b.tie,
+            },
+        }
+    }
+
+    /// Adds split-independent network (and fixed) costs to a compute cost.
+    pub(crate) fn with_network(&self, compute: Cost, network: f64) -> Cost {
+        Cost {
+            value: combine(self.objective(), compute.value, network),
+            tie: compute.tie,
+        }
     }
 
     /// Cost of the hop from `a` to `b` under the objective.
@@ -249,7 +322,16 @@ impl<'a> Problem<'a> {
         self.exit_lat[c]
     }
 
-    /// The split-independent part of an order's objective: all hops (INF if unreachable).
+    /// What every plan pays besides its stages and hops, under the objective.
+    pub(crate) fn fixed(&self) -> f64 {
+        match self.objective() {
+            Objective::Latency => self.fixed_latency,
+            Objective::Throughput => self.fixed_busy,
+        }
+    }
+
+    /// The split-independent part of an order's objective: all hops and the fixed cost
+    /// (INF if unreachable).
     pub(crate) fn network_cost(&self, order: &[usize]) -> f64 {
         let (Some(&first), Some(&last)) = (order.first(), order.last()) else {
             return INF;
@@ -259,105 +341,15 @@ impl<'a> Problem<'a> {
         for w in order.windows(2) {
             cost = combine(obj, cost, self.hop(w[0], w[1]));
         }
-        cost
+        combine(obj, cost, self.fixed())
     }
 
-    /// Turns an order and per-stage layer counts into a checked [`Plan`].
-    pub(crate) fn build_plan(&self, order: &[usize], counts: &[u32]) -> Result<Plan, PlanError> {
-        let model = &self.req.model;
-        let k = order.len();
-        if k == 0 || counts.len() != k {
-            return Err(PlanError::InvalidAssignment("empty plan".into()));
-        }
-        let mut stages = Vec::with_capacity(k);
-        let mut start = 0u32;
-        for (j, (&c, &n)) in order.iter().zip(counts).enumerate() {
-            let cand = &self.cands[c];
-            let role = role_at(j, k);
-            let memory_bytes = model.stage_bytes(n, role, self.req.config.overhead_bytes);
-            if memory_bytes > cand.device.memory_bytes {
-                return Err(PlanError::StageOverBudget {
-                    device: cand.device.id.clone(),
-                    needed: memory_bytes,
-                    budget: cand.device.memory_bytes,
-                });
-            }
-            let cost = stage_cost(cand.device, model, n, role, cand.slowdown);
-            let end = start.saturating_add(n);
-            stages.push(Stage {
-                device: cand.device.id.clone(),
-                layers: start..end,
-                embed: role.embed,
-                head: role.head,
-                compute_ms: cost.decode_ms,
-                prefill_ms: cost.prefill_ms,
-                memory_bytes,
-                memory_budget: cand.device.memory_bytes,
-                slowdown: cand.slowdown,
-            });
-            start = end;
-        }
-        if start != self.n_layers || counts.contains(&0) {
-            return Err(PlanError::InvalidAssignment(format!(
-                "stages must each take >= 1 layer and cover 0..{}, got {counts:?}",
-                self.n_layers
-            )));
-        }
-        let hops = self.hops(order)?;
-        let compute: f64 = stages.iter().map(|s| s.compute_ms).sum();
-        let network: f64 = hops.iter().map(|h| h.latency_ms).sum();
-        let slowest_stage = stages.iter().map(|s| s.compute_ms).fold(0.0, f64::max);
-        let slowest_link = hops.iter().map(|h| h.transfer_ms).fold(0.0, f64::max);
-        Ok(Plan {
-            model_sha256: model.sha256.clone(),
-            objective: self.objective(),
-            head_node: self.req.head_node.clone(),
-            predicted_ms_per_token: compute + network,
-            bottleneck_ms: slowest_stage.max(slowest_link),
-            predicted_prefill_ms_per_token: stages.iter().map(|s| s.prefill_ms).sum(),
-            stages,
-            hops,
-        })
-    }
-
-    fn hops(&self, order: &[usize]) -> Result<Vec<Hop>, PlanError> {
-        let id = |c: usize| self.cands[c].device.id.clone();
-        let mut hops = Vec::new();
-        let mut push = |from: String, to: String, link: Option<&Link>, bytes: u64| match link {
-            Some(l) => {
-                hops.push(Hop {
-                    latency_ms: l.hop_ms(bytes),
-                    transfer_ms: l.transfer_ms(bytes),
-                    from,
-                    to,
-                    bytes,
-                });
-                Ok(())
-            }
-            None => Err(PlanError::Unreachable { from, to }),
-        };
-        let head = self.req.head_node.as_ref();
-        let (first, last) = (order[0], order[order.len() - 1]);
-        if let Some(h) = head.filter(|_| self.head_index != Some(first)) {
-            push(
-                h.clone(),
-                id(first),
-                self.head_links.get(&first),
-                TOKEN_BYTES,
-            )?;
-        }
-        for w in order.windows(2) {
-            let bytes = self.req.model.hidden_bytes_per_token;
-            push(id(w[0]), id(w[1]), self.links.get(&(w[0], w[1])), bytes)?;
-        }
-        if let Some(h) = head.filter(|_| self.head_index != Some(last)) {
-            push(
-                id(last),
-                h.clone(),
-                self.head_links.get(&last),
-                self.return_bytes(),
-            )?;
-        }
-        Ok(hops)
+    /// The devices and layer counts of an order, for pricing.
+    pub(crate) fn stages(&self, order: &[usize], counts: &[u32]) -> Vec<(&'a Device, u32)> {
+        order
+            .iter()
+            .zip(counts)
+            .map(|(&c, &n)| (self.cands[c].device, n))
+            .collect()
     }
 }

@@ -3,8 +3,7 @@
 
 use crate::plan::Objective;
 use crate::planner::dp::{best_split, empty_table, extend, Split};
-use crate::planner::problem::{combine, Problem, INF};
-use crate::profile::Role;
+use crate::planner::problem::{combine, Cost, Problem, INF};
 
 /// A device order with its best split.
 #[derive(Debug, Clone)]
@@ -27,7 +26,7 @@ pub(crate) fn exact(p: &Problem<'_>) -> Option<Solution> {
         p,
         used: vec![false; p.cands.len()],
         prefix: Vec::new(),
-        best_value: seed.as_ref().map_or(INF, |s| s.split.value),
+        best: seed.as_ref().map_or(Cost::IMPOSSIBLE, |s| s.split.cost),
         best_order: seed.map(|s| s.order),
     };
     state.dfs(&empty_table(p.n_layers), 0.0);
@@ -40,13 +39,13 @@ struct Exact<'p, 'a> {
     p: &'p Problem<'a>,
     used: Vec<bool>,
     prefix: Vec<usize>,
-    best_value: f64,
+    best: Cost,
     best_order: Option<Vec<usize>>,
 }
 
 impl Exact<'_, '_> {
     /// `table`: compute DP of the prefix; `network`: its hop costs so far.
-    fn dfs(&mut self, table: &[f64], network: f64) {
+    fn dfs(&mut self, table: &[Cost], network: f64) {
         let p = self.p;
         let obj = p.objective();
         let depth = self.prefix.len();
@@ -64,12 +63,12 @@ impl Exact<'_, '_> {
             }
             let network = combine(obj, network, hop);
             let prefix_network = network;
-            let embed = depth == 0;
             // Close the pipeline with `c` as the last stage.
-            let (closed, _) = extend(p, table, c, Role { embed, head: true }, 0);
-            let value = combine(obj, closed[n_layers], combine(obj, network, p.exit(c)));
-            if value < self.best_value {
-                self.best_value = value;
+            let (closed, _) = extend(p, table, c, 0);
+            let closing = combine(obj, combine(obj, network, p.exit(c)), p.fixed());
+            let cost = p.with_network(closed[n_layers], closing);
+            if cost.better_than(self.best) {
+                self.best = cost;
                 let mut order = self.prefix.clone();
                 order.push(c);
                 self.best_order = Some(order);
@@ -79,29 +78,38 @@ impl Exact<'_, '_> {
             if !free_left || depth + 2 > n_layers {
                 continue;
             }
-            let (open, _) = extend(p, table, c, Role { embed, head: false }, 1);
+            let (open, _) = extend(p, table, c, 1);
             // Some unused device follows `c` (one hop) and some unused device is last (exit).
             let (mut fastest, mut speed, mut next_hop, mut exit) = (INF, 0.0, INF, INF);
             for u in (0..p.cands.len()).filter(|&u| u != c && !self.used[u]) {
-                fastest = fastest.min(p.cands[u].unit_ms);
+                fastest = fastest.min(p.cands[u].floor_ms);
                 speed += 1.0 / p.cands[u].unit_ms;
                 next_hop = next_hop.min(p.hop(c, u));
                 exit = exit.min(p.exit(u));
             }
-            let network = combine(obj, network, combine(obj, next_hop, exit));
+            let network = combine(
+                obj,
+                combine(obj, network, combine(obj, next_hop, exit)),
+                p.fixed(),
+            );
             let lower = open[..n_layers]
                 .iter()
                 .enumerate()
-                .map(|(l, &f)| {
+                .map(|(l, f)| {
                     let left = (n_layers - l) as f64;
                     match obj {
-                        Objective::Latency => f + left * fastest,
+                        Objective::Latency => f.value + left * fastest,
                         // speed is infinite when an unused device costs nothing.
-                        Objective::Throughput => f.max(left / speed),
+                        Objective::Throughput => f.value.max(left / speed),
                     }
                 })
                 .fold(INF, f64::min);
-            if combine(obj, lower, network) >= self.best_value {
+            // Equal bounds may still win on the tie-breaker: prune only what is worse.
+            let bound = Cost {
+                value: combine(obj, lower, network),
+                tie: f64::NEG_INFINITY,
+            };
+            if !bound.better_than(self.best) {
                 continue;
             }
             self.used[c] = true;
@@ -140,7 +148,10 @@ pub(crate) fn heuristic(p: &Problem<'_>, budget: usize) -> Option<Solution> {
             let mut improved = false;
             for order in [chain, reversed] {
                 if let Some(split) = best_split(p, &order) {
-                    if best.as_ref().is_none_or(|b| split.value < b.split.value) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| split.cost.better_than(b.split.cost))
+                    {
                         best = Some(Solution { order, split });
                         improved = true;
                     }
@@ -190,8 +201,14 @@ fn improve(p: &Problem<'_>, mut best: Solution, budget: usize) -> Solution {
                 break 'outer;
             }
             evals += 1;
+            // Only a lower value moves the search: walking plateaus of equal value for a
+            // better tie-breaker would spend the whole budget on large fleets.
             if let Some(split) = best_split(p, &order) {
-                if split.value < best.split.value - 1e-12 {
+                let value = Cost {
+                    value: split.cost.value,
+                    tie: f64::INFINITY,
+                };
+                if value.better_than(best.split.cost) {
                     best = Solution { order, split };
                     continue 'outer;
                 }

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 use transport::discovery::{Advert, AdvertState, PeerId};
 
 use super::super::control::{Assignment, Control};
-use super::super::coordinator;
+use super::super::coordinator::{self, LinkReport};
 use super::{Action, Active, Cluster, Millis, Running, StageOrder};
 use crate::events::{moved_layers, short_id};
 
@@ -21,8 +21,24 @@ impl Cluster {
         }
         let adverts = self.adverts();
         let sha = self.cfg.sha256.clone();
-        let graph =
-            coordinator::device_graph(&adverts, &sha, &self.cfg.version, self.cfg.head_reserve);
+        // Until adverts say which nodes serve the API (and carry measured overheads and
+        // link costs), every node is planned as one that holds a head; a lost data link is
+        // a link down.
+        let facts = |_: &Advert| coordinator::NodeFacts {
+            serves_api: true,
+            ..Default::default()
+        };
+        let links: Vec<LinkReport> = adverts
+            .iter()
+            .flat_map(|a| {
+                a.state.unreachable.iter().map(|to| LinkReport {
+                    from: a.peer_id.to_string(),
+                    to: to.to_string(),
+                    link: None,
+                })
+            })
+            .collect();
+        let graph = coordinator::device_graph(&adverts, &sha, &self.cfg.version, facts, &links);
         let epoch = adverts
             .iter()
             .map(|a| a.state.epoch)
@@ -33,10 +49,17 @@ impl Cluster {
         let local = self.cfg.local.to_string();
         let monitor = self.monitor.as_ref();
         let adjust = |request: &mut scheduler::PlanRequest| {
+            // Stages do not run vocabulary slices yet: every head holds its output whole.
+            request.config.allow_slices = false;
             if let Some(m) = monitor {
                 m.apply(request);
             }
         };
+        // A straggler decision that moves layers in place keeps the active plan's stages.
+        let keep = self
+            .rebalance
+            .take()
+            .and_then(|tolerance| Some((self.made.get(&self.active_epoch())?, tolerance)));
         let planned = coordinator::assign(
             &graph,
             &self.cfg.profile,
@@ -44,6 +67,7 @@ impl Cluster {
             epoch,
             self.cfg.placement,
             adjust,
+            keep,
         );
         let assignment = match planned {
             Ok((a, plan)) => {

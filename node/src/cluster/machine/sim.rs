@@ -66,6 +66,7 @@ pub(super) fn profile() -> ModelProfile {
         context_tokens: 1024,
         hidden_bytes_per_token: 576 * 4,
         vocab_size: 49152,
+        layer_bytes: Vec::new(),
     }
 }
 
@@ -114,7 +115,6 @@ impl Sim {
             sha256: SHA.into(),
             version: "test".into(),
             profile: profile(),
-            head_reserve: 20 << 20,
             placement: self.placement,
             replan_delay: REPLAN_MS,
             straggler: Default::default(),

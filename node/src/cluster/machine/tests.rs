@@ -274,13 +274,15 @@ fn an_old_plans_stage_retires_once_its_sessions_finish() {
 }
 
 #[test]
-fn a_straggler_loses_layers_and_gets_them_back_when_it_recovers() {
+fn a_straggler_sheds_a_few_layers_and_is_trusted_again_when_it_recovers() {
     let mut sim = Sim::new(Placement::Planned);
+    // Each node holds at most 14 of the 30 layers: the plan needs all three.
     for _ in 0..3 {
-        sim.add(SMALL, 0.2);
+        sim.add(100, 0.2);
     }
     sim.run(2000);
     let plan = sim.agreed().unwrap();
+    assert_eq!(plan.stages.len(), 3, "{plan:?}");
     let slow = plan.stages[1].peer.parse().unwrap();
     let share = layers_of(&plan, &plan.stages[1].peer);
     let reports = |sim: &mut Sim, slow_factor: f64, ms: u64| {
@@ -309,14 +311,23 @@ fn a_straggler_loses_layers_and_gets_them_back_when_it_recovers() {
     let slowed = sim.agreed().unwrap();
     assert!(slowed.epoch > plan.epoch, "the policy replanned");
     assert!(layers_of(&slowed, &slow.to_string()) < share, "{slowed:?}");
+    assert!(
+        layers_of(&slowed, &slow.to_string()) > 0,
+        "a slow node keeps a share: {slowed:?}"
+    );
     let events = &sim.nodes[&sim.by_id()[0]].events;
     assert!(
         events.iter().any(|e| e.contains("straggler policy")),
         "{events:?}"
     );
     reports(&mut sim, 1.0, 40_000);
+    // Recovered, the node is trusted again. Every node runs as fast as the others, so a
+    // token costs the same whatever the split: the policy keeps the rebalanced plan
+    // rather than moving layers back for nothing.
+    let events = &sim.nodes[&sim.by_id()[0]].events;
+    assert!(events.iter().any(|e| e.contains("Restore")), "{events:?}");
     let restored = sim.agreed().unwrap();
-    assert!(layers_of(&restored, &slow.to_string()) > layers_of(&slowed, &slow.to_string()));
+    assert!(layers_of(&restored, &slow.to_string()) >= layers_of(&slowed, &slow.to_string()));
 }
 
 #[test]

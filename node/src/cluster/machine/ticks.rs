@@ -78,6 +78,9 @@ impl Cluster {
             out.push(Action::Event(format!("straggler policy: {d:?}")));
         }
         if !decisions.is_empty() {
+            if decisions.iter().all(|d| d.moves_in_place()) {
+                self.rebalance = Some(self.cfg.straggler.rebalance_tolerance);
+            }
             self.replan_at = Some(now);
         }
     }
