@@ -10,6 +10,7 @@ mod blocking;
 pub mod cluster;
 pub mod cpu_quota;
 pub mod events;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod speculate;

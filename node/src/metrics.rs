@@ -58,6 +58,12 @@ struct HopLabels {
     hop: u32,
 }
 
+/// Which pages of the process: `anon` (heap, KV) or `file` (the mapped model).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemoryLabels {
+    kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of the node, and the registry that encodes them.
@@ -80,6 +86,9 @@ pub struct Metrics {
     spec_drafted: Counter,
     spec_accepted: Counter,
     spec_drafts: Histogram,
+    memory_budget: Gauge<i64, std::sync::atomic::AtomicI64>,
+    memory_overhead: Gauge<i64, std::sync::atomic::AtomicI64>,
+    memory_resident: Family<MemoryLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     events: crate::events::EventLog,
 }
 
@@ -191,12 +200,34 @@ impl Metrics {
             "Drafts a pass carried, as each session's controller chose them",
             spec_drafts.clone(),
         );
+        let memory_budget = Gauge::default();
+        registry.register(
+            "memory_budget_bytes",
+            "Memory this node may spend (--memory): its overhead, weights and KV",
+            memory_budget.clone(),
+        );
+        let memory_overhead = Gauge::default();
+        registry.register(
+            "memory_overhead_bytes",
+            "Anonymous memory measured at start before any weights, advertised as overhead",
+            memory_overhead.clone(),
+        );
+        let memory_resident =
+            Family::<MemoryLabels, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+        registry.register(
+            "memory_resident_bytes",
+            "Resident memory of the process at scrape time: anon (heap, weights, KV) and file (binary, mapped pages)",
+            memory_resident.clone(),
+        );
         Metrics {
             spec_passes,
             spec_drafted,
             spec_accepted,
             spec_drafts,
             recovery,
+            memory_budget,
+            memory_overhead,
+            memory_resident,
             events: Default::default(),
             registry,
             requests,
@@ -306,8 +337,21 @@ impl Metrics {
         }
     }
 
+    /// The node's memory budget and its overhead measured at start.
+    pub fn memory(&self, budget: u64, overhead: Option<u64>) {
+        self.memory_budget.set(budget as i64);
+        self.memory_overhead.set(overhead.unwrap_or(0) as i64);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(r) = crate::memory::resident() {
+            for (kind, bytes) in [("anon", r.anon), ("file", r.file)] {
+                self.memory_resident
+                    .get_or_create(&MemoryLabels { kind })
+                    .set(bytes as i64);
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -357,5 +401,6 @@ mod tests {
         assert!(text.contains(r#"shoal_stage_batched_decode_steps_total{stage="1"} 3"#));
         assert!(text.contains(r#"shoal_hop_sent_bytes_total{hop="2"} 2304"#));
         assert!(text.contains("shoal_sessions_in_flight 0"));
+        assert!(text.contains(r#"shoal_memory_resident_bytes{kind="anon"}"#));
     }
 }

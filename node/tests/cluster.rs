@@ -53,6 +53,9 @@ async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placeme
         speculate: Default::default(),
         draft_model: None,
         metrics: std::sync::Arc::new(shoal::metrics::Metrics::new()),
+        serves_api: true,
+        // Nodes in one test process cannot measure their own overhead.
+        overhead_bytes: Some(scheduler::DEFAULT_OVERHEAD_BYTES),
     };
     Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()
 }

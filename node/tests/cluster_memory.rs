@@ -20,6 +20,15 @@ mod agree;
 use agree::agree;
 
 async fn start(net: &MemoryNetwork) -> (Node, PeerId) {
+    start_with(net, true, 140 << 20, Placement::Even).await
+}
+
+async fn start_with(
+    net: &MemoryNetwork,
+    serves_api: bool,
+    memory: u64,
+    placement: Placement,
+) -> (Node, PeerId) {
     let keypair = Keypair::generate_ed25519();
     let peer = keypair.public().to_peer_id();
     let (handle, inbox) = net.join(peer);
@@ -32,7 +41,7 @@ async fn start(net: &MemoryNetwork) -> (Node, PeerId) {
         data_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise_ip: None,
         threads: 1,
-        memory_budget: 140 << 20,
+        memory_budget: memory,
         max_context: 512,
         max_sessions: 8,
         max_sessions_per_peer: 8,
@@ -41,10 +50,13 @@ async fn start(net: &MemoryNetwork) -> (Node, PeerId) {
         reply_timeout: Duration::from_secs(20),
         link_emulation: None,
         wire: Default::default(),
-        placement: Placement::Even,
+        placement,
         speculate: Default::default(),
         draft_model: None,
         metrics: Arc::new(shoal::metrics::Metrics::new()),
+        serves_api,
+        // Nodes in one test process cannot measure their own overhead.
+        overhead_bytes: Some(scheduler::DEFAULT_OVERHEAD_BYTES),
     };
     let node = Node::start_on(cfg, keypair, handle, inbox).await.unwrap();
     (node, peer)
@@ -98,5 +110,48 @@ async fn nodes_on_the_in_memory_network_form_serve_and_replan() {
     doomed.shutdown().await;
     for (n, _) in nodes {
         n.shutdown().await;
+    }
+}
+
+/// Three nodes of 64 MiB: with a head on each (28.7 MiB of output product, plus 16 MiB of
+/// overhead) they hold 7 layers apiece and cannot place SmolLM2's 30. Two run without the
+/// API, hold no head, and take 16 layers each: the model is placed, and the node that
+/// serves gives llama.cpp's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_the_api_hold_no_head_and_make_room_for_layers() {
+    let net = MemoryNetwork::default();
+    let mut nodes = vec![start_with(&net, true, 64 << 20, Placement::Planned).await];
+    for _ in 0..2 {
+        nodes.push(start_with(&net, false, 64 << 20, Placement::Planned).await);
+    }
+    let backends: Vec<Arc<dyn Backend>> = nodes.iter().map(|(n, _)| n.backend()).collect();
+    let views = agree(&backends, Duration::from_secs(60), |v| v.members.len() == 3).await;
+    let plan = views[0].plan.clone().expect("placed");
+    let server = nodes[0].1.to_string();
+    let on_server: u32 = plan
+        .stages
+        .iter()
+        .filter(|s| s.peer_id == server)
+        .map(|s| s.layers[1] - s.layers[0])
+        .sum();
+    assert!(
+        on_server < 10,
+        "the serving node keeps room for its head: {plan:?}"
+    );
+    let served: Vec<bool> = views[0].members.iter().map(|m| m.serves_api).collect();
+    assert_eq!(
+        served.iter().filter(|s| **s).count(),
+        1,
+        "{:?}",
+        views[0].members
+    );
+    let why = backends[1].head().err().expect("no head without the API");
+    assert!(why.contains("--no-api"), "{why}");
+    let r = &references("smollm2")[0];
+    let head = backends[0].head().unwrap();
+    let got = head.generate(&r.prompt_ids, 16, argmax, |_| true).await;
+    assert_eq!(got.unwrap(), r.greedy_ids[..16]);
+    for (node, _) in nodes {
+        node.shutdown().await;
     }
 }

@@ -43,6 +43,9 @@ async fn start(bootstrap: Vec<Multiaddr>, metrics: Arc<Metrics>) -> Node {
         speculate: Default::default(),
         draft_model: None,
         metrics,
+        serves_api: true,
+        // Nodes in one test process cannot measure their own overhead.
+        overhead_bytes: Some(scheduler::DEFAULT_OVERHEAD_BYTES),
     };
     Node::start(cfg, Keypair::generate_ed25519()).await.unwrap()
 }

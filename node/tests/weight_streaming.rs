@@ -50,6 +50,9 @@ fn config(model: ModelSource, bootstrap: Vec<Multiaddr>) -> NodeConfig {
         speculate: Default::default(),
         draft_model: None,
         metrics: Arc::new(shoal::metrics::Metrics::new()),
+        serves_api: true,
+        // Nodes in one test process cannot measure their own overhead.
+        overhead_bytes: Some(scheduler::DEFAULT_OVERHEAD_BYTES),
     }
 }
 

@@ -211,6 +211,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             speculate: args.speculate,
             draft_model: args.draft_model.clone(),
             metrics: metrics.clone(),
+            serves_api: !args.no_api,
+            overhead_bytes: None,
         };
         let node = Node::start(cfg, keypair).await?;
         for addr in node.listen_addrs().await {

@@ -76,11 +76,17 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
             state.push('?');
         }
         let me = if m.peer_id == view.node { "*" } else { " " };
+        // A node without the API holds no head and receives no replies.
+        let address = if m.serves_api || m.state == MemberState::Gone {
+            m.data_addr.clone()
+        } else {
+            "(no API)".to_owned()
+        };
         writeln!(
             out,
             "{me} {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}",
             short_id(&m.peer_id),
-            m.data_addr,
+            address,
             m.threads,
             cpu,
             format_size(m.memory_budget_bytes),
@@ -188,6 +194,8 @@ pub(crate) mod tests {
             threads: 4,
             cpu_quota: None,
             memory_budget_bytes: 512 << 20,
+            serves_api: true,
+            overhead_bytes: Some(16 << 20),
             holds_model: true,
             decode_ms_per_layer: Some(0.3),
             epoch: 3,

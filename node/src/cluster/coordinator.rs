@@ -119,6 +119,37 @@ pub fn device_graph(
     graph
 }
 
+/// The links members report in their adverts: measured ones with their RTT and bandwidth,
+/// and a link a stage lost as down (which wins over an older measurement of it).
+pub fn link_reports(adverts: &[Advert]) -> Vec<LinkReport> {
+    let mut reports = Vec::new();
+    for a in adverts {
+        for m in &a.state.links {
+            if a.state.unreachable.contains(&m.peer) {
+                continue;
+            }
+            reports.push(LinkReport {
+                from: a.peer_id.to_string(),
+                to: m.peer.to_string(),
+                link: Some(Link {
+                    rtt_ms: m.rtt_us as f64 / 1000.0,
+                    bandwidth_bytes_per_s: m
+                        .bytes_per_sec
+                        .map_or(ASSUMED_LINK.bandwidth_bytes_per_s, |b| b as f64),
+                }),
+            });
+        }
+        for to in &a.state.unreachable {
+            reports.push(LinkReport {
+                from: a.peer_id.to_string(),
+                to: to.to_string(),
+                link: None,
+            });
+        }
+    }
+    reports
+}
+
 /// `set_link_down` marks both directions; the reverse direction keeps its own report.
 fn restore_reverse(
     graph: &mut DeviceGraph,

@@ -139,7 +139,7 @@ fn execute<D: Discovery>(
 ) {
     match action {
         Action::Publish(advert) => {
-            adverts.send_replace(Some(advert));
+            adverts.send_replace(Some(*advert));
         }
         Action::Broadcast(message) if tasks.len() < SENDS_IN_FLIGHT => {
             let (discovery, bytes) = (discovery.clone(), message.encode());

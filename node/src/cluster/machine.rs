@@ -338,7 +338,7 @@ impl Cluster {
                 short_id(&peer.to_string())
             )));
             self.advert.state.unreachable = self.unreachable.keys().copied().collect();
-            out.push(Action::Publish(self.advert.clone()));
+            out.push(Action::Publish(Box::new(self.advert.clone())));
             if self.is_coordinator() {
                 self.replan_at = Some(now);
             }
@@ -352,7 +352,7 @@ impl Cluster {
             .retain(|_, &mut at| now.saturating_sub(at) < UNREACHABLE_FOR);
         if self.unreachable.len() != before {
             self.advert.state.unreachable = self.unreachable.keys().copied().collect();
-            out.push(Action::Publish(self.advert.clone()));
+            out.push(Action::Publish(Box::new(self.advert.clone())));
         }
     }
 }

@@ -6,7 +6,7 @@
 //! - `stages`: the stages this node runs for the plans;
 //! - [`control`]: plan messages between nodes;
 //! - [`coordinator`]: who plans, and the plan (pure functions of the adverts);
-//! - [`node`]: a running node ([`Node`]);
+//! - [`node`]: a running node ([`Node`]); `serving`: what its API sees of it;
 //! - [`view`]: the cluster as reported by `GET /v1/cluster` and `shoal status`.
 
 pub mod control;
@@ -17,6 +17,7 @@ pub mod measure;
 pub mod node;
 pub mod profile;
 mod rate;
+mod serving;
 mod snapshot;
 mod stages;
 mod startup;

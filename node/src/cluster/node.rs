@@ -19,14 +19,13 @@ use transport::quic::{Endpoint, Identity, Libp2pIdentity};
 
 use super::driver::{self, Driver, Outputs};
 use super::machine::{self, Cluster, Snapshot};
-use super::snapshot;
+use super::serving::{NodeBackend, Shared};
 use super::stages::{StageSettings, Stages};
 use super::startup::{load_model, outward_ip};
-use super::view::{ClusterView, ModelSummary};
 use super::weights::{ModelSource, Weights};
-use crate::backend::{Backend, ModelInfo};
+use crate::backend::Backend;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Head, HeadConfig, PlanRoute, Plans};
+use crate::pipeline::{self, Head, HeadConfig, PlanRoute};
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -72,24 +71,13 @@ pub struct NodeConfig {
     pub draft_model: Option<std::path::PathBuf>,
     /// Where the node's head and stages record what they do (shared with the API).
     pub metrics: Arc<Metrics>,
-}
-
-/// What the API reads of a running node.
-pub(crate) struct Shared {
-    pub(crate) local: PeerId,
-    pub(crate) model: ModelInfo,
-    pub(crate) summary: ModelSummary,
-    pub(crate) head: Head,
-    pub(crate) metrics: Arc<Metrics>,
-    /// The cluster machine's state, as the driver last published it.
-    pub(crate) snapshot: watch::Receiver<Snapshot>,
-    /// The active plan and the broken ones, for heads that replay broken requests.
-    pub(crate) route: watch::Receiver<PlanRoute>,
-    /// Tokens this node's head generated, sampled once a second.
-    pub(crate) tokens: super::rate::TokenRate,
-    /// How requests draft tokens.
-    pub(crate) speculate: crate::speculate::Mode,
-    pub(crate) draft: Option<crate::speculate::DraftModel>,
+    /// Whether this node serves the API: only then does it hold a head (embedding and
+    /// output product) and count it in its memory; a `--no-api` node holds layers only.
+    pub serves_api: bool,
+    /// Bytes this process costs besides weights and KV; `None` measures it at start (the
+    /// anonymous memory before any weights). Nodes sharing one process (tests) cannot
+    /// measure their own and give it here.
+    pub overhead_bytes: Option<u64>,
 }
 
 /// A running node.
@@ -215,23 +203,40 @@ impl Node {
             }
             None => None,
         };
-        let head = Head::start_under(
-            HeadConfig {
-                model: weights.path().to_owned(),
-                threads: cfg.threads,
-                listen: cfg.data_listen,
-                first: None,
-                reply_addr: Some(SocketAddr::new(ip, 0)),
-                reply_timeout: cfg.reply_timeout,
-                metrics: Some(cfg.metrics.clone()),
-                wire: cfg.wire,
-            },
-            endpoint.clone(),
-            cancel.child_token(),
-        )
-        .await
-        .context("starting this node's head")?;
-        let data_addr = head.reply_addr().expect("given above");
+        // Anonymous memory now (runtime, discovery, the measured layer's scratch; no
+        // weights: they are mapped from the file) is what this process costs besides its
+        // weights and KV.
+        let overhead = cfg
+            .overhead_bytes
+            .or_else(|| crate::memory::resident().map(|r| r.anon));
+        cfg.metrics.memory(cfg.memory_budget, overhead);
+        let head = if cfg.serves_api {
+            weights.ensure_head().await?;
+            let head = Head::start_under(
+                HeadConfig {
+                    model: weights.path().to_owned(),
+                    threads: cfg.threads,
+                    listen: cfg.data_listen,
+                    first: None,
+                    reply_addr: Some(SocketAddr::new(ip, 0)),
+                    reply_timeout: cfg.reply_timeout,
+                    metrics: Some(cfg.metrics.clone()),
+                    wire: cfg.wire,
+                },
+                endpoint.clone(),
+                cancel.child_token(),
+            )
+            .await
+            .context("starting this node's head")?;
+            Some(head)
+        } else {
+            None
+        };
+        // Without a head, the data address is where this node's stages bind.
+        let data_addr = head
+            .as_ref()
+            .and_then(Head::reply_addr)
+            .unwrap_or(SocketAddr::new(ip, cfg.data_listen.port()));
         let local = handle.local_peer_id();
         let advert = Advert {
             peer_id: local,
@@ -246,6 +251,8 @@ impl Node {
                 .map(|s| SocketAddr::new(ip, s.local_addr().port())),
             state: AdvertState {
                 cpu_quota_milli: crate::cpu_quota::as_milli(quota),
+                serves_api: cfg.serves_api,
+                overhead_bytes: overhead,
                 ..AdvertState::default()
             },
         };
@@ -370,57 +377,11 @@ impl Node {
             seed.shutdown().await;
         }
         self.shared.tokens.stopped().await;
-        self.shared.head.shutdown().await;
+        if let Some(head) = &self.shared.head {
+            head.shutdown().await;
+        }
         if let Some((_, service)) = self.swarm {
             service.shutdown().await;
         }
-    }
-}
-
-struct NodeBackend(Arc<Shared>);
-
-impl Backend for NodeBackend {
-    fn model(&self) -> &ModelInfo {
-        &self.0.model
-    }
-
-    fn head(&self) -> Result<Head, String> {
-        let snapshot = self.0.snapshot.borrow();
-        match &snapshot.active {
-            // The plan lost a stage and the rest cannot hold the model: refuse at once.
-            Some(active)
-                if snapshot.unplaceable.is_some()
-                    && snapshot.route.broken >= active.assignment.epoch =>
-            {
-                Err(snapshot::why_not_serving(&snapshot))
-            }
-            Some(active) => Ok(self
-                .0
-                .head
-                .via(active.first)
-                .with_plans(Plans::new(self.0.route.clone()))),
-            None => Err(snapshot::why_not_serving(&snapshot)),
-        }
-    }
-
-    fn drafter(&self, prompt: &[u32]) -> Option<crate::speculate::Drafter> {
-        use crate::speculate::{Drafter, Mode, Ngram};
-        match (self.0.speculate, &self.0.draft) {
-            (Mode::Ngram, _) => Some(Drafter::Ngram(Ngram::new(prompt))),
-            (Mode::Draft, Some(model)) => Some(Drafter::Model(model.session(prompt))),
-            _ => None,
-        }
-    }
-
-    fn view(&self) -> ClusterView {
-        let shared = &self.0;
-        snapshot::view(
-            &shared.snapshot.borrow(),
-            shared.local,
-            &shared.summary,
-            &shared.head,
-            shared.metrics.events().recent(),
-            shared.tokens.per_second(),
-        )
     }
 }

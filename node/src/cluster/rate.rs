@@ -19,10 +19,14 @@ pub(crate) struct TokenRate {
 }
 
 impl TokenRate {
-    /// Starts sampling `head` until `cancel`.
-    pub(crate) fn start(head: Head, cancel: CancellationToken) -> TokenRate {
+    /// Starts sampling `head` until `cancel` (a node without a head generates nothing).
+    pub(crate) fn start(head: Option<Head>, cancel: CancellationToken) -> TokenRate {
         let (tx, rate) = watch::channel(0.0);
         let task = TaskTracker::new();
+        let Some(head) = head else {
+            task.close();
+            return TokenRate { rate, task };
+        };
         task.spawn(async move {
             let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -83,6 +83,12 @@ pub struct MemberView {
     pub cpu_quota: Option<f64>,
     /// Memory the node offers for weights and KV cache, bytes.
     pub memory_budget_bytes: u64,
+    /// Whether it serves the API and so holds a head (`--no-api` nodes hold layers only).
+    #[serde(default)]
+    pub serves_api: bool,
+    /// What its process took before weights, measured at start, bytes.
+    #[serde(default)]
+    pub overhead_bytes: Option<u64>,
     /// Whether it holds this cluster's model (same sha256).
     pub holds_model: bool,
     /// Measured milliseconds per layer per decoded token.

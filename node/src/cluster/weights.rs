@@ -121,15 +121,8 @@ impl Weights {
             path,
             remote: Some(Remote { source, header }),
         };
-        // What every node runs whatever the plan: its head, and the layer it measures.
-        let head = ShardSpec {
-            layers: 0..0,
-            embed: true,
-            head: true,
-        };
-        weights
-            .ensure(&head, "the embedding and output head")
-            .await?;
+        // What every node runs whatever the plan: the layer it measures (a node that serves
+        // the API also fetches its head: [`Weights::ensure_head`]).
         weights
             .ensure(
                 &super::measure::measured_spec(n_layers),
@@ -137,6 +130,16 @@ impl Weights {
             )
             .await?;
         Ok(weights)
+    }
+
+    /// Fetches the embedding and output head, which a node serving the API holds.
+    pub(crate) async fn ensure_head(&self) -> anyhow::Result<()> {
+        let head = ShardSpec {
+            layers: 0..0,
+            embed: true,
+            head: true,
+        };
+        self.ensure(&head, "the embedding and output head").await
     }
 
     /// The file to open: complete, or holding at least what [`Weights::ensure`] fetched.

@@ -43,7 +43,7 @@ pub struct LayerCost {
 }
 
 /// Small free-form coordination state carried in every advert.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AdvertState {
     /// Epoch of the plan this node currently runs (0 = none).
     pub epoch: u64,
@@ -67,4 +67,32 @@ pub struct AdvertState {
     /// the next one), so the coordinator keeps them apart in plans.
     #[serde(default)]
     pub unreachable: Vec<PeerId>,
+    /// Whether the node serves the API and so holds a head (embedding, final norm, output
+    /// product); a node that does not holds its layers only.
+    #[serde(default)]
+    pub serves_api: bool,
+    /// Bytes the node's process took before any weights were loaded, measured at start
+    /// (`None`: not measured; the planner assumes its default).
+    #[serde(default)]
+    pub overhead_bytes: Option<u64>,
+    /// Milliseconds of the whole output product for one token on this node, measured at
+    /// start (`None`: not measured).
+    #[serde(default)]
+    pub head_ms: Option<f64>,
+    /// This node's measured links to other members, newest measurement per peer.
+    #[serde(default)]
+    pub links: Vec<LinkMeasure>,
+}
+
+/// One direction of a link as the sending node measured it. Opaque to transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkMeasure {
+    /// The member at the other end.
+    pub peer: PeerId,
+    /// Round-trip time, microseconds (QUIC's smoothed path RTT).
+    pub rtt_us: u64,
+    /// Measured throughput towards it, bytes per second (`None`: not probed yet).
+    pub bytes_per_sec: Option<u64>,
+    /// Milliseconds since the Unix epoch when it was last measured.
+    pub measured_at_ms: u64,
 }

@@ -10,7 +10,7 @@ use super::super::control::Control;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
     /// Publish this node's advert (newest last: a later one supersedes an earlier one).
-    Publish(Advert),
+    Publish(Box<Advert>),
     /// Send a plan message to every member.
     Broadcast(Control),
     /// Send a plan message to one member.

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 use transport::discovery::{Advert, AdvertState, PeerId};
 
 use super::super::control::{Assignment, Control};
-use super::super::coordinator::{self, LinkReport};
+use super::super::coordinator;
 use super::{Action, Active, Cluster, Millis, Running, StageOrder};
 use crate::events::{moved_layers, short_id};
 
@@ -21,23 +21,16 @@ impl Cluster {
         }
         let adverts = self.adverts();
         let sha = self.cfg.sha256.clone();
-        // Until adverts say which nodes serve the API (and carry measured overheads and
-        // link costs), every node is planned as one that holds a head; a lost data link is
-        // a link down.
-        let facts = |_: &Advert| coordinator::NodeFacts {
-            serves_api: true,
+        // Each node's advert says whether it serves the API (and so holds a head), what its
+        // process measured as overhead, and the links it measured; a lost data link is a
+        // link down.
+        let facts = |a: &Advert| coordinator::NodeFacts {
+            serves_api: a.state.serves_api,
+            overhead_bytes: a.state.overhead_bytes,
+            head_ms: a.state.head_ms,
             ..Default::default()
         };
-        let links: Vec<LinkReport> = adverts
-            .iter()
-            .flat_map(|a| {
-                a.state.unreachable.iter().map(|to| LinkReport {
-                    from: a.peer_id.to_string(),
-                    to: to.to_string(),
-                    link: None,
-                })
-            })
-            .collect();
+        let links = coordinator::link_reports(&adverts);
         let graph = coordinator::device_graph(&adverts, &sha, &self.cfg.version, facts, &links);
         let epoch = adverts
             .iter()
@@ -205,17 +198,16 @@ impl Cluster {
         stage_addr: Option<SocketAddr>,
         out: &mut Vec<Action>,
     ) {
-        let state = &self.advert.state;
+        let state = std::mem::take(&mut self.advert.state);
         self.advert.state = AdvertState {
             epoch,
             ready,
             stage_addr,
             steps: 0,
             step_us: None,
-            cpu_quota_milli: state.cpu_quota_milli,
-            unreachable: state.unreachable.clone(),
+            ..state
         };
-        out.push(Action::Publish(self.advert.clone()));
+        out.push(Action::Publish(Box::new(self.advert.clone())));
     }
 
     /// Activates the pending plan once every stage of it has reported ready.

@@ -83,7 +83,11 @@ fn advert(peer: PeerId, memory_mib: u64, decode_ms: f64, index: u16) -> Advert {
         }),
         version: "test".into(),
         seed_addr: None,
-        state: AdvertState::default(),
+        // Every simulated node serves the API, so each holds a head.
+        state: AdvertState {
+            serves_api: true,
+            ..AdvertState::default()
+        },
     }
 }
 
@@ -228,7 +232,7 @@ impl Sim {
             Action::Publish(advert) => {
                 for m in members {
                     if self.nodes.get(&m).is_some_and(|n| n.view.contains(&from)) {
-                        self.queue.push_back((m, Input::Updated(advert.clone())));
+                        self.queue.push_back((m, Input::Updated((*advert).clone())));
                     }
                 }
             }

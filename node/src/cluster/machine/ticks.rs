@@ -43,7 +43,7 @@ impl Cluster {
             state.step_us = s.step_us;
         }
         if steps.is_some() || quota_changed {
-            out.push(Action::Publish(self.advert.clone()));
+            out.push(Action::Publish(Box::new(self.advert.clone())));
         }
     }
 
