@@ -86,6 +86,8 @@ pub struct Metrics {
     spec_drafted: Counter,
     spec_accepted: Counter,
     spec_drafts: Histogram,
+    queue_waiting: Gauge<i64, std::sync::atomic::AtomicI64>,
+    queue_wait: Histogram,
     memory_budget: Gauge<i64, std::sync::atomic::AtomicI64>,
     memory_overhead: Gauge<i64, std::sync::atomic::AtomicI64>,
     memory_resident: Family<MemoryLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
@@ -200,6 +202,18 @@ impl Metrics {
             "Drafts a pass carried, as each session's controller chose them",
             spec_drafts.clone(),
         );
+        let queue_waiting = Gauge::default();
+        registry.register(
+            "queue_waiting_requests",
+            "Generation requests waiting in this node's admission queue",
+            queue_waiting.clone(),
+        );
+        let queue_wait = latency_histogram();
+        registry.register(
+            "queue_wait_seconds",
+            "Time a generation request waited for a slot (admitted, or gone while waiting)",
+            queue_wait.clone(),
+        );
         let memory_budget = Gauge::default();
         registry.register(
             "memory_budget_bytes",
@@ -225,6 +239,8 @@ impl Metrics {
             spec_accepted,
             spec_drafts,
             recovery,
+            queue_waiting,
+            queue_wait,
             memory_budget,
             memory_overhead,
             memory_resident,
@@ -335,6 +351,16 @@ impl Metrics {
         if passes > 0 {
             self.spec_drafts.observe(now.k as f64);
         }
+    }
+
+    /// Requests waiting in the admission queue now.
+    pub fn queue_length(&self, waiting: i64) {
+        self.queue_waiting.set(waiting);
+    }
+
+    /// A request left the admission queue after `seconds`.
+    pub fn queue_wait(&self, seconds: f64) {
+        self.queue_wait.observe(seconds);
     }
 
     /// The node's memory budget and its overhead measured at start.

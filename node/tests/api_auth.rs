@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{metric, Server};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shoal::api::{ApiOptions, ApiToken};
@@ -107,9 +107,10 @@ async fn a_token_guards_the_api_but_not_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_is_shed_with_429_while_admitted_requests_finish_intact() {
+async fn a_flood_beyond_the_queue_is_shed_with_429_while_admitted_requests_finish_intact() {
     let server = Server::pipeline_with(ApiOptions {
         max_requests: 2,
+        max_queue: 3,
         max_body_bytes: 4096,
         ..ApiOptions::default()
     })
@@ -161,8 +162,8 @@ async fn a_flood_is_shed_with_429_while_admitted_requests_finish_intact() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    println!("flood of 10 with 2 slots: {served} served, {shed} shed");
-    assert!(served >= 2 && shed >= 1, "{served} served, {shed} shed");
+    println!("flood of 10 with 2 slots and 3 places in the queue: {served} served, {shed} shed");
+    assert!(served >= 5 && shed >= 1, "{served} served, {shed} shed");
     assert_eq!(served + shed, 10);
 
     // The slots came back: a request after the flood is served.
@@ -183,6 +184,46 @@ async fn a_flood_is_shed_with_429_while_admitted_requests_finish_intact() {
         "shed requests are counted"
     );
     server.stop().await;
+}
+
+/// 32 requests at once against a stage that holds 12 sessions per head: with 32 slots at
+/// the API, 20 are refused by the stage as busy and wait for room; with the default slots,
+/// 20 wait in the API's queue. Either way every request completes with the greedy text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_request_completes_when_more_arrive_than_the_stages_hold() {
+    let r = references("smollm2")
+        .into_iter()
+        .find(|r| r.key == "p1")
+        .unwrap();
+    let req = json!({"prompt": r.prompt, "max_tokens": r.greedy_ids.len(), "temperature": 0});
+    for max_requests in [32, ApiOptions::default().max_requests] {
+        let server = Server::pipeline_with(ApiOptions {
+            max_requests,
+            ..ApiOptions::default()
+        })
+        .await;
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let (base, req) = (server.base.clone(), req.clone());
+                tokio::spawn(async move { call(&base, "/v1/completions", Some(&req), None).await })
+            })
+            .collect();
+        for task in calls {
+            let (status, body, _) = task.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{max_requests} slots: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["choices"][0]["text"], r.greedy_text.as_str());
+        }
+        let metrics = server.metrics.encode();
+        if max_requests < 32 {
+            assert!(
+                metric(&metrics, "shoal_queue_wait_seconds_count") >= 20.0,
+                "{metrics}"
+            );
+        }
+        assert_eq!(metric(&metrics, "shoal_queue_waiting_requests"), 0.0);
+        server.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

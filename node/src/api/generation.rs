@@ -5,7 +5,7 @@
 //! away: a client that disconnects stops its tokens being computed.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sharding::sampling::Sampler;
 use tokio::sync::mpsc;
@@ -17,6 +17,9 @@ use crate::backend::Backend;
 use crate::metrics::Metrics;
 use crate::pipeline::Head;
 use crate::speculate::{Speculation, Stats, StepError, MAX_DRAFTS};
+
+/// How long an accepted request waits for room on a busy stage before it fails.
+const BUSY_PATIENCE: Duration = Duration::from_secs(120);
 
 /// What to generate.
 pub(crate) struct Job {
@@ -84,9 +87,20 @@ async fn run(
     let mut finish = FinishReason::Length;
     let mut hit_stop = false;
     let mut last_token: Option<Instant> = None;
-    let generation = head.open(&prompt, prompt.len() + max_tokens);
-    let drafter = backend.drafter(&prompt);
-    let mut decoding = Speculation::new(generation, head.clone(), drafter, MAX_DRAFTS);
+    let open = || {
+        let generation = head.open(&prompt, prompt.len() + max_tokens);
+        Speculation::new(
+            generation,
+            head.clone(),
+            backend.drafter(&prompt),
+            MAX_DRAFTS,
+        )
+    };
+    let mut decoding = open();
+    // A stage without room for one more session refuses it as busy before any token:
+    // the request was accepted, so it waits for room rather than failing.
+    let patient_until = Instant::now() + BUSY_PATIENCE;
+    let mut pause = Duration::from_millis(20);
     let mut generated = 0;
     let mut batch = Vec::new();
     let mut reported = Stats::default();
@@ -94,6 +108,18 @@ async fn run(
         let room = max_tokens - generated;
         match decoding.next(&mut sampler, room, &mut batch).await {
             Ok(()) => {}
+            Err(StepError::Pipeline(e))
+                if e.is_busy()
+                    && generated == 0
+                    && Instant::now() < patient_until
+                    && !tx.is_closed() =>
+            {
+                drop(decoding);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                decoding = open();
+                continue;
+            }
             Err(StepError::Pipeline(e)) => return Event::Failed(e.into()),
             Err(StepError::Sampling(e)) => {
                 return Event::Failed(ApiError::Internal(format!("sampling failed: {e}")))

@@ -2,11 +2,14 @@
 //! requests in flight, an optional bound on the rate of new generation requests, and the body
 //! size limit ([`ApiOptions`]).
 //!
-//! A request over either bound is answered 429 at once, never queued: a flood costs
-//! the node one small response per request, and the requests already admitted keep their
-//! pace. An admitted request holds its slot until its response body (an SSE stream
-//! included) is finished or dropped.
+//! A generation request runs when a slot is free; otherwise it waits its turn in a bounded
+//! first-in-first-out queue. Only a full queue (or the rate bound) answers 429 with
+//! `Retry-After`, at once: a flood costs the node one small response per request beyond
+//! the queue, and the requests already admitted keep their pace. An admitted request holds
+//! its slot until its response body (an SSE stream included) is finished or dropped; a
+//! client that disconnects while queued leaves the queue at once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,16 +27,18 @@ use super::error::ApiError;
 /// Fewest characters an API token may have.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
-/// Access and load limits of the API. `Default`: no token, 64 requests in flight, 1 MiB
-/// bodies.
+/// Access and load limits of the API. `Default`: no token, 12 requests running (what a
+/// stage admits from one head by default), 256 waiting, 1 MiB bodies.
 #[derive(Clone, Debug)]
 pub struct ApiOptions {
     /// When set, every `/v1/*` route and `/metrics` need `Authorization: Bearer <token>`.
     /// `/health` stays open for liveness probes.
     pub token: Option<ApiToken>,
-    /// Generation requests (completions and chats) running or streaming at once; more are
-    /// refused with 429.
+    /// Generation requests (completions and chats) running or streaming at once; more wait
+    /// in the queue.
     pub max_requests: usize,
+    /// Generation requests waiting for a slot; more are refused with 429.
+    pub max_queue: usize,
     /// Largest accepted request body, in bytes (413 above).
     pub max_body_bytes: usize,
     /// New generation requests accepted per second, averaged (bursts up to one second's
@@ -45,7 +50,8 @@ impl Default for ApiOptions {
     fn default() -> Self {
         Self {
             token: None,
-            max_requests: 64,
+            max_requests: 12,
+            max_queue: 256,
             max_body_bytes: 1 << 20,
             max_request_rate: None,
         }
@@ -122,6 +128,8 @@ fn unauthorized(message: &str) -> Response {
 pub(crate) struct Admission {
     /// Requests running or streaming.
     pub(crate) slots: Arc<Semaphore>,
+    /// Requests waiting for a slot, and how many may.
+    pub(crate) queue: Queue,
     /// New requests per second, when bounded.
     pub(crate) rate: Option<RequestRate>,
 }
@@ -159,6 +167,56 @@ impl RequestRate {
     }
 }
 
+/// The requests waiting for a slot (the semaphore's own queue is first in, first out).
+#[derive(Debug)]
+pub(crate) struct Queue {
+    waiting: Arc<AtomicUsize>,
+    limit: usize,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Queue {
+    pub(crate) fn new(limit: usize, metrics: Arc<crate::metrics::Metrics>) -> Queue {
+        Queue {
+            waiting: Arc::new(AtomicUsize::new(0)),
+            limit,
+            metrics,
+        }
+    }
+
+    /// A place in the queue, or `None` when it is full.
+    fn enter(&self) -> Option<Waiting> {
+        let taken = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            });
+        taken.ok().map(|n| {
+            self.metrics.queue_length((n + 1) as i64);
+            Waiting {
+                waiting: self.waiting.clone(),
+                metrics: self.metrics.clone(),
+                since: Instant::now(),
+            }
+        })
+    }
+}
+
+/// One request's place in the queue; leaving (admitted or gone) frees it.
+struct Waiting {
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<crate::metrics::Metrics>,
+    since: Instant,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let left = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.metrics.queue_length(left as i64);
+        self.metrics.queue_wait(self.since.elapsed().as_secs_f64());
+    }
+}
+
 fn too_many(retry_after_s: u64) -> Response {
     let mut response = ApiError::Overloaded.into_response();
     response.headers_mut().insert(
@@ -168,8 +226,9 @@ fn too_many(retry_after_s: u64) -> Response {
     response
 }
 
-/// Admits a generation request only under the rate bound and while a slot is free; the slot
-/// is released when the response body ends.
+/// Admits a generation request under the rate bound when a slot is free, or after its turn
+/// in the queue; refuses it when the queue is full. The slot is released when the response
+/// body ends.
 pub(crate) async fn limit_in_flight(
     State(admission): State<Arc<Admission>>,
     req: Request,
@@ -180,8 +239,19 @@ pub(crate) async fn limit_in_flight(
             return too_many(wait);
         }
     }
-    let Ok(permit) = admission.slots.clone().try_acquire_owned() else {
-        return too_many(1);
+    let permit = match admission.slots.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            let Some(place) = admission.queue.enter() else {
+                return too_many(1);
+            };
+            // Dropped with this future when the client goes away: the place is freed.
+            let Ok(permit) = admission.slots.clone().acquire_owned().await else {
+                return ApiError::Internal("the API is shutting down".into()).into_response();
+            };
+            drop(place);
+            permit
+        }
     };
     let response = next.run(req).await;
     let (parts, body) = response.into_parts();

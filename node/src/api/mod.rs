@@ -56,6 +56,7 @@ pub fn router_with(
     };
     let admission = Arc::new(guard::Admission {
         slots: Arc::new(tokio::sync::Semaphore::new(options.max_requests)),
+        queue: guard::Queue::new(options.max_queue, state.metrics.clone()),
         rate: options.max_request_rate.map(guard::RequestRate::new),
     });
     let generation = Router::new()

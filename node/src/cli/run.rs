@@ -57,10 +57,15 @@ pub(crate) struct Args {
     /// come in SHOAL_API_TOKEN). Without one the API is open to whoever reaches it.
     #[arg(long, env = "SHOAL_API_TOKEN_FILE")]
     api_token_file: Option<PathBuf>,
-    /// Generation requests running or streaming at once through this node's API; more get
-    /// 429 at once.
-    #[arg(long, env = "SHOAL_MAX_REQUESTS", default_value_t = 64)]
-    max_requests: usize,
+    /// Generation requests running or streaming at once through this node's API; more wait
+    /// in the queue (default: the sessions a stage admits from one head, 3/4 of
+    /// --max-sessions).
+    #[arg(long, env = "SHOAL_MAX_REQUESTS")]
+    max_requests: Option<usize>,
+    /// Generation requests waiting for a slot, first come first served; more get 429 with
+    /// Retry-After.
+    #[arg(long, env = "SHOAL_MAX_QUEUE", default_value_t = 256)]
+    max_queue: usize,
     /// New generation requests per second this node's API accepts (bursts up to a second's
     /// worth); more get 429 with Retry-After. 0: no rate bound.
     #[arg(long, env = "SHOAL_MAX_REQUEST_RATE", default_value_t = 0.0)]
@@ -255,14 +260,18 @@ fn api_options(args: &Args) -> anyhow::Result<shoal::api::ApiOptions> {
         .map(|text| shoal::api::ApiToken::new(&text))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(args.max_requests > 0, "--max-requests must be at least 1");
+    let max_requests = args
+        .max_requests
+        .unwrap_or_else(|| shoal::pipeline::default_sessions_per_peer(args.max_sessions));
+    anyhow::ensure!(max_requests > 0, "--max-requests must be at least 1");
     anyhow::ensure!(
         args.max_request_rate >= 0.0 && args.max_request_rate.is_finite(),
         "--max-request-rate must be a non-negative number"
     );
     Ok(shoal::api::ApiOptions {
         token,
-        max_requests: args.max_requests,
+        max_requests,
+        max_queue: args.max_queue,
         max_request_rate: (args.max_request_rate > 0.0).then_some(args.max_request_rate),
         ..Default::default()
     })
