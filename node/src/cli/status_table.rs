@@ -100,17 +100,32 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
     match &view.plan {
         None => writeln!(out, "no active plan")?,
         Some(plan) => {
+            // Each hop shows the round-trip time its sender measured, when it has one.
+            let hop = |from: &str, to: &str| {
+                view.links
+                    .iter()
+                    .find(|l| l.a == from && l.b == to)
+                    .map_or("->".to_owned(), |l| format!("-({:.1} ms)->", l.rtt_ms))
+            };
             let mut path = format!("head {}", short_id(&plan.head));
+            let mut from = plan.head.as_str();
             for s in &plan.stages {
                 let _ = write!(
                     path,
-                    " -> {} [{}..{})",
+                    " {} {} [{}..{})",
+                    hop(from, &s.peer_id),
                     short_id(&s.peer_id),
                     s.layers[0],
                     s.layers[1]
                 );
+                from = &s.peer_id;
             }
-            let _ = write!(path, " -> head {}", short_id(&plan.head));
+            let _ = write!(
+                path,
+                " {} head {}",
+                hop(from, &plan.head),
+                short_id(&plan.head)
+            );
             writeln!(out, "pipeline (epoch {}): {path}", plan.epoch)?;
             let measured = plan
                 .measured_ms_per_token
@@ -245,6 +260,13 @@ pub(crate) mod tests {
             tokens_per_s: 42.0,
             replans: 1,
             events: Vec::new(),
+            links: vec![shoal::cluster::LinkView {
+                a: a.into(),
+                b: b.into(),
+                rtt_ms: 2.5,
+                bandwidth_mbps: None,
+                measured_at: 0,
+            }],
         }
     }
 
@@ -260,7 +282,7 @@ pub(crate) mod tests {
         assert!(text.contains("…aaaa1111"), "{text}");
         assert!(text.contains("0..18") && text.contains("18..30"), "{text}");
         assert!(
-            text.contains("pipeline (epoch 3): head …aaaa1111 -> …aaaa1111 [0..18) -> …bbbb2222 [18..30) -> head …aaaa1111"),
+            text.contains("pipeline (epoch 3): head …aaaa1111 -> …aaaa1111 [0..18) -(2.5 ms)-> …bbbb2222 [18..30) -> head …aaaa1111"),
             "{text}"
         );
         assert!(

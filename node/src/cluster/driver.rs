@@ -119,6 +119,7 @@ pub(crate) async fn run<D: Discovery>(driver: Driver<D>, cancel: CancellationTok
                 Input::Tick(Tick {
                     stages: stages.report(quota),
                     cpu_quota_milli: cpu_quota::as_milli(quota),
+                    link_rtts: stages.link_rtts(),
                 })
             }
         };

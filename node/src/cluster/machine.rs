@@ -30,6 +30,7 @@ pub(crate) use inputs::{Input, StageReport, Tick};
 
 mod actions;
 mod inputs;
+mod links;
 mod plans;
 #[cfg(test)]
 mod sim;
@@ -285,6 +286,10 @@ impl Cluster {
     fn updated(&mut self, advert: Advert, now: Millis) {
         self.highest_epoch = self.highest_epoch.max(advert.state.epoch);
         // Only a link newly lost is urgent; one that comes back waits for the next replan.
+        let links_changed = self
+            .members
+            .get(&advert.peer_id)
+            .is_some_and(|old| links::links_changed(old, &advert));
         let newly_unreachable = match self.members.get(&advert.peer_id) {
             Some(old) => advert
                 .state
@@ -301,7 +306,7 @@ impl Cluster {
         if self.is_coordinator() {
             if newly_unreachable {
                 self.replan_at = Some(now);
-            } else if advert.state.epoch != current {
+            } else if advert.state.epoch != current || links_changed {
                 self.arm_replan(now);
             }
         }

@@ -27,6 +27,6 @@ pub mod weights;
 pub use control::{Assignment, Control, StageAssignment};
 pub use node::{Node, NodeConfig};
 pub use view::{
-    ClusterState, ClusterView, MemberState, MemberView, ModelSummary, PlanView, StageView,
+    ClusterState, ClusterView, LinkView, MemberState, MemberView, ModelSummary, PlanView, StageView,
 };
 pub use weights::ModelSource;

@@ -145,5 +145,17 @@ pub(crate) fn view(
         tokens_per_s,
         replans: state.replans,
         events,
+        links: all
+            .iter()
+            .flat_map(|a| {
+                a.state.links.iter().map(|l| super::view::LinkView {
+                    a: a.peer_id.to_string(),
+                    b: l.peer.to_string(),
+                    rtt_ms: l.rtt_us as f64 / 1000.0,
+                    bandwidth_mbps: l.bytes_per_sec.map(|b| b as f64 * 8.0 / 1e6),
+                    measured_at: l.measured_at_ms,
+                })
+            })
+            .collect(),
     }
 }

@@ -162,6 +162,18 @@ impl Stages {
             .collect()
     }
 
+    /// Round-trip times (microseconds) of the links the running stages send on; the
+    /// newest stage's figure wins for a destination several share.
+    pub(crate) fn link_rtts(&self) -> Vec<(SocketAddr, u64)> {
+        let mut rtts = BTreeMap::new();
+        for stage in self.running.values() {
+            for (to, rtt) in stage.link_rtts() {
+                rtts.insert(to, rtt.as_micros() as u64);
+            }
+        }
+        rtts.into_iter().collect()
+    }
+
     /// Stops every stage and waits for every task this set started: loads in flight are
     /// abandoned, stages stopped.
     pub(crate) async fn shutdown(mut self) {

@@ -50,6 +50,25 @@ pub struct ClusterView {
     /// What happened lately (joins, leaves, plans, moved layers, recoveries), oldest first.
     #[serde(default)]
     pub events: Vec<crate::events::Event>,
+    /// Links the members measured (QUIC's round-trip time of the links their stages send
+    /// on), one per direction.
+    #[serde(default)]
+    pub links: Vec<LinkView>,
+}
+
+/// One direction of a measured link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// Sending peer id.
+    pub a: String,
+    /// Receiving peer id.
+    pub b: String,
+    /// Round-trip time, milliseconds.
+    pub rtt_ms: f64,
+    /// Measured bandwidth, megabits per second (`None`: not probed).
+    pub bandwidth_mbps: Option<f64>,
+    /// When it was measured, milliseconds on the sender's clock.
+    pub measured_at: u64,
 }
 
 /// The model being served.

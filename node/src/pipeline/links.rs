@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use transport::quic::{Endpoint, FrameHeader, LinkError, LinkSender};
+use transport::quic::{Endpoint, FrameHeader, LinkError, LinkSender, RttProbe};
 
 use crate::metrics::Metrics;
 
@@ -23,6 +23,8 @@ pub(crate) struct Lost {
 pub(crate) struct Links {
     endpoint: Arc<Endpoint>,
     open: HashMap<SocketAddr, LinkSender>,
+    /// Round-trip times of the open links, shared with whoever reports them.
+    rtts: LinkRtts,
     /// Where hop timings go, and the hop's index in the ring.
     metrics: Option<(Arc<Metrics>, u32)>,
     attempts: u64,
@@ -44,6 +46,7 @@ impl Links {
         Links {
             endpoint,
             open: HashMap::new(),
+            rtts: LinkRtts::default(),
             metrics,
             attempts,
             backoff,
@@ -60,6 +63,13 @@ impl Links {
     /// Forgets the link to `to` (its connection ended); the next send connects anew.
     pub(crate) fn forget(&mut self, to: SocketAddr) {
         self.open.remove(&to);
+        self.rtts.remove(to);
+    }
+
+    /// Keeps these links' round-trip times in `rtts` (read elsewhere).
+    pub(crate) fn sharing(mut self, rtts: LinkRtts) -> Links {
+        self.rtts = rtts;
+        self
     }
 
     /// Sends one frame to `to` and records the hop; the last error when every attempt failed.
@@ -82,6 +92,7 @@ impl Links {
                                 let _ = lost.send(Lost { to, error }).await;
                             });
                         }
+                        self.rtts.insert(to, l.rtt_probe());
                         v.insert(l.split().0)
                     }
                     Err(e) => {
@@ -102,9 +113,37 @@ impl Links {
                 Err(e) => {
                     last_error = e;
                     self.open.remove(&to);
+                    self.rtts.remove(to);
                 }
             }
         }
         Err(last_error)
+    }
+}
+
+/// The round-trip times of a set of open links, by destination.
+#[derive(Clone, Default)]
+pub(crate) struct LinkRtts(Arc<std::sync::Mutex<HashMap<SocketAddr, RttProbe>>>);
+
+impl LinkRtts {
+    fn insert(&self, to: SocketAddr, probe: RttProbe) {
+        self.lock().insert(to, probe);
+    }
+
+    fn remove(&self, to: SocketAddr) {
+        self.lock().remove(&to);
+    }
+
+    /// Each live link's destination and current round-trip time.
+    pub(crate) fn now(&self) -> Vec<(SocketAddr, Duration)> {
+        self.lock()
+            .iter()
+            .filter(|(_, p)| !p.is_closed())
+            .map(|(to, p)| (*to, p.rtt()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, RttProbe>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

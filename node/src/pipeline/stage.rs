@@ -151,6 +151,7 @@ pub struct Stage {
     /// Fires once the stage's thread has finished.
     stopped: Option<oneshot::Receiver<()>>,
     forwarded: Arc<AtomicU64>,
+    rtts: super::links::LinkRtts,
     sessions: Arc<AtomicUsize>,
     steps: Arc<StepTimes>,
     batched: Arc<BatchCounts>,
@@ -264,6 +265,7 @@ impl Stage {
         let (job_tx, job_rx) = mpsc::channel::<Job>(QUEUE);
         let (out_tx, out_rx) = mpsc::channel::<Outgoing>(QUEUE);
         let forwarded = Arc::new(AtomicU64::new(0));
+        let rtts = super::links::LinkRtts::default();
         let sessions = Arc::new(AtomicUsize::new(0));
         let steps = Arc::new(StepTimes::default());
         let (route_tx, route_rx) = watch::channel(cfg.route);
@@ -294,6 +296,7 @@ impl Stage {
                 cancel: cancel.clone(),
                 metrics: cfg.metrics.clone().map(|m| (m, cfg.index + 1)),
                 events: cfg.events.clone(),
+                rtts: rtts.clone(),
             }),
             on,
         );
@@ -338,6 +341,7 @@ impl Stage {
             cancel,
             stopped: Some(stopped),
             forwarded,
+            rtts,
             sessions,
             steps,
             batched,
@@ -375,6 +379,12 @@ impl Stage {
     /// The address the stage accepts its upstream link on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The round-trip time of each link this stage sends on now (its next stage, or the
+    /// heads it answers), as QUIC estimates it.
+    pub fn link_rtts(&self) -> Vec<(SocketAddr, Duration)> {
+        self.rtts.now()
     }
 
     /// Frames this stage has sent downstream.

@@ -63,6 +63,7 @@ pub fn view(state: ClusterState, name: &str) -> ClusterView {
         tokens_per_s: 0.0,
         replans: 0,
         events: Vec::new(),
+        links: Vec::new(),
     }
 }
 

@@ -93,6 +93,6 @@ pub struct LinkMeasure {
     pub rtt_us: u64,
     /// Measured throughput towards it, bytes per second (`None`: not probed yet).
     pub bytes_per_sec: Option<u64>,
-    /// Milliseconds since the Unix epoch when it was last measured.
+    /// When it was last measured, in milliseconds on the measuring node's clock.
     pub measured_at_ms: u64,
 }

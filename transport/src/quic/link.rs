@@ -82,6 +82,11 @@ impl Link {
         &self.connection
     }
 
+    /// A handle that reads this link's round-trip time for as long as the connection lives.
+    pub fn rtt_probe(&self) -> RttProbe {
+        RttProbe(self.connection.clone())
+    }
+
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.connection.remote_address()
@@ -104,5 +109,22 @@ impl Link {
     /// the other). The connection lives as long as either half.
     pub fn split(self) -> (LinkSender, LinkReceiver) {
         (self.sender, self.receiver)
+    }
+}
+
+/// Reads a link's smoothed path round-trip time (QUIC's own estimate, from every
+/// acknowledgement: no extra traffic).
+#[derive(Clone, Debug)]
+pub struct RttProbe(quinn::Connection);
+
+impl RttProbe {
+    /// The current estimate.
+    pub fn rtt(&self) -> std::time::Duration {
+        self.0.rtt()
+    }
+
+    /// Whether the connection has ended (its estimate no longer means anything).
+    pub fn is_closed(&self) -> bool {
+        self.0.close_reason().is_some()
     }
 }

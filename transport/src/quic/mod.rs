@@ -21,7 +21,7 @@ pub mod tls;
 pub use emulation::{LinkEmulation, LinkEmulationError};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointError};
 pub use frame::{ErrorCode, Frame, FrameError, FrameHeader, FrameKind, Limits};
-pub use link::{Link, LinkReceiver, LinkSender};
+pub use link::{Link, LinkReceiver, LinkSender, RttProbe};
 pub use stream::{FrameReader, FrameWriter, LinkError};
 pub use tls::{
     peer_id_of, CertFingerprint, Identity, InsecureAcceptAny, Libp2pIdentity, PeerVerifier,

@@ -59,6 +59,9 @@ pub(crate) struct Tick {
     pub(crate) stages: Vec<StageReport>,
     /// The process's CPU quota in thousandths of a core, if it has one.
     pub(crate) cpu_quota_milli: Option<u32>,
+    /// Round-trip times (microseconds) of the links this node's stages send on, by
+    /// destination address.
+    pub(crate) link_rtts: Vec<(SocketAddr, u64)>,
 }
 
 /// One running stage, as a tick sees it.

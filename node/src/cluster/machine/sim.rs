@@ -323,7 +323,7 @@ impl Sim {
                         .collect();
                     let tick = Tick {
                         stages,
-                        cpu_quota_milli: None,
+                        ..Tick::default()
                     };
                     self.queue.push_back((*peer, Input::Tick(tick)));
                 }

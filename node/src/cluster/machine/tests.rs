@@ -321,9 +321,7 @@ fn a_straggler_sheds_a_few_layers_and_is_trusted_again_when_it_recovers() {
         "{events:?}"
     );
     reports(&mut sim, 1.0, 40_000);
-    // Recovered, the node is trusted again. Every node runs as fast as the others, so a
-    // token costs the same whatever the split: the policy keeps the rebalanced plan
-    // rather than moving layers back for nothing.
+    // Recovered and trusted again; every split costs the same: layers stay where they are.
     let events = &sim.nodes[&sim.by_id()[0]].events;
     assert!(events.iter().any(|e| e.contains("Restore")), "{events:?}");
     let restored = sim.agreed().unwrap();
@@ -416,7 +414,7 @@ fn step_reports_reach_the_advert_only_when_they_change() {
             steps,
             step_us: Some(1500),
         }],
-        cpu_quota_milli: None,
+        ..Tick::default()
     };
     let node = sim.nodes.get_mut(&peer).unwrap();
     let now = sim.now;

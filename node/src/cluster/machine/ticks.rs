@@ -9,6 +9,7 @@ impl Cluster {
     pub(super) fn tick(&mut self, tick: Tick, now: Millis, out: &mut Vec<Action>) {
         let active = self.active_epoch();
         self.report_steps(&tick, active, out);
+        self.measured_links(&tick.link_rtts, now, out);
         self.watch_stragglers(active, now, out);
         // Stop stages of older plans once their last request has finished.
         for r in &mut self.stages {

@@ -13,7 +13,7 @@ use transport::quic::{Endpoint, LinkError};
 
 use super::{hash_of, upstream_key, Dest, Job, Outgoing, StageEvent, Upstream, HOP};
 use crate::metrics::Metrics;
-use crate::pipeline::links::{Links, Lost};
+use crate::pipeline::links::{LinkRtts, Links, Lost};
 use crate::pipeline::protocol::{self, FailureCode, Message, Reply};
 use crate::pipeline::route::{self, Route};
 
@@ -102,6 +102,8 @@ pub(super) struct Downstream {
     /// Where hop timings go, with this stage's outgoing hop index.
     pub(super) metrics: Option<(Arc<Metrics>, u32)>,
     pub(super) events: Option<mpsc::Sender<StageEvent>>,
+    /// Where the round-trip times of this stage's outgoing links are kept.
+    pub(super) rtts: LinkRtts,
 }
 
 /// Sends frames to the next hop, connecting (and reconnecting) as needed. Keeps one link per
@@ -118,9 +120,12 @@ pub(super) async fn downstream(d: Downstream) {
         cancel,
         metrics,
         events,
+        rtts,
     } = d;
     let (lost_tx, mut lost) = mpsc::channel::<Lost>(16);
-    let mut links = Links::new(endpoint, metrics, 3, Duration::from_millis(100)).watched(lost_tx);
+    let mut links = Links::new(endpoint, metrics, 3, Duration::from_millis(100))
+        .watched(lost_tx)
+        .sharing(rtts);
     let mut scratch = Vec::new();
     loop {
         let out = tokio::select! {
