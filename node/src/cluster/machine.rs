@@ -133,6 +133,8 @@ pub(crate) struct Cluster {
     /// Set by a straggler decision that moves layers in place: the next plan keeps the
     /// active one's stages, within this tolerance of the best.
     rebalance: Option<f64>,
+    /// Recent round-trip samples of this node's links, by peer ([`links`]).
+    link_samples: links::Samples,
     /// Peers this node's stages lost the link to, and when; reported in its advert until
     /// [`UNREACHABLE_FOR`] has passed.
     unreachable: BTreeMap<PeerId, Millis>,
@@ -162,6 +164,7 @@ impl Cluster {
             assigned_at: HashMap::new(),
             unreachable: BTreeMap::new(),
             rebalance: None,
+            link_samples: Default::default(),
         };
         // A node alone still plans for itself.
         machine.arm_replan(now);

@@ -1,16 +1,24 @@
 //! Measured links: this node publishes the round-trip times its stages' links see, with
 //! hysteresis, and the coordinator replans when a member's published link cost changed.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use transport::discovery::{Advert, LinkMeasure};
+use transport::discovery::{Advert, LinkMeasure, PeerId};
 
 use super::{Action, Cluster, Millis};
 
 /// A link's cost must move by this share of its last published value...
 const RELATIVE_CHANGE: f64 = 0.25;
 /// ...and by at least this many microseconds, before it is published again.
-const ABSOLUTE_CHANGE_US: u64 = 1000;
+const ABSOLUTE_CHANGE_US: u64 = 2000;
+/// A link's cost is the least of its last this many samples (one a second): QUIC's
+/// estimate includes the time a busy receiver takes to acknowledge, which the path does
+/// not cost; the minimum over a window keeps the path's own delay.
+const WINDOW: usize = 10;
+
+/// Recent samples per peer.
+pub(super) type Samples = HashMap<PeerId, VecDeque<u64>>;
 
 impl Cluster {
     /// Folds this tick's link round-trip times (by destination address) into this node's
@@ -22,10 +30,16 @@ impl Cluster {
         out: &mut Vec<Action>,
     ) {
         let mut changed = false;
-        for &(addr, rtt_us) in rtts {
+        for &(addr, sample) in rtts {
             let Some(peer) = self.member_at(addr) else {
                 continue;
             };
+            let window = self.link_samples.entry(peer).or_default();
+            if window.len() == WINDOW {
+                window.pop_front();
+            }
+            window.push_back(sample);
+            let rtt_us = window.iter().copied().min().unwrap_or(sample);
             let links = &mut self.advert.state.links;
             match links.iter_mut().find(|l| l.peer == peer) {
                 Some(l) if !material(l.rtt_us, rtt_us) => {}
@@ -53,6 +67,7 @@ impl Cluster {
             .links
             .retain(|l| members.contains_key(&l.peer));
         changed |= self.advert.state.links.len() != before;
+        self.link_samples.retain(|p, _| members.contains_key(p));
         if changed {
             out.push(Action::Publish(Box::new(self.advert.clone())));
             // Other members' changes reach the coordinator as adverts; its own, here.
@@ -63,7 +78,7 @@ impl Cluster {
     }
 
     /// The member whose head or stage listens at `addr`.
-    fn member_at(&self, addr: SocketAddr) -> Option<transport::discovery::PeerId> {
+    fn member_at(&self, addr: SocketAddr) -> Option<PeerId> {
         self.members
             .values()
             .find(|a| a.state.stage_addr == Some(addr) || a.data_addr == addr)
@@ -131,7 +146,7 @@ mod tests {
 
     #[test]
     fn only_material_changes_count() {
-        assert!(!material(300, 900), "under a millisecond apart");
+        assert!(!material(300, 1900), "under two milliseconds apart");
         assert!(!material(30_000, 33_000), "10% of a 30 ms link");
         assert!(material(2_000, 30_000));
         assert!(material(30_000, 2_000));
