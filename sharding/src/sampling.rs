@@ -524,10 +524,7 @@ mod tests {
         let max = cands[0].1;
         if c.top_p < 1.0 {
             let summed = if top_k { &cands } else { &total_order };
-            let total: f64 = summed
-                .iter()
-                .map(|&(_, l)| f64::from(expf(l - max)))
-                .sum();
+            let total: f64 = summed.iter().map(|&(_, l)| f64::from(expf(l - max))).sum();
             let mut cum = 0.0;
             let mut keep = cands.len();
             for (i, &(_, l)) in cands.iter().enumerate() {
