@@ -150,6 +150,7 @@ mod tests {
             }),
             version: "v".into(),
             seed_addr: None,
+            platform: Default::default(),
             state: AdvertState::default(),
         }
     }

@@ -207,10 +207,24 @@ pub struct TypeKernels {
     pub isa: &'static str,
 }
 
+/// The kernel table for this CPU, built on first use.
+static TABLE: OnceLock<Vec<TypeKernels>> = OnceLock::new();
+
 /// The kernels for weight type `ty` on this CPU, or `None` when `ty` is not a weight type.
 pub fn kernels(ty: GgmlType) -> Option<&'static TypeKernels> {
-    static TABLE: OnceLock<Vec<TypeKernels>> = OnceLock::new();
     TABLE.get_or_init(build_table).iter().find(|k| k.ty == ty)
+}
+
+/// The kernel sets this CPU's matrix products run on, e.g. `avx512+avx2` (distinct
+/// [`TypeKernels::isa`] names over the weight types, best first), for adverts and logs.
+pub fn kernel_set() -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for k in TABLE.get_or_init(build_table) {
+        if !names.contains(&k.isa) {
+            names.push(k.isa);
+        }
+    }
+    names.join("+")
 }
 
 /// The scalar reference kernels for `ty`, whatever this CPU supports.

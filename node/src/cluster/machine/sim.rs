@@ -82,6 +82,7 @@ fn advert(peer: PeerId, memory_mib: u64, decode_ms: f64, index: u16) -> Advert {
         }),
         version: "test".into(),
         seed_addr: None,
+        platform: Default::default(),
         state: AdvertState::default(),
     }
 }
