@@ -317,10 +317,15 @@ pub(crate) mod tests {
         let text = render(&v);
         let row = |tail: &str| text.lines().find(|l| l.contains(tail)).expect("a row");
         assert!(row("…aaaa1111 ").ends_with("x86_64 avx512+avx2"), "{text}");
-        assert!(row("…bbbb2222 ").ends_with("aarch64 neon+neon-dotprod"), "{text}");
+        assert!(
+            row("…bbbb2222 ").ends_with("aarch64 neon+neon-dotprod"),
+            "{text}"
+        );
         assert!(text.contains(" platform"), "{text}");
         v.members[1].arch.clear();
-        assert!(render(&v).lines().any(|l| l.contains("…bbbb2222 ") && l.ends_with(" -")));
+        assert!(render(&v)
+            .lines()
+            .any(|l| l.contains("…bbbb2222 ") && l.ends_with(" -")));
     }
 
     #[test]
