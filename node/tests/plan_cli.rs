@@ -153,6 +153,7 @@ fn twin_fleets(
             }),
             version: "v".into(),
             seed_addr: None,
+            platform: Default::default(),
             state: AdvertState {
                 cpu_quota_milli: s.quota.map(|q| (q.0 * 1000.0) as u32),
                 ..AdvertState::default()

@@ -8,6 +8,7 @@
 pub mod chat;
 pub mod gguf;
 pub mod kv;
+pub mod mathf;
 pub mod model;
 pub mod quant;
 pub mod sampling;

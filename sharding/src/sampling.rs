@@ -15,6 +15,7 @@
 //!
 //! Buffers are kept between calls: after the first token, sampling allocates nothing.
 
+use crate::mathf::{expf, lnf};
 use std::collections::VecDeque;
 
 mod speculative;
@@ -287,7 +288,7 @@ impl Sampler {
         weights.extend(
             cands
                 .iter()
-                .map(|&(_, l)| f64::from(((l - max) * inv_t).exp())),
+                .map(|&(_, l)| f64::from(expf((l - max) * inv_t))),
         );
         let total: f64 = weights.iter().sum();
         if !(total > 0.0 && total.is_finite()) {
@@ -328,7 +329,7 @@ impl Sampler {
             .iter()
             .fold(f32::NEG_INFINITY, |m, &(_, l)| if l > m { l } else { m });
         if c.top_p < 1.0 {
-            let total: f64 = cands.iter().map(|&(_, l)| f64::from((l - max).exp())).sum();
+            let total: f64 = cands.iter().map(|&(_, l)| f64::from(expf(l - max))).sum();
             // The nucleus is the shortest most-likely-first run reaching `top_p`. Sort only
             // the most likely NUCLEUS_GUESS first; the rest only if they are not enough.
             let guess = if sorted {
@@ -343,7 +344,7 @@ impl Sampler {
             let mut cum = 0.0;
             let mut walk = |from: usize, cands: &[(u32, f32)]| {
                 for (i, &(_, l)) in cands.iter().enumerate().skip(from) {
-                    cum += f64::from((l - max).exp()) / total;
+                    cum += f64::from(expf(l - max)) / total;
                     if cum >= f64::from(c.top_p) {
                         return Some(i + 1);
                     }
@@ -360,7 +361,7 @@ impl Sampler {
             sorted = true;
         }
         if c.min_p > 0.0 {
-            let threshold = max + c.min_p.ln();
+            let threshold = max + lnf(c.min_p);
             if sorted {
                 let keep = cands.iter().take_while(|&&(_, l)| l >= threshold).count();
                 cands.truncate(keep.max(1));
@@ -523,14 +524,11 @@ mod tests {
         let max = cands[0].1;
         if c.top_p < 1.0 {
             let summed = if top_k { &cands } else { &total_order };
-            let total: f64 = summed
-                .iter()
-                .map(|&(_, l)| f64::from((l - max).exp()))
-                .sum();
+            let total: f64 = summed.iter().map(|&(_, l)| f64::from(expf(l - max))).sum();
             let mut cum = 0.0;
             let mut keep = cands.len();
             for (i, &(_, l)) in cands.iter().enumerate() {
-                cum += f64::from((l - max).exp()) / total;
+                cum += f64::from(expf(l - max)) / total;
                 if cum >= f64::from(c.top_p) {
                     keep = i + 1;
                     break;
@@ -539,7 +537,7 @@ mod tests {
             cands.truncate(keep.max(1));
         }
         if c.min_p > 0.0 {
-            let threshold = max + c.min_p.ln();
+            let threshold = max + lnf(c.min_p);
             let keep = cands.iter().take_while(|&&(_, l)| l >= threshold).count();
             cands.truncate(keep.max(1));
         }

@@ -46,6 +46,7 @@ fn advert(peer: PeerId) -> Advert {
         layer_cost: None,
         version: "0.1.0".into(),
         seed_addr: None,
+        platform: Default::default(),
         state: Default::default(),
     }
 }

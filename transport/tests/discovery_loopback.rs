@@ -56,6 +56,7 @@ fn advert(peer: PeerId, epoch: u64) -> Advert {
         }),
         version: "0.1.0".into(),
         seed_addr: None,
+        platform: Default::default(),
         state: AdvertState {
             epoch,
             ready: epoch > 0,

@@ -146,6 +146,7 @@ fn netns_child_node() {
             layer_cost: None,
             version: ns.clone(),
             seed_addr: None,
+            platform: Default::default(),
             state: AdvertState::default(),
         };
         handle.publish(advert).await.expect("publish");

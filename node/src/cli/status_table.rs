@@ -54,8 +54,17 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(
         out,
-        "  {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}",
-        "node", "address", "threads", "cpu", "memory", "layers", "state", "ms/layer", "model"
+        "  {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}  {}",
+        "node",
+        "address",
+        "threads",
+        "cpu",
+        "memory",
+        "layers",
+        "state",
+        "ms/layer",
+        "model",
+        "platform"
     )?;
     for m in &view.members {
         let layers = m
@@ -82,9 +91,16 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
         } else {
             "(no API)".to_owned()
         };
+        // Architecture and kernel sets, e.g. "aarch64 neon+neon-dotprod"; "-" from nodes
+        // that do not advertise them.
+        let platform = if m.arch.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{} {}", m.arch, m.kernels)
+        };
         writeln!(
             out,
-            "{me} {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}",
+            "{me} {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}  {platform}",
             short_id(&m.peer_id),
             address,
             m.threads,
@@ -218,6 +234,8 @@ pub(crate) mod tests {
             layers,
             state,
             version: "0.1.0".into(),
+            arch: "x86_64".into(),
+            kernels: "avx512+avx2".into(),
         }
     }
 
@@ -319,6 +337,25 @@ pub(crate) mod tests {
         // The first row starts with "*" (this node), which the header does not have.
         assert_eq!(row("…aaaa1111 ")[column + 1], "-", "{text}");
         assert_eq!(row("…bbbb2222 ")[column], "0.05", "{text}");
+    }
+
+    #[test]
+    fn each_node_shows_its_architecture_and_kernels() {
+        let mut v = fixture();
+        v.members[1].arch = "aarch64".into();
+        v.members[1].kernels = "neon+neon-dotprod".into();
+        let text = render(&v);
+        let row = |tail: &str| text.lines().find(|l| l.contains(tail)).expect("a row");
+        assert!(row("…aaaa1111 ").ends_with("x86_64 avx512+avx2"), "{text}");
+        assert!(
+            row("…bbbb2222 ").ends_with("aarch64 neon+neon-dotprod"),
+            "{text}"
+        );
+        assert!(text.contains(" platform"), "{text}");
+        v.members[1].arch.clear();
+        assert!(render(&v)
+            .lines()
+            .any(|l| l.contains("…bbbb2222 ") && l.ends_with(" -")));
     }
 
     #[test]

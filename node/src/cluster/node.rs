@@ -249,6 +249,10 @@ impl Node {
             seed_addr: seed
                 .as_ref()
                 .map(|s| SocketAddr::new(ip, s.local_addr().port())),
+            platform: transport::discovery::Platform {
+                arch: std::env::consts::ARCH.to_owned(),
+                kernels: sharding::quant::kernel_set(),
+            },
             state: AdvertState {
                 cpu_quota_milli: crate::cpu_quota::as_milli(quota),
                 serves_api: cfg.serves_api,

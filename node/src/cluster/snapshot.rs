@@ -80,6 +80,8 @@ pub(crate) fn view(
                     MemberState::Idle
                 },
                 version: a.version.clone(),
+                arch: a.platform.arch.clone(),
+                kernels: a.platform.kernels.clone(),
             }
         })
         .collect();
@@ -108,6 +110,8 @@ pub(crate) fn view(
                 layers: Some(s.layers),
                 state: MemberState::Gone,
                 version: String::new(),
+                arch: String::new(),
+                kernels: String::new(),
             });
         }
     }

@@ -122,6 +122,12 @@ pub struct MemberView {
     pub state: MemberState,
     /// Software version.
     pub version: String,
+    /// CPU architecture (`x86_64`, `aarch64`); empty when unknown.
+    #[serde(default)]
+    pub arch: String,
+    /// Kernel sets its matrix products run on, e.g. `avx512+avx2`; empty when unknown.
+    #[serde(default)]
+    pub kernels: String,
 }
 
 /// What one node is doing.

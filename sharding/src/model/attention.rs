@@ -128,11 +128,11 @@ fn one_head<K: Kernels>(
         let mut ms = 1.0f32;
         let mut vs = 1.0f32;
         if s > max {
-            ms = (max - s).exp();
+            ms = crate::mathf::expf(max - s);
             max = s;
             K::scale(acc, ms);
         } else {
-            vs = (s - max).exp();
+            vs = crate::mathf::expf(s - max);
         }
         let vr = &v[j * v_stride + kv_head * hdv..][..hdv];
         K::mad(acc, vr, vs);

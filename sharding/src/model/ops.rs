@@ -113,17 +113,17 @@ fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044715;
     // `1 + a·x·x` is contracted to a fused multiply-add in llama.cpp's build.
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (COEF_A * x).mul_add(x, 1.0)).tanh())
+    0.5 * x * (1.0 + crate::mathf::tanhf(SQRT_2_OVER_PI * x * (COEF_A * x).mul_add(x, 1.0)))
 }
 
 /// Rotary angles of one position: `cos` and `sin` for each rotated pair, computed as ggml
 /// does (theta multiplied down pair by pair in f32).
 pub(crate) fn rope_angles(pos: usize, base: f32, rope_dim: usize, out: &mut [f32]) {
-    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+    let theta_scale = crate::mathf::powf(base, -2.0 / rope_dim as f32);
     let mut theta = pos as f32;
     for pair in out.chunks_exact_mut(2) {
-        pair[0] = theta.cos();
-        pair[1] = theta.sin();
+        pair[0] = crate::mathf::cosf(theta);
+        pair[1] = crate::mathf::sinf(theta);
         theta *= theta_scale;
     }
 }

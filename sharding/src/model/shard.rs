@@ -454,12 +454,12 @@ fn row_angles(cfg: &ModelConfig, freqs: Option<&[f32]>, row: usize, pos: usize, 
 
 /// The rotary angles of `pos` with per-pair frequency divisors (Llama 3 `rope_freqs`).
 fn freq_angles(cfg: &ModelConfig, ff: &[f32], pos: usize, angles: &mut [f32]) {
-    let theta_scale = cfg.rope_base.powf(-2.0 / cfg.rope_dim as f32);
+    let theta_scale = crate::mathf::powf(cfg.rope_base, -2.0 / cfg.rope_dim as f32);
     let mut theta = pos as f32;
     for (pair, &f) in angles.chunks_exact_mut(2).zip(ff) {
         let th = theta / f;
-        pair[0] = th.cos();
-        pair[1] = th.sin();
+        pair[0] = crate::mathf::cosf(th);
+        pair[1] = crate::mathf::sinf(th);
         theta *= theta_scale;
     }
 }

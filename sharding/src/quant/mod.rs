@@ -6,12 +6,17 @@
 //! the integer kernels fast.
 //!
 //! Each type has a scalar reference (`scalar/`) and SIMD kernels per architecture (`x86/`,
-//! `aarch64/`), picked once at run time by [`kernels`]. Property tests check every SIMD kernel
-//! against its scalar twin.
+//! `aarch64/`), picked once at run time by [`kernels`]. The scalar reference spells out one
+//! canonical arithmetic (ggml's AVX2 order of accumulation, fused multiply-adds and rounding,
+//! which is what llama.cpp computes on x86), and every SIMD kernel on every architecture
+//! reproduces it bit for bit, so a layer gives the same bits on whichever node runs it
+//! (`canonical_tests` checks every kernel set the host can run).
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod blocks;
+#[cfg(test)]
+mod canonical_tests;
 pub mod scalar;
 pub mod wire;
 #[cfg(target_arch = "x86_64")]
@@ -202,15 +207,44 @@ pub struct TypeKernels {
     pub isa: &'static str,
 }
 
+/// The kernel table for this CPU, built on first use.
+static TABLE: OnceLock<Vec<TypeKernels>> = OnceLock::new();
+
 /// The kernels for weight type `ty` on this CPU, or `None` when `ty` is not a weight type.
 pub fn kernels(ty: GgmlType) -> Option<&'static TypeKernels> {
-    static TABLE: OnceLock<Vec<TypeKernels>> = OnceLock::new();
     TABLE.get_or_init(build_table).iter().find(|k| k.ty == ty)
+}
+
+/// The kernel sets this CPU's matrix products run on, e.g. `avx512+avx2` (distinct
+/// [`TypeKernels::isa`] names over the weight types, best first), for adverts and logs.
+pub fn kernel_set() -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for k in TABLE.get_or_init(build_table) {
+        if !names.contains(&k.isa) {
+            names.push(k.isa);
+        }
+    }
+    names.join("+")
 }
 
 /// The scalar reference kernels for `ty`, whatever this CPU supports.
 pub fn reference_kernels(ty: GgmlType) -> Option<TypeKernels> {
     scalar::kernels(ty)
+}
+
+/// Every SIMD kernel set for `ty` this CPU can run, lowest level first (e.g. AVX2 then
+/// AVX-512); empty where only the scalar reference serves `ty`. All of them give the
+/// reference's bits (`canonical_tests`).
+pub fn simd_kernel_sets(ty: GgmlType) -> Vec<TypeKernels> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::all_kernels(ty);
+    #[cfg(target_arch = "aarch64")]
+    return aarch64::all_kernels(ty);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = ty;
+        Vec::new()
+    }
 }
 
 fn build_table() -> Vec<TypeKernels> {

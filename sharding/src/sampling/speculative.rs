@@ -22,7 +22,7 @@ impl Sampler {
         weights.extend(
             cands
                 .iter()
-                .map(|&(_, l)| f64::from(((l - max) * inv_t).exp())),
+                .map(|&(_, l)| f64::from(crate::mathf::expf((l - max) * inv_t))),
         );
         let total: f64 = weights.iter().sum();
         if !(total > 0.0 && total.is_finite()) {

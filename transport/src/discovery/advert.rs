@@ -29,8 +29,21 @@ pub struct Advert {
     /// [`crate::blob`]); `None` when it serves none.
     #[serde(default)]
     pub seed_addr: Option<SocketAddr>,
+    /// The CPU architecture and kernel sets the node computes with.
+    #[serde(default)]
+    pub platform: Platform,
     /// Coordination state owned by the layer above (plan epoch, readiness).
     pub state: AdvertState,
+}
+
+/// Where a node's layers run: informational, since every kernel set computes the same bits
+/// (the model crate's canonical arithmetic), so a plan may mix architectures freely.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// CPU architecture, as Rust names it (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The kernel sets its matrix products use, e.g. `avx512+avx2` or `neon+neon-dotprod`.
+    pub kernels: String,
 }
 
 /// Measured per-layer cost. Opaque to transport: the scheduler interprets it.

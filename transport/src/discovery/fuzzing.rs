@@ -103,6 +103,7 @@ mod tests {
                     prefill_ms_per_token: 0.1,
                 }),
                 version: "test".into(),
+                platform: Default::default(),
                 state: AdvertState {
                     epoch: 3,
                     ready: true,

@@ -217,6 +217,7 @@ mod tests {
             layer_cost: None,
             version: "test".into(),
             seed_addr: None,
+            platform: Default::default(),
             state: AdvertState {
                 epoch,
                 ready: false,

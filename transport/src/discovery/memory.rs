@@ -254,6 +254,7 @@ mod tests {
             layer_cost: None,
             version: "t".into(),
             seed_addr: None,
+            platform: Default::default(),
             state: AdvertState {
                 epoch,
                 ready: true,

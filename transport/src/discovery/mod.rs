@@ -26,7 +26,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use tokio::sync::broadcast;
 
-pub use advert::{Advert, AdvertState, LayerCost, LinkMeasure};
+pub use advert::{Advert, AdvertState, LayerCost, LinkMeasure, Platform};
 pub use config::Config;
 pub use error::{DiscoveryError, RejectReason, SendError, StartError};
 pub use event::{BroadcastReport, InboundMessage, Inbox, MembershipEvent};

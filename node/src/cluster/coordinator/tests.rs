@@ -17,6 +17,7 @@ fn advert(threads: u32, memory: u64, decode_ms: f64, model: &str) -> Advert {
         }),
         version: "v".into(),
         seed_addr: None,
+        platform: Default::default(),
         state: AdvertState::default(),
     }
 }

@@ -83,6 +83,7 @@ fn advert(peer: PeerId, memory_mib: u64, decode_ms: f64, index: u16) -> Advert {
         }),
         version: "test".into(),
         seed_addr: None,
+        platform: Default::default(),
         // Every simulated node serves the API, so each holds a head.
         state: AdvertState {
             serves_api: true,

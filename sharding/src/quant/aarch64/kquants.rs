@@ -27,8 +27,22 @@ const Q8K_BSUMS: usize = 260;
 
 /// The aarch64 kernels for `ty` if it is a K-quant weight type (NEON is always present).
 pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
+    table(ty, std::arch::is_aarch64_feature_detected!("dotprod"))
+}
+
+/// Every kernel set for `ty` this CPU can run (plain NEON, then dotprod where present).
+pub(super) fn all(ty: GgmlType) -> Vec<TypeKernels> {
+    let levels: &[bool] = if std::arch::is_aarch64_feature_detected!("dotprod") {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    levels.iter().filter_map(|&l| table(ty, l)).collect()
+}
+
+/// Kernels for `ty`, with `sdot` when `dotprod` (only where the CPU has it).
+fn table(ty: GgmlType, dotprod: bool) -> Option<TypeKernels> {
     let reference = scalar::kernels(ty)?;
-    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
     let (vec_dot, isa): (VecDotFn, &'static str) = match (ty, dotprod) {
         (GgmlType::Q4_K, true) => (sdot::vec_dot_q4k, "neon-dotprod"),
         (GgmlType::Q5_K, true) => (sdot::vec_dot_q5k, "neon-dotprod"),
@@ -121,6 +135,30 @@ unsafe fn mins_dot(bsums: *const u8, mins: u64) -> i32 {
 ///
 /// # Safety
 /// The CPU must have the dotprod extension.
+/// `mins[k] · (bsum 2k + bsum 2k+1)` summed in AVX2's `vpmaddwd` pairs: lane `k` of the
+/// result holds sub-blocks `2k` and `2k + 1`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn mins_lanes(bsums: *const u8, mins: u64) -> int32x4_t {
+    let lo = vld1q_s16(bsums.cast());
+    let hi = vld1q_s16(bsums.add(16).cast());
+    let pairs = vpaddq_s16(lo, hi);
+    let m = vreinterpretq_s16_u16(vmovl_u8(vcreate_u8(mins)));
+    let p_lo = vmull_s16(vget_low_s16(pairs), vget_low_s16(m));
+    let p_hi = vmull_high_s16(pairs, m);
+    vpaddq_s32(p_lo, p_hi)
+}
+
+/// The canonical (AVX2) sum of eight lanes carried as two registers.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn lanes8(lo: float32x4_t, hi: float32x4_t) -> f32 {
+    let mut x = [0.0f32; 8];
+    vst1q_f32(x.as_mut_ptr(), lo);
+    vst1q_f32(x.as_mut_ptr().add(4), hi);
+    scalar::hsum8(x)
+}
+
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot_sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
@@ -220,17 +258,21 @@ macro_rules! kquant_kernels {
             /// `w` and `a` must hold `nb` Q5_K and Q8_K blocks; the CPU must have `$features`.
             #[target_feature(enable = $features)]
             unsafe fn q5k(nb: usize, w: *const u8, a: *const u8) -> f32 {
+                // The AVX2 kernel's lanes (scalar::kquants::vec_dot_q5k): eight integer
+                // lanes as two registers (elements 0..16 and 16..32 of each sub-block), four
+                // min lanes, one fused multiply-add per lane and super-block.
                 let nibble = vdupq_n_u8(0x0F);
                 let sixteen = vdupq_n_u8(16);
-                let mut sum = 0.0_f32;
+                let mut acc = [vdupq_n_f32(0.0); 2];
+                let mut acc_min = vdupq_n_f32(0.0);
                 for i in 0..nb {
                     let (wb, ab) = (w.add(i * Q5K_BYTES), a.add(i * Q8K_BYTES));
                     let (sc, mn) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-                    let msum = mins_dot(ab.add(Q8K_BSUMS), mn);
+                    let m = mins_lanes(ab.add(Q8K_BSUMS), mn);
                     let sc = sc.to_le_bytes();
                     // Bit j of byte l is the fifth bit of element 32 j + l.
                     let (h0, h1) = (vld1q_u8(wb.add(16)), vld1q_u8(wb.add(32)));
-                    let mut isum = vdupq_n_s32(0);
+                    let mut isum = [vdupq_n_s32(0); 2];
                     for j in 0..4 {
                         let q0 = vld1q_u8(wb.add(48 + 32 * j));
                         let q1 = vld1q_u8(wb.add(48 + 32 * j + 16));
@@ -242,28 +284,27 @@ macro_rules! kquant_kernels {
                         let u0 = vorrq_u8(vshrq_n_u8::<4>(q0), fifth(h0, bit_hi));
                         let u1 = vorrq_u8(vshrq_n_u8::<4>(q1), fifth(h1, bit_hi));
                         let y = ab.add(Q8K_QS + 64 * j).cast::<i8>();
-                        let lo = $dot(
-                            $dot(vdupq_n_s32(0), vreinterpretq_s8_u8(l0), vld1q_s8(y)),
-                            vreinterpretq_s8_u8(l1),
-                            vld1q_s8(y.add(16)),
-                        );
-                        let hi = $dot(
-                            $dot(vdupq_n_s32(0), vreinterpretq_s8_u8(u0), vld1q_s8(y.add(32))),
-                            vreinterpretq_s8_u8(u1),
-                            vld1q_s8(y.add(48)),
-                        );
-                        isum = vmlaq_n_s32(isum, lo, i32::from(sc[2 * j]));
-                        isum = vmlaq_n_s32(isum, hi, i32::from(sc[2 * j + 1]));
+                        let zero = vdupq_n_s32(0);
+                        let dot = |q: uint8x16_t, y: *const i8| {
+                            $dot(zero, vreinterpretq_s8_u8(q), vld1q_s8(y))
+                        };
+                        let (s_lo, s_hi) = (i32::from(sc[2 * j]), i32::from(sc[2 * j + 1]));
+                        isum[0] = vmlaq_n_s32(isum[0], dot(l0, y), s_lo);
+                        isum[1] = vmlaq_n_s32(isum[1], dot(l1, y.add(16)), s_lo);
+                        isum[0] = vmlaq_n_s32(isum[0], dot(u0, y.add(32)), s_hi);
+                        isum[1] = vmlaq_n_s32(isum[1], dot(u1, y.add(48)), s_hi);
                     }
                     let dy = q8k_d(ab);
                     let (d, dmin) = (f16_at(wb) * dy, f16_at(wb.add(2)) * dy);
-                    sum += d * vaddvq_s32(isum) as f32 - dmin * msum as f32;
+                    acc_min = vfmaq_n_f32(acc_min, vcvtq_f32_s32(m), dmin);
+                    for h in 0..2 {
+                        acc[h] = vfmaq_n_f32(acc[h], vcvtq_f32_s32(isum[h]), d);
+                    }
                 }
-                sum
+                let zero = vdupq_n_f32(0.0);
+                lanes8(acc[0], acc[1]) - lanes8(acc_min, zero)
             }
 
-            /// # Safety
-            /// `w` and `a` must hold `nb` Q6_K and Q8_K blocks; the CPU must have `$features`.
             #[target_feature(enable = $features)]
             unsafe fn q6k(nb: usize, w: *const u8, a: *const u8) -> f32 {
                 // The scalar reference's 16 lanes (`scalar::kquants::vec_dot_q6k`) as four

@@ -34,6 +34,15 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
     table(ty, Level::detect())
 }
 
+/// Every kernel set for `ty` this CPU can run (plain NEON, then dotprod where present).
+pub(super) fn all(ty: GgmlType) -> Vec<TypeKernels> {
+    let levels: &[Level] = match Level::detect() {
+        Level::DotProd => &[Level::Neon, Level::DotProd],
+        Level::Neon => &[Level::Neon],
+    };
+    levels.iter().filter_map(|&l| table(ty, l)).collect()
+}
+
 /// Kernels for `ty` at `level`; `Level::DotProd` only where [`Level::detect`] found it.
 fn table(ty: GgmlType, level: Level) -> Option<TypeKernels> {
     let reference = scalar::kernels(ty)?;
@@ -158,13 +167,15 @@ unsafe fn weight_quants<const F: u8>(wb: *const u8) -> [int8x16_t; 2] {
     ]
 }
 
-/// Exact i8·i8 dot of 32 elements in 4 i32 lanes, with `sdot`. Inline assembly because
-/// Rust's `vdotq_s32` is still unstable (`stdarch_neon_dotprod`).
+/// Exact i8·i8 dot of 32 elements in the eight i32 lanes of AVX2's `vpmaddwd` result, as a
+/// pair of NEON registers: lane `l` of half `h` sums elements `16h + 4l .. 16h + 4l + 4`.
+/// With `sdot`; inline assembly because Rust's `vdotq_s32` is still unstable
+/// (`stdarch_neon_dotprod`).
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-fn dot_dotprod(w: [int8x16_t; 2], a: [int8x16_t; 2]) -> int32x4_t {
-    let mut acc = vdupq_n_s32(0);
-    for k in 0..2 {
+fn dot_dotprod(w: [int8x16_t; 2], a: [int8x16_t; 2]) -> [int32x4_t; 2] {
+    [0, 1].map(|k| {
+        let mut acc = vdupq_n_s32(0);
         // SAFETY: `sdot` only reads and writes the named registers; the CPU has dotprod
         // (this fn's target feature).
         unsafe {
@@ -176,20 +187,32 @@ fn dot_dotprod(w: [int8x16_t; 2], a: [int8x16_t; 2]) -> int32x4_t {
                 options(pure, nomem, nostack, preserves_flags),
             );
         }
-    }
-    acc
+        acc
+    })
 }
 
-/// Exact i8·i8 dot of 32 elements in 4 i32 lanes, with widening multiplies.
+/// [`dot_dotprod`] with widening multiplies: products of pairs, then pairs of pairs.
 #[inline]
 #[target_feature(enable = "neon")]
-fn dot_plain(w: [int8x16_t; 2], a: [int8x16_t; 2]) -> int32x4_t {
-    let mut acc = vdupq_n_s32(0);
-    for k in 0..2 {
-        acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w[k]), vget_low_s8(a[k])));
-        acc = vpadalq_s16(acc, vmull_high_s8(w[k], a[k]));
+fn dot_plain(w: [int8x16_t; 2], a: [int8x16_t; 2]) -> [int32x4_t; 2] {
+    [0, 1].map(|k| {
+        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w[k]), vget_low_s8(a[k])));
+        let hi = vpaddlq_s16(vmull_high_s8(w[k], a[k]));
+        vpaddq_s32(lo, hi)
+    })
+}
+
+/// The canonical (AVX2) sum of eight lanes carried as two NEON registers.
+#[inline]
+#[target_feature(enable = "neon")]
+fn hsum_pair(lo: float32x4_t, hi: float32x4_t) -> f32 {
+    let mut x = [0.0f32; 8];
+    // SAFETY: `x` has room for the eight lanes.
+    unsafe {
+        vst1q_f32(x.as_mut_ptr(), lo);
+        vst1q_f32(x.as_mut_ptr().add(4), hi);
     }
-    acc
+    scalar::hsum8(x)
 }
 
 macro_rules! block_kernels {
@@ -201,7 +224,9 @@ macro_rules! block_kernels {
             /// CPU has `$features`; `w` and `a` hold `nb` blocks.
             #[target_feature(enable = $features)]
             unsafe fn dot_blocks<const F: u8>(nb: usize, w: *const u8, a: *const u8) -> f32 {
-                let (mut acc0, mut acc1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                // AVX2's one chain of eight lanes, in block order, as two 4-lane halves; the
+                // min terms in their own fused chain (see scalar::legacy::LaneAcc).
+                let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
                 let mut mins = 0.0f32;
                 let qs_at = if has_min(F) { 4 } else { 2 };
                 for i in 0..nb {
@@ -211,19 +236,15 @@ macro_rules! block_kernels {
                         vld1q_s8(ab.add(qs_at).cast()),
                         vld1q_s8(ab.add(qs_at + 16).cast()),
                     ];
-                    let l = vcvtq_f32_s32($dot(weight_quants::<F>(wb), aq));
+                    let l = $dot(weight_quants::<F>(wb), aq);
                     let d = f16_at(wb) * f16_at(ab);
-                    // Alternate accumulators so consecutive blocks do not chain on one FMA.
-                    if i % 2 == 0 {
-                        acc0 = vfmaq_n_f32(acc0, l, d);
-                    } else {
-                        acc1 = vfmaq_n_f32(acc1, l, d);
-                    }
+                    lo = vfmaq_n_f32(lo, vcvtq_f32_s32(l[0]), d);
+                    hi = vfmaq_n_f32(hi, vcvtq_f32_s32(l[1]), d);
                     if has_min(F) {
-                        mins += f16_at(wb.add(2)) * f16_at(ab.add(2));
+                        mins = f16_at(wb.add(2)).mul_add(f16_at(ab.add(2)), mins);
                     }
                 }
-                vaddvq_f32(vaddq_f32(acc0, acc1)) + mins
+                hsum_pair(lo, hi) + mins
             }
 
             /// Weight row · activation row for block format `F`.
@@ -259,7 +280,14 @@ mod q8 {
         let amax = vmaxvq_f32(m);
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let i: [int32x4_t; 8] = v.map(|vk| vcvtnq_s32_f32(vmulq_n_f32(vk, id)));
+        // `fcvtns` saturates and maps NaN to 0; x86's `vcvtps2dq` (the canonical one, see
+        // scalar::legacy::round_to_i32) gives i32::MIN for both.
+        let limit = vdupq_n_f32(2_147_483_648.0);
+        let indefinite = vdupq_n_s32(i32::MIN);
+        let i: [int32x4_t; 8] = v.map(|vk| {
+            let p = vmulq_n_f32(vk, id);
+            vbslq_s32(vcaltq_f32(p, limit), vcvtnq_s32_f32(p), indefinite)
+        });
         let mut sum = i[0];
         for ik in &i[1..] {
             sum = vaddq_s32(sum, *ik);
@@ -307,7 +335,8 @@ mod q8 {
     }
 }
 
-/// F32 and BF16 rows: widen to f32 and FMA, 16 elements per step in 4 accumulators.
+/// F32 and BF16 rows in the AVX2 kernel's order (see scalar::legacy::float_dot): four
+/// 8-lane accumulators, each a pair of NEON registers.
 mod floats {
     use super::*;
 
@@ -319,24 +348,31 @@ mod floats {
         load: impl Fn(usize) -> (float32x4_t, float32x4_t),
         one: impl Fn(usize) -> f32,
     ) -> f32 {
-        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
         let mut i = 0;
-        while i + 16 <= n {
+        while i + 32 <= n {
             for (k, acc) in acc.iter_mut().enumerate() {
-                let (x, y) = load(i + 4 * k);
-                *acc = vfmaq_f32(*acc, x, y);
+                for (h, half) in acc.iter_mut().enumerate() {
+                    let (x, y) = load(i + 8 * k + 4 * h);
+                    *half = vfmaq_f32(*half, x, y);
+                }
             }
-            i += 16;
+            i += 32;
         }
-        while i + 4 <= n {
-            let (x, y) = load(i);
-            acc[0] = vfmaq_f32(acc[0], x, y);
-            i += 4;
+        while i + 8 <= n {
+            for (h, half) in acc[0].iter_mut().enumerate() {
+                let (x, y) = load(i + 4 * h);
+                *half = vfmaq_f32(*half, x, y);
+            }
+            i += 8;
         }
-        let mut sum = vaddvq_f32(vaddq_f32(
-            vaddq_f32(acc[0], acc[1]),
-            vaddq_f32(acc[2], acc[3]),
-        ));
+        let fold = |h: usize| {
+            vaddq_f32(
+                vaddq_f32(acc[0][h], acc[1][h]),
+                vaddq_f32(acc[2][h], acc[3][h]),
+            )
+        };
+        let mut sum = hsum_pair(fold(0), fold(1));
         for j in i..n {
             sum += one(j);
         }

@@ -227,10 +227,19 @@ pub(crate) fn q4k_accumulate(
     *acc_min = (msum as f32).mul_add(dmin, *acc_min);
 }
 
+/// Q5_K's dot product in the AVX2 kernel's lanes, so every machine rounds it alike.
+///
+/// Lane `l` (0..8) of a super-block holds the exact `Σ_s scale_s · Σ q·y` over elements
+/// `4l..4l+4` of each sub-block `s`; the mins go into four lanes, lane `k` holding
+/// `min_2k · (bsum_4k + bsum_4k+1) + min_2k+1 · (bsum_4k+2 + bsum_4k+3)`. Per super-block
+/// each lane adds `d·d_y · lane` (or `dmin·d_y · lane`) with one fused multiply-add. The
+/// result is the eight lanes summed by [`super::hsum8`] minus the four min lanes summed the
+/// same way with four zero lanes.
 fn vec_dot_q5k(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
     check_row(GgmlType::Q5_K, n, weights.len());
     check_row(GgmlType::Q8_K, n, activations.len());
-    let mut sum = 0.0_f32;
+    let mut acc = [0.0_f32; 8];
+    let mut acc_min = [0.0_f32; 4];
     for (w, a) in weights
         .chunks_exact(Q5K_BYTES)
         .zip(activations.chunks_exact(Q8K_BYTES))
@@ -239,25 +248,28 @@ fn vec_dot_q5k(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
         let scales = &w[Q5K_SCALES..Q5K_SCALES + K_SCALE_SIZE];
         let qh = &w[Q5K_QH..Q5K_QH + QK_K / 8];
         let qs = &w[Q5K_QS..Q5K_QS + QK_K / 2];
-        let (mut isum, mut msum) = (0_i32, 0_i32);
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, scales);
-            let shift = 4 * (j % 2);
-            let packed = &qs[32 * (j / 2)..32 * (j / 2) + 32];
-            let dot: i32 = (0..32)
-                .map(|l| {
-                    let q = ((packed[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4);
-                    i32::from(q) * y.q(32 * j + l)
-                })
-                .sum();
-            isum += i32::from(sc) * dot;
-            msum += i32::from(m) * (y.bsum(2 * j) + y.bsum(2 * j + 1));
-        }
         let d = f16_at(w, Q5K_D) * y.d();
         let dmin = f16_at(w, Q5K_DMIN) * y.d();
-        sum += d * isum as f32 - dmin * msum as f32;
+        let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
+        for (k, lane) in acc_min.iter_mut().enumerate() {
+            let pair = |j: usize| i32::from(sm[j].1) * (y.bsum(2 * j) + y.bsum(2 * j + 1));
+            *lane = dmin.mul_add((pair(2 * k) + pair(2 * k + 1)) as f32, *lane);
+        }
+        let mut isum = [0_i32; 8];
+        for (j, &(sc, _)) in sm.iter().enumerate() {
+            let shift = 4 * (j % 2);
+            let packed = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            for l in 0..32 {
+                let q = ((packed[l] >> shift) & 0x0F) | (((qh[l] >> j) & 1) << 4);
+                isum[l / 4] += i32::from(sc) * i32::from(q) * y.q(32 * j + l);
+            }
+        }
+        for (acc, &isum) in acc.iter_mut().zip(&isum) {
+            *acc = d.mul_add(isum as f32, *acc);
+        }
     }
-    sum
+    let m = acc_min;
+    super::hsum8(acc) - super::hsum8([m[0], m[1], m[2], m[3], 0.0, 0.0, 0.0, 0.0])
 }
 
 /// The 6-bit quant of element `e` (0..256) of a Q6_K block, before the -32 offset.

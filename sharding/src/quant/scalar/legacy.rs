@@ -138,9 +138,7 @@ impl LaneAcc {
     }
 
     fn finish(self) -> f32 {
-        let x = self.lanes;
-        let r = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
-        ((r[0] + r[2]) + (r[1] + r[3])) + self.mins
+        super::hsum8(self.lanes) + self.mins
     }
 }
 
@@ -205,16 +203,40 @@ fn vec_dot_q8_0_q8_0(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
 
 /// Float rows: products are exact in f64, and the f64 sum (as ggml's scalar `ggml_float`
 /// accumulator) is the most accurate reference for the SIMD twins.
+/// A float row dot in ggml's AVX2 order (`ggml_vec_dot_f32`/`_f16` as our x86 kernels
+/// run it): four 8-lane accumulators fed 32 elements at a time with fused multiply-adds,
+/// then 8 at a time into the first; the four added pairwise, the lanes summed by
+/// [`super::hsum8`], and the last `n % 8` elements added one product at a time.
 fn float_dot(n: usize, w: &[u8], a: &[u8], width: usize, to_f32: fn(&[u8]) -> f32) -> f32 {
     assert!(
         w.len() >= n * width && a.len() >= n * width,
         "row shorter than {n} elements"
     );
-    w[..n * width]
-        .chunks_exact(width)
-        .zip(a[..n * width].chunks_exact(width))
-        .map(|(x, y)| f64::from(to_f32(x)) * f64::from(to_f32(y)))
-        .sum::<f64>() as f32
+    let x = |j: usize| to_f32(&w[j * width..]);
+    let y = |j: usize| to_f32(&a[j * width..]);
+    let mut acc = [[0.0f32; 8]; 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, lanes) in acc.iter_mut().enumerate() {
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let j = i + 8 * k + l;
+                *lane = x(j).mul_add(y(j), *lane);
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        for (l, lane) in acc[0].iter_mut().enumerate() {
+            *lane = x(i + l).mul_add(y(i + l), *lane);
+        }
+        i += 8;
+    }
+    let lanes = std::array::from_fn(|l| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+    let mut sum = super::hsum8(lanes);
+    for j in i..n {
+        sum += x(j) * y(j);
+    }
+    sum
 }
 
 fn f32_from(b: &[u8]) -> f32 {
@@ -244,19 +266,32 @@ fn vec_dot_bf16(n: usize, weights: &[u8], activations: &[u8]) -> f32 {
 /// Quantizes one block of 32 as ggml's AVX2 path does: `d = amax/127`, multiplier
 /// `127/amax` (not `1/d`: the two differ in the last bit), round to nearest-even.
 /// Returns the f32 scale (before its f16 rounding), the quants and their sum.
+/// x86's `vroundps` (nearest-even) then `vcvtps2dq`: a value outside the i32 range, or
+/// NaN, becomes `i32::MIN` ("integer indefinite"). ggml's AVX2 quantizer, and so the
+/// canonical arithmetic, does this; it matters only for blocks whose largest magnitude is
+/// below 127 / f32::MAX, where the multiplier overflows.
+pub(crate) fn round_to_i32(v: f32) -> i32 {
+    let r = v.round_ties_even();
+    if (-2_147_483_648.0..2_147_483_648.0).contains(&r) {
+        r as i32
+    } else {
+        i32::MIN
+    }
+}
+
+/// One Q8 block as ggml's AVX2 `quantize_row_q8_0/1`: multiplier `127/amax`, each value
+/// rounded by [`round_to_i32`] then saturated to i8 (`vpackssdw`, `vpacksswb`); the sum is
+/// the wrapping sum of the unsaturated i32 values.
 fn quantize_block_q8(x: &[f32]) -> (f32, [i8; QK], i32) {
     let amax = x[..QK].iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-    let q: [i8; QK] = std::array::from_fn(|j| (x[j] * id).round_ties_even() as i8);
-    let sum = q.iter().map(|&v| i32::from(v)).sum();
+    let i: [i32; QK] = std::array::from_fn(|j| round_to_i32(x[j] * id));
+    let q = i.map(|v| v.clamp(-128, 127) as i8);
+    let sum = i.iter().fold(0i32, |s, &v| s.wrapping_add(v));
     (d, q, sum)
 }
 
-/// Checks the shapes of an activation quantization: whole blocks, enough output.
-///
-/// # Panics
-/// On a shape mismatch, which is a caller bug (the executor sizes both buffers).
 fn check_quantize(x: &[f32], out: &[u8], block_bytes: usize) -> usize {
     assert_eq!(x.len() % QK, 0, "activations are not whole blocks");
     let nb = x.len() / QK;

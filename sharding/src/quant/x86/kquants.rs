@@ -29,8 +29,26 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
     if !has_avx2() {
         return None;
     }
+    table(ty, avx512_enabled())
+}
+
+/// Every kernel set for `ty` this CPU can run (AVX2, then AVX-512 where present).
+pub(super) fn all(ty: GgmlType) -> Vec<TypeKernels> {
+    if !has_avx2() {
+        return Vec::new();
+    }
+    let levels: &[bool] = if avx512_enabled() {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    levels.iter().filter_map(|&l| table(ty, l)).collect()
+}
+
+/// Kernels for `ty`, with the AVX-512 ones when `avx512`; only call with AVX2 detected (and
+/// AVX-512 when asked for).
+fn table(ty: GgmlType, avx512: bool) -> Option<TypeKernels> {
     let reference = scalar::kernels(ty)?;
-    let avx512 = avx512_enabled();
     // Each four-row kernel is bit-identical per row to the one-row kernel it is paired
     // with: a prompt rounds as the one-row path that matched llama.cpp's tokens does, and a
     // batched decode row equals the same step alone. So the pairs never mix instruction
@@ -266,7 +284,8 @@ unsafe fn q5k_avx2(nb: usize, w: *const u8, a: *const u8) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
     }
-    hsum_ps(acc) - hsum_ps(_mm256_castps128_ps256(acc_min))
+    // Zero-extended: `castps128_ps256` leaves the upper lanes undefined.
+    hsum_ps(acc) - hsum_ps(_mm256_zextps128_ps256(acc_min))
 }
 
 /// The four 32-byte vectors of unsigned 6-bit quants (0..64) of one 128-element half of a

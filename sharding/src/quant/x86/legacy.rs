@@ -46,6 +46,16 @@ pub(super) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
     table(ty, Level::detect()?)
 }
 
+/// Every kernel set for `ty` this CPU can run (AVX2, then AVX-512 where present).
+pub(super) fn all(ty: GgmlType) -> Vec<TypeKernels> {
+    let levels: &[Level] = match Level::detect() {
+        Some(Level::Avx512) => &[Level::Avx2, Level::Avx512],
+        Some(Level::Avx2) => &[Level::Avx2],
+        None => &[],
+    };
+    levels.iter().filter_map(|&l| table(ty, l)).collect()
+}
+
 /// Kernels for `ty` at `level`. Only call with a level [`Level::detect`] returned (or a
 /// lower one): the functions handed out assume the CPU has the level's features.
 fn table(ty: GgmlType, level: Level) -> Option<TypeKernels> {

@@ -23,3 +23,10 @@ pub(crate) fn avx512_enabled() -> bool {
 pub(crate) fn kernels(ty: GgmlType) -> Option<TypeKernels> {
     legacy::kernels(ty).or_else(|| kquants::kernels(ty))
 }
+
+/// Every x86 kernel set for `ty` this CPU can run, lowest level first.
+pub(crate) fn all_kernels(ty: GgmlType) -> Vec<TypeKernels> {
+    let mut sets = legacy::all(ty);
+    sets.extend(kquants::all(ty));
+    sets
+}
