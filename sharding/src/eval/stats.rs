@@ -221,7 +221,7 @@ pub fn median(sorted: &[f32]) -> f32 {
     let n = sorted.len();
     match n {
         0 => f32::NAN,
-        _ if n % 2 == 0 => 0.5 * (sorted[n / 2] + sorted[n / 2 - 1]),
+        _ if n.is_multiple_of(2) => 0.5 * (sorted[n / 2] + sorted[n / 2 - 1]),
         _ => sorted[n / 2],
     }
 }
