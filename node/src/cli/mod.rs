@@ -7,7 +7,6 @@ pub(crate) mod fleet;
 pub(crate) mod generate;
 pub(crate) mod http;
 pub(crate) mod perplexity;
-pub(crate) mod perplexity_pipeline;
 pub(crate) mod plan;
 pub(crate) mod plan_report;
 pub(crate) mod run;

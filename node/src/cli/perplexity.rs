@@ -13,7 +13,7 @@ use sharding::gguf::GgufFile;
 use sharding::model::ModelConfig;
 use sharding::tokenizer::Tokenizer;
 
-use super::perplexity_pipeline::PipelineSource;
+use shoal::eval::PipelineSource;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {

@@ -1,5 +1,6 @@
 //! Logits of a chunk through a pipeline of stages: the evaluator's [`LogitSource`] backed by
-//! a [`Head`], so `shoal perplexity --pipeline` scores the ring as one model.
+//! a [`Head`], so `shoal perplexity --pipeline` scores the ring as one model
+//! (`sharding::eval` holds the evaluator).
 //!
 //! A chunk is one request: its positions up to the first scored one go as the prompt (in
 //! the head's prefill chunks), and the rest as verification steps that return every row's
@@ -7,24 +8,26 @@
 
 use std::ops::Range;
 
-use shoal::pipeline::{Head, PipelineError};
+use crate::pipeline::{Head, PipelineError};
 use tokio::runtime::Handle;
 
 use sharding::eval::LogitSource;
 
 /// Positions per verification step: a prompt chunk's size, so no message is larger than
 /// the ones the prefill already sends.
-const STEP: usize = shoal::pipeline::protocol::PREFILL_CHUNK;
+const STEP: usize = crate::pipeline::protocol::PREFILL_CHUNK;
 
-/// A running head on a runtime this thread may block on.
-pub(crate) struct PipelineSource {
+/// A running head on a runtime the calling thread may block on (so not a thread of that
+/// runtime: call it from a blocking task or a plain thread).
+pub struct PipelineSource {
     head: Head,
     runtime: Handle,
     n_vocab: usize,
 }
 
 impl PipelineSource {
-    pub(crate) fn new(head: Head, runtime: Handle, n_vocab: usize) -> PipelineSource {
+    /// A source sending chunks through `head`, whose model has `n_vocab` entries.
+    pub fn new(head: Head, runtime: Handle, n_vocab: usize) -> PipelineSource {
         PipelineSource {
             head,
             runtime,
