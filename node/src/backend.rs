@@ -22,26 +22,32 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// Reads the tokenizer, chat template and name of `file`. The name is `general.name`, or
-    /// the file stem when the GGUF has none; `context` is what one request may use, which the
+    /// Reads the tokenizer, chat template and name of `file`. The name is [`model_id`]; `context` is what one request may use, which the
     /// caller bounds by the model's trained context and the cluster's KV memory.
     pub fn from_gguf(file: &GgufFile, context: usize) -> anyhow::Result<ModelInfo> {
         let meta = file.metadata();
         let tokenizer = Tokenizer::from_gguf(meta).context("reading the tokenizer")?;
         let template = ChatTemplate::from_gguf(meta).context("compiling the chat template")?;
-        let name = match meta.opt_str("general.name")? {
-            Some(name) if !name.trim().is_empty() => name.to_owned(),
-            _ => file
-                .path()
-                .file_stem()
-                .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned()),
-        };
+        let name = model_id(file.path(), meta.opt_str("general.name")?);
         Ok(ModelInfo {
             name,
             tokenizer,
             template,
             context,
         })
+    }
+}
+
+/// The id a model file is served under: the file's stem (`SmolLM2-135M-Instruct.Q4_1`),
+/// which names the exact file, unlike `general.name` ("Smollm2 135M 8k Lc100K Mix1 Ep2");
+/// `general.name`, then "model", for a path without a stem.
+pub fn model_id(path: &std::path::Path, general_name: Option<&str>) -> String {
+    match path.file_stem() {
+        Some(stem) if !stem.is_empty() => stem.to_string_lossy().into_owned(),
+        _ => general_name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or("model")
+            .to_owned(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod backend;
 mod blocking;
 pub mod cluster;
 pub mod cpu_quota;
+pub mod eval;
 pub mod events;
 pub mod memory;
 pub mod metrics;

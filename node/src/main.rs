@@ -37,6 +37,9 @@ enum Command {
     Stage(cli::stage::Args),
     /// Measure prompt processing (pp128) and generation (tg64) speed, like llama-bench.
     Bench(cli::bench::Args),
+    /// Perplexity over a text and KL divergence against a base, like llama-perplexity, on
+    /// this node or through a pipeline.
+    Perplexity(Box<cli::perplexity::Args>),
     /// Show the plan the scheduler would choose for a fleet, next to naive splits, and why.
     Plan(cli::plan::Args),
     /// Make a new cluster key file for --cluster-key-file.
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => cli::generate::run(args),
         Command::Stage(args) => cli::stage::run(args),
         Command::Run(args) => cli::run::run(*args),
+        Command::Perplexity(args) => cli::perplexity::run(*args),
         Command::Plan(args) => cli::plan::run(args),
         Command::Keygen(args) => cli::cluster_key::keygen(args),
         // The exit code is the command's answer; stdout is line-buffered and fully written.

@@ -6,6 +6,7 @@
 //! networking: the node crate moves the bytes, this crate does the math.
 
 pub mod chat;
+pub mod eval;
 pub mod gguf;
 pub mod kv;
 pub mod mathf;

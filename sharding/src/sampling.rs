@@ -18,7 +18,10 @@
 use crate::mathf::{expf, lnf};
 use std::collections::VecDeque;
 
+mod logprobs;
 mod speculative;
+
+pub use logprobs::{token_logprobs, TokenLogprobs, MAX_TOP_LOGPROBS};
 
 /// Why a sampler could not be built or could not sample.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -4,7 +4,7 @@
 Usage: openai_client.py BASE_URL API_KEY   (e.g. http://127.0.0.1:8080/v1 TOKEN)
 
 Checks that a wrong key raises openai.AuthenticationError, then chat and text completions,
-streamed and not, and that an over-long request raises openai.BadRequestError. Exits
+streamed and not, their log-probabilities, and that an over-long request raises openai.BadRequestError. Exits
 non-zero on the first mismatch.
 """
 import sys
@@ -91,6 +91,43 @@ def main():
     )
     check(stopped.choices[0].text == " 6, 7,", f"stopped {stopped.choices[0].text!r}")
     check(stopped.choices[0].finish_reason == "stop", stopped.choices[0].finish_reason)
+
+    scored = client.chat.completions.create(
+        model=name,
+        messages=[{"role": "user", "content": "The capital of France is"}],
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = scored.choices[0].logprobs.content
+    check(len(content) == scored.usage.completion_tokens, f"{len(content)} logprobs")
+    check(all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), f"{content}")
+    check(all(t.token == t.top_logprobs[0].token for t in content), "greedy picks the top token")
+    check(bytes(b for t in content for b in t.bytes).decode() == scored.choices[0].message.content,
+          "the tokens' bytes spell the answer")
+    streamed_lp = [
+        t
+        for c in client.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": "The capital of France is"}],
+            max_tokens=6,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=2,
+            stream=True,
+        )
+        for choice in c.choices
+        if choice.logprobs and choice.logprobs.content
+        for t in choice.logprobs.content
+    ]
+    check([t.token for t in streamed_lp] == [t.token for t in content], "streamed logprobs")
+    legacy = client.completions.create(
+        model=name, prompt="1, 2, 3, 4, 5,", max_tokens=4, temperature=0, logprobs=1
+    )
+    lp = legacy.choices[0].logprobs
+    check("".join(lp.tokens) == legacy.choices[0].text, f"tokens {lp.tokens}")
+    check(len(lp.token_logprobs) == 4 and len(lp.top_logprobs) == 4, f"{lp}")
 
     try:
         client.completions.create(model=name, prompt="word " * 4000, max_tokens=10)

@@ -10,8 +10,8 @@ use sharding::chat::Message;
 use super::error::{ApiError, OpenAiJson};
 use super::generation;
 use super::openai::{ChatChoice, ChatCompletion, ChatMessage, ChatRequest, Content, Delta};
-use super::openai::{FinishReason, Usage};
-use super::request::{prepare, response_id, unix_now};
+use super::openai::{ChatLogprobs, FinishReason, TokenLogprob, Usage};
+use super::request::{chat_logprobs, prepare, response_id, unix_now};
 use super::sse::{self, Chunks};
 use super::AppState;
 
@@ -39,29 +39,31 @@ pub(crate) async fn handle(
         .render(&messages, true)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let max_tokens = req.params.max_completion_tokens.or(req.params.max_tokens);
-    let prepared = prepare(model, &text, max_tokens, req.params, arrived)?;
+    let logprobs = chat_logprobs(&req.params)?;
+    let prepared = prepare(model, &text, max_tokens, req.params, logprobs, arrived)?;
     let head = app.backend.head().map_err(ApiError::Unavailable)?;
     let events = generation::start(head, app.backend.clone(), app.metrics.clone(), prepared.job);
     let stream = Stream {
         id: response_id("chatcmpl"),
         created: unix_now(),
-        model: model.name.clone(),
+        model: app.model_id().to_owned(),
+        logprobs: logprobs.is_some(),
     };
     if prepared.stream {
         return Ok(sse::response(stream, prepared.include_usage, events));
     }
-    let (text, reason, usage) = generation::collect(events).await?;
+    let answer = generation::collect(events).await?;
     let choice = ChatChoice {
         index: 0,
         message: Some(Delta {
             role: Some("assistant"),
-            content: Some(&text),
+            content: Some(&answer.text),
         }),
         delta: None,
-        logprobs: None,
-        finish_reason: Some(reason),
+        logprobs: stream.logprobs(&answer.logprobs),
+        finish_reason: Some(answer.finish),
     };
-    let body = stream.response("chat.completion", Some(choice), Some(usage));
+    let body = stream.response("chat.completion", Some(choice), Some(answer.usage));
     Ok(Json(body).into_response())
 }
 
@@ -95,9 +97,18 @@ struct Stream {
     id: String,
     created: u64,
     model: String,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
 }
 
 impl Stream {
+    fn logprobs<'a>(&self, content: &'a [TokenLogprob]) -> Option<ChatLogprobs<'a>> {
+        self.logprobs.then_some(ChatLogprobs {
+            content,
+            refusal: None,
+        })
+    }
+
     fn response<'a>(
         &'a self,
         object: &'static str,
@@ -117,13 +128,14 @@ impl Stream {
     fn delta<'a>(
         &'a self,
         delta: Delta<'a>,
+        logprobs: Option<ChatLogprobs<'a>>,
         finish_reason: Option<FinishReason>,
     ) -> ChatCompletion<'a> {
         let choice = ChatChoice {
             index: 0,
             message: None,
             delta: Some(delta),
-            logprobs: None,
+            logprobs,
             finish_reason,
         };
         self.response("chat.completion.chunk", Some(choice), None)
@@ -136,19 +148,19 @@ impl Chunks for Stream {
             role: Some("assistant"),
             content: Some(""),
         };
-        sse::frame(buf, &self.delta(delta, None));
+        sse::frame(buf, &self.delta(delta, None, None));
     }
 
-    fn text(&self, buf: &mut Vec<u8>, text: &str) {
+    fn text(&self, buf: &mut Vec<u8>, text: &str, logprobs: &[TokenLogprob]) {
         let delta = Delta {
             role: None,
             content: Some(text),
         };
-        sse::frame(buf, &self.delta(delta, None));
+        sse::frame(buf, &self.delta(delta, self.logprobs(logprobs), None));
     }
 
     fn finish(&self, buf: &mut Vec<u8>, reason: FinishReason) {
-        sse::frame(buf, &self.delta(Delta::default(), Some(reason)));
+        sse::frame(buf, &self.delta(Delta::default(), None, Some(reason)));
     }
 
     fn usage(&self, buf: &mut Vec<u8>, usage: Usage) {

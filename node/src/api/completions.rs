@@ -9,7 +9,8 @@ use axum::Json;
 use super::error::{ApiError, OpenAiJson};
 use super::generation;
 use super::openai::{Completion, CompletionChoice, CompletionRequest, FinishReason, Prompt, Usage};
-use super::request::{prepare, response_id, unix_now};
+use super::openai::{CompletionLogprobs, TokenLogprob};
+use super::request::{completion_logprobs, prepare, response_id, unix_now};
 use super::sse::{self, Chunks};
 use super::AppState;
 
@@ -32,19 +33,26 @@ pub(crate) async fn handle(
     };
     let model = app.backend.model();
     let max_tokens = req.params.max_tokens;
-    let prepared = prepare(model, &text, max_tokens, req.params, arrived)?;
+    let logprobs = completion_logprobs(&req.params)?;
+    let prepared = prepare(model, &text, max_tokens, req.params, logprobs, arrived)?;
     let head = app.backend.head().map_err(ApiError::Unavailable)?;
     let events = generation::start(head, app.backend.clone(), app.metrics.clone(), prepared.job);
     let stream = Stream {
         id: response_id("cmpl"),
         created: unix_now(),
-        model: model.name.clone(),
+        model: app.model_id().to_owned(),
+        logprobs: logprobs.is_some(),
+        offset: std::sync::atomic::AtomicUsize::new(0),
     };
     if prepared.stream {
         return Ok(sse::response(stream, prepared.include_usage, events));
     }
-    let (text, reason, usage) = generation::collect(events).await?;
-    let body = stream.chunk(&text, Some(reason), Some(usage));
+    let answer = generation::collect(events).await?;
+    let mut body = stream.chunk(&answer.text, Some(answer.finish), Some(answer.usage));
+    body.choices = body.choices.map(|c| CompletionChoice {
+        logprobs: stream.logprobs(&answer.logprobs),
+        ..c
+    });
     Ok(Json(body).into_response())
 }
 
@@ -53,9 +61,22 @@ struct Stream {
     id: String,
     created: u64,
     model: String,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
+    /// Bytes of token text streamed so far: the next chunk's `text_offset` starts here.
+    offset: std::sync::atomic::AtomicUsize,
 }
 
 impl Stream {
+    fn logprobs<'a>(&self, tokens: &'a [TokenLogprob]) -> Option<CompletionLogprobs<'a>> {
+        let len: usize = tokens.iter().map(|t| t.token.len()).sum();
+        let offset = self
+            .offset
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        self.logprobs
+            .then_some(CompletionLogprobs { tokens, offset })
+    }
+
     fn chunk<'a>(
         &'a self,
         text: &'a str,
@@ -81,8 +102,12 @@ impl Stream {
 impl Chunks for Stream {
     fn opening(&self, _buf: &mut Vec<u8>) {}
 
-    fn text(&self, buf: &mut Vec<u8>, text: &str) {
-        sse::frame(buf, &self.chunk(text, None, None));
+    fn text(&self, buf: &mut Vec<u8>, text: &str, logprobs: &[TokenLogprob]) {
+        let mut chunk = self.chunk(text, None, None);
+        if let Some(choice) = chunk.choices.as_mut() {
+            choice.logprobs = self.logprobs(logprobs);
+        }
+        sse::frame(buf, &chunk);
     }
 
     fn finish(&self, buf: &mut Vec<u8>, reason: FinishReason) {

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sharding::sampling::Sampler;
+use sharding::sampling::{Sampler, TokenLogprobs};
+use sharding::tokenizer::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::openai::{FinishReason, Usage};
+use super::openai::{FinishReason, TokenLogprob, TopLogprob, Usage};
 use super::stop::StopMatcher;
 use crate::backend::Backend;
 use crate::metrics::Metrics;
@@ -33,12 +34,15 @@ pub(crate) struct Job {
     pub(crate) stop: Vec<String>,
     /// When the request arrived (time to first token counts from here).
     pub(crate) arrived: Instant,
+    /// Log-probabilities of each token with this many alternatives, or none.
+    pub(crate) logprobs: Option<usize>,
 }
 
 /// What a generation reports, in order: text pieces, then one `Done` or `Failed`.
 pub(crate) enum Event {
-    /// New text (never empty).
-    Text(String),
+    /// New text, and the log-probabilities of the tokens generated since the last event
+    /// when the request asked for them (never both empty).
+    Text(String, Vec<TokenLogprob>),
     /// Generation ended normally.
     Done(FinishReason, Usage),
     /// Generation failed; text already sent stays valid.
@@ -76,6 +80,7 @@ async fn run(
         mut sampler,
         stop,
         arrived,
+        logprobs,
     } = job;
     metrics.prompt_tokens(prompt.len());
     let tokenizer = &backend.model().tokenizer;
@@ -89,18 +94,24 @@ async fn run(
     let mut last_token: Option<Instant> = None;
     let open = || {
         let generation = head.open(&prompt, prompt.len() + max_tokens);
-        Speculation::new(
+        let mut decoding = Speculation::new(
             generation,
             head.clone(),
             backend.drafter(&prompt),
             MAX_DRAFTS,
-        )
+        );
+        if let Some(top) = logprobs {
+            decoding.keep_logprobs(top);
+        }
+        decoding
     };
     let mut decoding = open();
     // A stage without room for one more session refuses it as busy before any token:
     // the request was accepted, so it waits for room rather than failing.
     let patient_until = Instant::now() + BUSY_PATIENCE;
     let mut pause = Duration::from_millis(20);
+    // Log-probabilities of tokens whose text the decoder or the stop matcher holds back.
+    let mut pending = Vec::new();
     let mut generated = 0;
     let mut batch = Vec::new();
     let mut reported = Stats::default();
@@ -128,7 +139,7 @@ async fn run(
         let stats = decoding.stats();
         metrics.speculated(&reported, &stats);
         reported = stats;
-        for &id in &batch {
+        for (i, &id) in batch.iter().enumerate() {
             generated += 1;
             let now = Instant::now();
             match last_token.replace(now) {
@@ -144,8 +155,15 @@ async fn run(
                 finish = FinishReason::Stop;
                 break 'decode;
             }
+            if let Some(lp) = decoding.logprobs().get(i) {
+                pending.push(wire_logprob(tokenizer, lp));
+            }
             let (text, hit) = stops.push(decoder.push(id));
-            if !text.is_empty() && tx.try_send(Event::Text(text.to_owned())).is_err() {
+            if !text.is_empty()
+                && tx
+                    .try_send(Event::Text(text.to_owned(), std::mem::take(&mut pending)))
+                    .is_err()
+            {
                 break 'decode;
             }
             if hit {
@@ -167,24 +185,71 @@ async fn run(
         } else {
             rest.push_str(&stops.finish());
         }
-        if !rest.is_empty() {
-            let _ = tx.try_send(Event::Text(rest));
+        if !rest.is_empty() || !pending.is_empty() {
+            let _ = tx.try_send(Event::Text(rest, std::mem::take(&mut pending)));
         }
+    } else if !pending.is_empty() {
+        let _ = tx.try_send(Event::Text(String::new(), pending));
     }
     Event::Done(finish, Usage::new(prompt.len(), generated))
 }
 
-/// Waits for a whole answer: its text, why it ended and its usage.
-pub(crate) async fn collect(
-    mut events: mpsc::Receiver<Event>,
-) -> Result<(String, FinishReason, Usage), ApiError> {
+/// A whole answer.
+pub(crate) struct Answer {
+    pub(crate) text: String,
+    /// Each token's log-probabilities, when asked for.
+    pub(crate) logprobs: Vec<TokenLogprob>,
+    pub(crate) finish: FinishReason,
+    pub(crate) usage: Usage,
+}
+
+/// Waits for a whole answer.
+pub(crate) async fn collect(mut events: mpsc::Receiver<Event>) -> Result<Answer, ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = events.recv().await {
         match event {
-            Event::Text(piece) => text.push_str(&piece),
-            Event::Done(reason, usage) => return Ok((text, reason, usage)),
+            Event::Text(piece, lp) => {
+                text.push_str(&piece);
+                logprobs.extend(lp);
+            }
+            Event::Done(finish, usage) => {
+                return Ok(Answer {
+                    text,
+                    logprobs,
+                    finish,
+                    usage,
+                })
+            }
             Event::Failed(e) => return Err(e),
         }
     }
     Err(ApiError::Internal("generation ended unexpectedly".into()))
+}
+
+/// A token's log-probabilities in OpenAI's terms: token text (lossy where a token holds
+/// part of a character) and its bytes.
+fn wire_logprob(tokenizer: &Tokenizer, lp: &TokenLogprobs) -> TokenLogprob {
+    let piece = |id: u32| {
+        let bytes = tokenizer.piece(id).to_vec();
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    };
+    let (token, bytes) = piece(lp.id);
+    TokenLogprob {
+        token,
+        logprob: lp.logprob,
+        bytes,
+        top_logprobs: lp
+            .top
+            .iter()
+            .map(|&(id, logprob)| {
+                let (token, bytes) = piece(id);
+                TopLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                }
+            })
+            .collect(),
+    }
 }

@@ -44,6 +44,8 @@ pub struct ApiOptions {
     /// New generation requests accepted per second, averaged (bursts up to one second's
     /// worth); more are refused with 429. `None`: no rate bound.
     pub max_request_rate: Option<f64>,
+    /// The model's id in `/v1/models` and responses (default: the model file's stem).
+    pub model_id: Option<String>,
 }
 
 impl Default for ApiOptions {
@@ -54,6 +56,7 @@ impl Default for ApiOptions {
             max_queue: 256,
             max_body_bytes: 1 << 20,
             max_request_rate: None,
+            model_id: None,
         }
     }
 }
@@ -102,25 +105,79 @@ pub(crate) async fn require_token(
     if req.uri().path() == "/health" {
         return next.run(req).await;
     }
+    // A browser opening the dashboard cannot send a bearer token: it is asked for the token
+    // as a Basic password, which it then sends with the page's own requests too.
+    let page = req.uri().path() == "/";
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| match v.strip_prefix("Bearer ") {
+            Some(bearer) => Some(bearer.trim().to_owned()),
+            None => basic_password(v),
+        });
     match presented {
-        Some(candidate) if token.matches(candidate.trim()) => next.run(req).await,
-        Some(_) => unauthorized("invalid API key"),
-        None => unauthorized("missing API key: send `Authorization: Bearer <token>`"),
+        Some(candidate) if token.matches(&candidate) => next.run(req).await,
+        Some(_) => unauthorized("invalid API key", page),
+        None => unauthorized(
+            "missing API key: send `Authorization: Bearer <token>`",
+            page,
+        ),
     }
 }
 
-fn unauthorized(message: &str) -> Response {
+fn unauthorized(message: &str, page: bool) -> Response {
     let mut response = ApiError::Unauthorized(message.to_owned()).into_response();
+    let challenge = if page {
+        "Basic realm=\"shoal (password: the API token)\""
+    } else {
+        "Bearer"
+    };
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        "Bearer".parse().expect("valid header"),
+        challenge.parse().expect("valid header"),
     );
     response
+}
+
+/// The password of an `Authorization: Basic base64(user:password)` header.
+fn basic_password(value: &str) -> Option<String> {
+    let encoded = value.strip_prefix("Basic ")?.trim();
+    let decoded = String::from_utf8(base64_decode(encoded)?).ok()?;
+    let (_, password) = decoded.split_once(':')?;
+    Some(password.trim().to_owned())
+}
+
+/// Standard base64 with padding, `None` on any other input.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(4) || bytes.len() > 4096 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for quad in bytes.chunks_exact(4) {
+        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &quad[..4 - pad] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * pad as u32;
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
 }
 
 /// The admission bounds of generation requests.
@@ -277,5 +334,18 @@ mod tests {
         let slow = RequestRate::new(0.2);
         assert!(slow.take().is_ok());
         assert_eq!(slow.take(), Err(5));
+    }
+
+    #[test]
+    fn a_basic_password_is_read_as_the_token() {
+        // base64("shoal:0123456789abcdef") and base64("a:b") (with padding).
+        assert_eq!(
+            basic_password("Basic c2hvYWw6MDEyMzQ1Njc4OWFiY2RlZg==").as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert_eq!(basic_password("Basic YTpi").as_deref(), Some("b"));
+        assert_eq!(basic_password("Basic YQ=="), None, "no colon");
+        assert_eq!(basic_password("Basic ***"), None);
+        assert_eq!(base64_decode("YWI="), Some(b"ab".to_vec()));
     }
 }

@@ -10,12 +10,27 @@ use super::error::ApiError;
 use super::openai::{ModelCard, ModelList};
 use super::AppState;
 
+/// The live dashboard: one static page polling `/v1/cluster`, shipped inside the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `GET /`: the dashboard.
+pub(crate) async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
 /// `GET /v1/models`: the one model served.
 pub(crate) async fn models(State(app): State<AppState>) -> Response {
     let list = ModelList {
         object: "list",
         data: [ModelCard {
-            id: &app.backend.model().name,
+            id: app.model_id(),
             object: "model",
             created: app.started,
             owned_by: "shoal",

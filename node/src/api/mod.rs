@@ -36,6 +36,17 @@ pub(crate) struct AppState {
     metrics: Arc<Metrics>,
     /// `created` of the model card: when this server started.
     started: u64,
+    /// The model's id in `/v1/models` and responses, when it is not the model's own name.
+    model_id: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// The id clients see: `--model-id`, else the model's name (its file's stem).
+    fn model_id(&self) -> &str {
+        self.model_id
+            .as_deref()
+            .unwrap_or(&self.backend.model().name)
+    }
 }
 
 /// The routes of the API with default [`ApiOptions`] (no token).
@@ -53,6 +64,7 @@ pub fn router_with(
         backend,
         metrics,
         started: request::unix_now(),
+        model_id: options.model_id.as_deref().map(Arc::from),
     };
     let admission = Arc::new(guard::Admission {
         slots: Arc::new(tokio::sync::Semaphore::new(options.max_requests)),
@@ -69,6 +81,7 @@ pub fn router_with(
         .layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));
     let mut router = Router::new()
         .merge(generation)
+        .route("/", get(info::dashboard))
         .route("/v1/models", get(info::models))
         .route("/v1/cluster", get(info::cluster))
         .route("/health", get(info::health))
@@ -122,6 +135,7 @@ async fn count_requests(State(app): State<AppState>, req: Request, next: Next) -
         "/v1/cluster" => "/v1/cluster",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/" => "/",
         _ => "other",
     };
     let response = next.run(req).await;

@@ -41,6 +41,21 @@ pub(crate) struct Params {
     #[serde(default)]
     pub(crate) stream: bool,
     pub(crate) stream_options: Option<StreamOptions>,
+    /// Chat: `true` to return each token's log-probability; completions: how many most
+    /// likely tokens to list with each (0 to 5).
+    pub(crate) logprobs: Option<LogprobsParam>,
+    /// Chat: most likely tokens listed with each token (0 to 20; needs `logprobs`).
+    pub(crate) top_logprobs: Option<u32>,
+}
+
+/// `logprobs`: a flag (chat) or a count (completions).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum LogprobsParam {
+    /// The chat endpoint's form.
+    Flag(bool),
+    /// The completions endpoint's form.
+    Count(u32),
 }
 
 /// `prompt`: a string, or an array holding exactly one string.
@@ -151,7 +166,7 @@ fn as_list<S: serde::Serializer, T: Serialize>(
 pub(crate) struct CompletionChoice<'a> {
     pub(crate) index: u32,
     pub(crate) text: &'a str,
-    pub(crate) logprobs: Option<()>,
+    pub(crate) logprobs: Option<CompletionLogprobs<'a>>,
     pub(crate) finish_reason: Option<FinishReason>,
 }
 
@@ -177,7 +192,7 @@ pub(crate) struct ChatChoice<'a> {
     pub(crate) message: Option<Delta<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) delta: Option<Delta<'a>>,
-    pub(crate) logprobs: Option<()>,
+    pub(crate) logprobs: Option<ChatLogprobs<'a>>,
     pub(crate) finish_reason: Option<FinishReason>,
 }
 
@@ -204,4 +219,74 @@ pub(crate) struct ModelCard<'a> {
     pub(crate) object: &'static str,
     pub(crate) created: u64,
     pub(crate) owned_by: &'static str,
+}
+
+/// One generated token's log-probability as the chat endpoint reports it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TokenLogprob {
+    pub(crate) token: String,
+    pub(crate) logprob: f32,
+    /// The token's UTF-8 bytes (a token may hold part of a character).
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) top_logprobs: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TopLogprob {
+    pub(crate) token: String,
+    pub(crate) logprob: f32,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// A chat choice's `logprobs`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ChatLogprobs<'a> {
+    pub(crate) content: &'a [TokenLogprob],
+    pub(crate) refusal: Option<()>,
+}
+
+/// A completion choice's `logprobs`, in the legacy endpoint's column form.
+#[derive(Debug)]
+pub(crate) struct CompletionLogprobs<'a> {
+    pub(crate) tokens: &'a [TokenLogprob],
+    /// Byte offset of the first token in the choice's text.
+    pub(crate) offset: usize,
+}
+
+impl Serialize for CompletionLogprobs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Top<'a>(&'a [TopLogprob]);
+        impl Serialize for Top<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|t| (&t.token, t.logprob)))
+            }
+        }
+        let mut offsets = Vec::with_capacity(self.tokens.len());
+        let mut at = self.offset;
+        for t in self.tokens {
+            offsets.push(at);
+            at += t.token.len();
+        }
+        let mut s = serializer.serialize_struct("Logprobs", 4)?;
+        s.serialize_field(
+            "tokens",
+            &self.tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
+        )?;
+        s.serialize_field(
+            "token_logprobs",
+            &self.tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        )?;
+        s.serialize_field(
+            "top_logprobs",
+            &self
+                .tokens
+                .iter()
+                .map(|t| Top(&t.top_logprobs))
+                .collect::<Vec<_>>(),
+        )?;
+        s.serialize_field("text_offset", &offsets)?;
+        s.end()
+    }
 }

@@ -3,11 +3,11 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use sharding::sampling::{Sampler, SamplerConfig};
+use sharding::sampling::{Sampler, SamplerConfig, MAX_TOP_LOGPROBS};
 
 use super::error::ApiError;
 use super::generation::Job;
-use super::openai::{Params, Stop};
+use super::openai::{LogprobsParam, Params, Stop};
 use crate::backend::ModelInfo;
 
 /// Tokens generated when the request does not say, if the context has room.
@@ -27,6 +27,7 @@ pub(crate) fn prepare(
     text: &str,
     max_tokens: Option<u64>,
     params: Params,
+    logprobs: Option<usize>,
     arrived: Instant,
 ) -> Result<Prepared, ApiError> {
     if params.n.is_some_and(|n| n != 1) {
@@ -73,11 +74,52 @@ pub(crate) fn prepare(
             sampler,
             stop,
             arrived,
+            logprobs,
         },
         stream: params.stream,
         include_usage: params.stream_options.is_some_and(|o| o.include_usage),
     })
 }
+
+/// The chat endpoint's `logprobs` (a flag) and `top_logprobs` (0 to 20): how many likely
+/// tokens to list with each generated token, or `None` for no log-probabilities.
+pub(crate) fn chat_logprobs(params: &Params) -> Result<Option<usize>, ApiError> {
+    let top = params.top_logprobs.map(|n| n as usize);
+    if top.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            format!("top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]"),
+        ));
+    }
+    match params.logprobs {
+        Some(LogprobsParam::Flag(true)) => Ok(Some(top.unwrap_or(0))),
+        Some(LogprobsParam::Count(_)) => Err(ApiError::invalid(
+            "logprobs",
+            "logprobs is a boolean here; top_logprobs says how many alternatives",
+        )),
+        _ if top.is_some_and(|n| n > 0) => Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The completions endpoint's `logprobs`: how many likely tokens to list (0 to 5).
+pub(crate) fn completion_logprobs(params: &Params) -> Result<Option<usize>, ApiError> {
+    match params.logprobs {
+        None | Some(LogprobsParam::Flag(false)) => Ok(None),
+        Some(LogprobsParam::Flag(true)) => Ok(Some(0)),
+        Some(LogprobsParam::Count(n)) if n <= MAX_COMPLETION_LOGPROBS => Ok(Some(n as usize)),
+        Some(LogprobsParam::Count(_)) => Err(ApiError::invalid(
+            "logprobs",
+            format!("logprobs must be in [0, {MAX_COMPLETION_LOGPROBS}]"),
+        )),
+    }
+}
+
+/// OpenAI's limit of the completions endpoint's `logprobs`.
+const MAX_COMPLETION_LOGPROBS: u32 = 5;
 
 /// OpenAI's sampling: temperature (default 1, 0 is greedy) and nucleus only, no top-k or
 /// min-p; an absent seed is random.

@@ -11,14 +11,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::generation::Event;
-use super::openai::{FinishReason, Usage};
+use super::openai::{FinishReason, TokenLogprob, Usage};
 
 /// How one endpoint writes its chunks into an SSE buffer (see [`frame`]).
 pub(crate) trait Chunks: Send + 'static {
     /// Written before any text (the chat role chunk).
     fn opening(&self, buf: &mut Vec<u8>);
-    /// A piece of text.
-    fn text(&self, buf: &mut Vec<u8>, text: &str);
+    /// A piece of text and the log-probabilities of its tokens (empty unless asked for).
+    fn text(&self, buf: &mut Vec<u8>, text: &str, logprobs: &[TokenLogprob]);
     /// The chunk carrying the finish reason.
     fn finish(&self, buf: &mut Vec<u8>, reason: FinishReason);
     /// The usage chunk of `stream_options.include_usage`.
@@ -59,8 +59,8 @@ pub(crate) fn response<C: Chunks>(
                 Phase::Body
             }
             Phase::Body => match events.recv().await {
-                Some(Event::Text(text)) => {
-                    chunks.text(&mut buf, &text);
+                Some(Event::Text(text, logprobs)) => {
+                    chunks.text(&mut buf, &text, &logprobs);
                     Phase::Body
                 }
                 Some(Event::Done(reason, usage)) => {

@@ -6,6 +6,7 @@ pub(crate) mod config_file;
 pub(crate) mod fleet;
 pub(crate) mod generate;
 pub(crate) mod http;
+pub(crate) mod perplexity;
 pub(crate) mod plan;
 pub(crate) mod plan_report;
 pub(crate) mod run;

@@ -70,6 +70,9 @@ pub(crate) struct Args {
     /// worth); more get 429 with Retry-After. 0: no rate bound.
     #[arg(long, env = "SHOAL_MAX_REQUEST_RATE", default_value_t = 0.0)]
     max_request_rate: f64,
+    /// The model's id in /v1/models and in responses (default: the model file's stem).
+    #[arg(long, env = "SHOAL_MODEL_ID")]
+    model_id: Option<String>,
     /// Serve no HTTP API on this node.
     #[arg(long, env = "SHOAL_NO_API")]
     no_api: bool,
@@ -273,6 +276,7 @@ fn api_options(args: &Args) -> anyhow::Result<shoal::api::ApiOptions> {
         max_requests,
         max_queue: args.max_queue,
         max_request_rate: (args.max_request_rate > 0.0).then_some(args.max_request_rate),
+        model_id: args.model_id.clone().filter(|id| !id.trim().is_empty()),
         ..Default::default()
     })
 }

@@ -54,17 +54,8 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(
         out,
-        "  {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}  {}",
-        "node",
-        "address",
-        "threads",
-        "cpu",
-        "memory",
-        "layers",
-        "state",
-        "ms/layer",
-        "model",
-        "platform"
+        "  {:<10} {:<22} {:>7} {:>5} {:>10} {:>7} {:<8} {:>9} {:>5}  platform",
+        "node", "address", "threads", "cpu", "memory", "layers", "state", "ms/layer", "model",
     )?;
     for m in &view.members {
         let layers = m

@@ -45,14 +45,7 @@ pub(crate) fn load_model(
     };
     let model_profile = profile::model_profile_with_sha256(&file, context as u32, sha256.clone())?;
     let cost = measure::measure_layer_cost(&file, threads)?;
-    let name = meta
-        .str("general.name")
-        .map(str::to_owned)
-        .ok()
-        .unwrap_or_else(|| {
-            path.file_stem()
-                .map_or("model".into(), |s| s.to_string_lossy().into_owned())
-        });
+    let name = crate::backend::model_id(path, meta.str("general.name").ok());
     let info = ModelInfo {
         name: name.clone(),
         tokenizer: Tokenizer::from_gguf(meta)?,

@@ -2,7 +2,7 @@
 //! after it through the ring as one step, keeps the drafts the sampler agrees with and one
 //! token of the target's own, and rolls the rest back.
 
-use sharding::sampling::{Sampler, SamplingError};
+use sharding::sampling::{token_logprobs, Sampler, SamplingError, TokenLogprobs};
 
 use super::{AdaptiveK, Drafter, Stats};
 use crate::pipeline::{Generation, Head, PipelineError};
@@ -29,6 +29,9 @@ pub struct Speculation {
     drafts: Vec<u32>,
     batch: Vec<u32>,
     stats: Stats,
+    /// With `Some(top)`, each token's log-probabilities (and the `top` best) are kept.
+    logprobs: Option<usize>,
+    picked: Vec<TokenLogprobs>,
 }
 
 impl Speculation {
@@ -59,7 +62,21 @@ impl Speculation {
             drafts: Vec::new(),
             batch: Vec::new(),
             stats: Stats::default(),
+            logprobs: None,
+            picked: Vec::new(),
         }
+    }
+
+    /// Keeps the log-probability of every token [`Speculation::next`] returns, with the
+    /// `top` most likely tokens at its position (see [`Speculation::logprobs`]).
+    pub fn keep_logprobs(&mut self, top: usize) {
+        self.logprobs = Some(top);
+    }
+
+    /// The log-probabilities of the tokens the last [`Speculation::next`] returned, one per
+    /// token (empty unless [`Speculation::keep_logprobs`] was called).
+    pub fn logprobs(&self) -> &[TokenLogprobs] {
+        &self.picked
     }
 
     /// What this request's speculation did so far.
@@ -79,9 +96,14 @@ impl Speculation {
         out: &mut Vec<u32>,
     ) -> Result<(), StepError> {
         out.clear();
+        self.picked.clear();
         let Some(token) = self.pending.take() else {
             // The prompt's logits give the first token.
-            let id = sampler.sample(self.generation.logits().await?)?;
+            let row = self.generation.logits().await?;
+            let id = sampler.sample(row)?;
+            if let Some(top) = self.logprobs {
+                self.picked.extend(token_logprobs(row, id, top));
+            }
             self.note(id);
             out.push(id);
             self.pending = Some(id);
@@ -99,7 +121,11 @@ impl Speculation {
         };
         if k == 0 {
             self.generation.push(token);
-            let id = sampler.sample(self.generation.logits().await?)?;
+            let row = self.generation.logits().await?;
+            let id = sampler.sample(row)?;
+            if let Some(top) = self.logprobs {
+                self.picked.extend(token_logprobs(row, id, top));
+            }
             self.stats.passes += 1;
             self.note(id);
             out.push(id);
@@ -116,6 +142,9 @@ impl Speculation {
         for (i, row) in rows.chunks_exact(vocab).enumerate() {
             if i < k {
                 let id = sampler.sample_given_draft(row, self.drafts[i])?;
+                if let Some(top) = self.logprobs {
+                    self.picked.extend(token_logprobs(row, id, top));
+                }
                 out.push(id);
                 if id == self.drafts[i] {
                     kept += 1;
@@ -124,8 +153,12 @@ impl Speculation {
                 next = Some(id);
             } else {
                 // Every draft was kept: the last row gives one more token.
-                next = Some(sampler.sample(row)?);
-                out.push(next.unwrap_or_default());
+                let id = sampler.sample(row)?;
+                if let Some(top) = self.logprobs {
+                    self.picked.extend(token_logprobs(row, id, top));
+                }
+                next = Some(id);
+                out.push(id);
             }
             break;
         }

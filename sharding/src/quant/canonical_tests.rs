@@ -118,7 +118,10 @@ fn weights(ty: GgmlType, n: usize) -> BoxedStrategy<Vec<u8>> {
 }
 
 /// A case for `ty`: element count, weight rows (4) and activation rows (4).
-fn case(ty: GgmlType) -> BoxedStrategy<(usize, Vec<Vec<u8>>, Vec<Vec<f32>>)> {
+/// A row length, weight rows as raw blocks, and activation rows.
+type Case = (usize, Vec<Vec<u8>>, Vec<Vec<f32>>);
+
+fn case(ty: GgmlType) -> BoxedStrategy<Case> {
     let n = match ty.block_len() {
         1 => (1usize..80).boxed(),
         QK => (1usize..=8).prop_map(|b| b * QK).boxed(),
