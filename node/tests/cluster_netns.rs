@@ -505,7 +505,15 @@ fn a_stage_lost_mid_stream_is_rebuilt_from_weights_streamed_by_a_peer() {
         .count();
     // The client may already hold a token generated before the kill; the head's own figure
     // is from the broken plan to the next token it produced.
-    let head_log = String::from_utf8_lossy(&std::fs::read(log_of(0)).unwrap()).into_owned();
+    // The head's log writer may hold the line for a moment after the stream ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let head_log = loop {
+        let log = String::from_utf8_lossy(&std::fs::read(log_of(0)).unwrap()).into_owned();
+        if log.contains("request recovered") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let recovered = head_log
         .lines()
         .find(|l| l.contains("request recovered"))

@@ -50,13 +50,6 @@ impl Assignment {
 pub enum Control {
     /// A new plan: load your layers and report ready in your advert.
     Assign(Assignment),
-    /// The members cannot hold the model; nothing will be served until that changes.
-    Unplaceable {
-        /// sha256 of the model.
-        model_sha256: String,
-        /// The planner's reason.
-        reason: String,
-    },
 }
 
 impl Control {

@@ -66,7 +66,8 @@ pub fn coordinator(adverts: &[Advert], sha256: &str, version: &str) -> Option<St
 }
 
 /// The device graph of the eligible nodes, with what `facts` says of each and the links
-/// `links` reports (pairs between eligible nodes only; later reports replace earlier ones).
+/// `links` reports (pairs between eligible nodes only; a later measurement replaces an
+/// earlier one; a pair either side reports down is down both ways).
 /// Each node's budget is its whole budget: the planner takes its overhead, its layers and
 /// (if it serves the API) its head off it.
 pub fn device_graph(
@@ -102,15 +103,16 @@ pub fn device_graph(
             tracing::warn!(peer = %a.peer_id, error = %e, "advert left out of the device graph");
         }
     }
-    for r in links {
+    // Measurements first, then losses: a link either side lost is down both ways, whatever
+    // the other side measured before (a QUIC link needs both directions, for its acks).
+    let (measured, down): (Vec<_>, Vec<_>) = links.iter().partition(|r| r.link.is_some());
+    for r in measured.into_iter().chain(down) {
         if graph.device(&r.from).is_none() || graph.device(&r.to).is_none() {
             continue;
         }
         let set = match r.link {
             Some(link) => graph.set_one_way_link(&r.from, &r.to, link),
-            None => graph
-                .set_link_down(&r.from, &r.to)
-                .and_then(|()| restore_reverse(&mut graph, links, r)),
+            None => graph.set_link_down(&r.from, &r.to),
         };
         if let Err(e) = set {
             tracing::warn!(from = %r.from, to = %r.to, error = %e, "link report left out");
@@ -150,23 +152,6 @@ pub fn link_reports(adverts: &[Advert]) -> Vec<LinkReport> {
     reports
 }
 
-/// `set_link_down` marks both directions; the reverse direction keeps its own report.
-fn restore_reverse(
-    graph: &mut DeviceGraph,
-    links: &[LinkReport],
-    down: &LinkReport,
-) -> Result<(), scheduler::GraphError> {
-    let reverse = links
-        .iter()
-        .rev()
-        .find(|l| l.from == down.to && l.to == down.from)
-        .and_then(|l| l.link);
-    match reverse {
-        Some(link) => graph.set_one_way_link(&down.to, &down.from, link),
-        None => Ok(()),
-    }
-}
-
 /// The head a plan's prediction is for: the coordinator if it serves the API, else the
 /// serving node with the lowest peer id; `None` when no node serves.
 pub fn head_node(graph: &DeviceGraph, coordinator: &str) -> Option<String> {
@@ -201,11 +186,27 @@ pub enum Placement {
     Memory,
 }
 
+/// A fresh plan must beat the current one, re-priced on today's graph, by this fraction
+/// before the cluster moves to it: a move reloads stages and replays their requests, and
+/// measured links and step times jitter by more than the plans they would swap between.
+pub const REPLAN_GAIN: f64 = 0.10;
+
+/// The plan the cluster runs, and what the next plan may change of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Current<'a> {
+    /// The plan (the pending one while it loads).
+    pub plan: &'a Plan,
+    /// The straggler policy asked to move layers in place, within this tolerance of the
+    /// best its stages allow ([`planner::rebalance`]).
+    pub rebalance: Option<f64>,
+}
+
 /// Plans `profile` over `graph` and numbers it `epoch`. The head is [`head_node`];
-/// `adjust` adds what the straggler policy knows (slowdowns, evictions). With `keep` (the
-/// current plan and the straggler policy's tolerance) a planned placement moves the fewest
-/// layers of it that bring the prediction within the tolerance of the best its stages
-/// allow ([`planner::rebalance`]), falling back to a fresh plan when its stages cannot be
+/// `adjust` adds what the straggler policy knows (slowdowns, evictions). Given the
+/// `current` plan, a planned placement keeps it (re-priced) unless it no longer fits (a
+/// stage gone or excluded, a link down, memory) or a fresh plan beats it by
+/// [`REPLAN_GAIN`]; asked to rebalance, it moves the fewest layers that bring the
+/// prediction within the tolerance, falling back to a fresh plan when its stages cannot be
 /// kept. Returns the assignment to send and the planner's plan (for the straggler policy's
 /// predictions and the output head's slices).
 pub fn assign(
@@ -215,14 +216,28 @@ pub fn assign(
     epoch: u64,
     placement: Placement,
     adjust: impl FnOnce(&mut PlanRequest),
-    keep: Option<(&Plan, f64)>,
+    current: Option<Current<'_>>,
 ) -> Result<(Assignment, Plan), PlanError> {
     let mut request = plan_request(profile, head_node(graph, coordinator));
     adjust(&mut request);
-    let plan = match (placement, keep) {
-        (Placement::Planned, Some((current, tolerance))) => {
-            planner::rebalance(graph, &request, current, tolerance)
-                .or_else(|_| planner::plan(graph, &request))?
+    let plan = match (placement, current) {
+        (
+            Placement::Planned,
+            Some(Current {
+                plan,
+                rebalance: Some(tolerance),
+            }),
+        ) => planner::rebalance(graph, &request, plan, tolerance)
+            .or_else(|_| planner::plan(graph, &request))?,
+        (
+            Placement::Planned,
+            Some(Current {
+                plan,
+                rebalance: None,
+            }),
+        ) => {
+            let fresh = planner::plan(graph, &request)?;
+            keep_unless_beaten(graph, &request, plan, fresh)
         }
         (Placement::Planned, None) => planner::plan(graph, &request)?,
         (Placement::Even, _) => planner::even_split(graph, &request)?,
@@ -244,6 +259,30 @@ pub fn assign(
         predicted_ms_per_token: plan.predicted_ms_per_token,
     };
     Ok((assignment, plan))
+}
+
+/// `current` re-priced on `graph`, unless it does not fit any more or `fresh` beats it by
+/// [`REPLAN_GAIN`].
+fn keep_unless_beaten(
+    graph: &DeviceGraph,
+    request: &PlanRequest,
+    current: &Plan,
+    fresh: Plan,
+) -> Plan {
+    let stages: Vec<(&str, u32)> = current
+        .stages
+        .iter()
+        .map(|s| (s.device.as_str(), s.layers.len() as u32))
+        .collect();
+    match planner::evaluate(graph, request, &stages) {
+        Ok(kept)
+            if fresh.predicted_ms_per_token
+                >= kept.predicted_ms_per_token * (1.0 - REPLAN_GAIN) =>
+        {
+            kept
+        }
+        _ => fresh,
+    }
 }
 
 #[cfg(test)]

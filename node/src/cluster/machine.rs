@@ -118,8 +118,6 @@ pub(crate) struct Cluster {
     highest_epoch: u64,
     /// When the coordinator should (re)plan next.
     replan_at: Option<Millis>,
-    /// The last reason for being unplaceable that was broadcast.
-    told_unplaceable: Option<String>,
     /// Plans this node made as coordinator, by epoch (the straggler policy's predictions).
     made: BTreeMap<u64, Plan>,
     /// The straggler policy, while this node coordinates an active plan it made.
@@ -156,7 +154,6 @@ impl Cluster {
             route: PlanRoute::default(),
             highest_epoch: 0,
             replan_at: None,
-            told_unplaceable: None,
             made: BTreeMap::new(),
             monitor: None,
             seen_steps: HashMap::new(),
@@ -301,7 +298,8 @@ impl Cluster {
                 .any(|p| !old.state.unreachable.contains(p)),
             None => !advert.state.unreachable.is_empty(),
         };
-        self.members.insert(advert.peer_id, advert.clone());
+        let old = self.members.insert(advert.peer_id, advert.clone());
+        self.coordinator_says(old.as_ref(), &advert);
         // A member lagging behind the current plan missed a message: resend. One ahead of it
         // follows a plan made while this node was away (paused, cut off): the coordinator
         // must plan again, over everyone. A member that lost a link: plan around it now.

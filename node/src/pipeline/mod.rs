@@ -48,6 +48,9 @@ pub fn endpoint_config(identity: Identity, verifier: Arc<dyn PeerVerifier>) -> E
     EndpointConfig {
         idle_timeout: Duration::from_millis(1500),
         keep_alive: Duration::from_millis(300),
+        // A next hop that never answers the handshake is lost as soon as a live one would
+        // have answered several times over, even on a lossy cellular hop.
+        handshake_timeout: Duration::from_secs(3),
         ..EndpointConfig::new(identity, verifier)
     }
 }

@@ -95,6 +95,11 @@ pub struct AdvertState {
     /// This node's measured links to other members, newest measurement per peer.
     #[serde(default)]
     pub links: Vec<LinkMeasure>,
+    /// Set by the coordinator while the members cannot hold the model: the planner's
+    /// reason. A level every member reads from the coordinator's advert, so a node that
+    /// joins or missed a message still learns it.
+    #[serde(default)]
+    pub unplaceable: Option<String>,
 }
 
 /// One direction of a link as the sending node measured it. Opaque to transport.

@@ -198,13 +198,16 @@ fn measured_links_are_used_and_down_links_never() {
             link: Some(fast),
         },
     ];
-    // Each direction keeps its own report, in either order.
+    // A measured direction is used; one side's loss takes the pair down both ways, whatever
+    // the other side measured before it, in either order of the reports.
+    let g = device_graph(&adverts, &sha, "v", |_| NodeFacts::default(), &reports[..1]);
+    assert_eq!(g.link(&a, &b), Some(fast));
     for reports in [
         reports.to_vec(),
         vec![reports[1].clone(), reports[0].clone()],
     ] {
         let g = device_graph(&adverts, &sha, "v", |_| NodeFacts::default(), &reports);
-        assert_eq!(g.link(&a, &b), Some(fast));
+        assert_eq!(g.link_state(&a, &b), Some(scheduler::LinkState::Down));
         assert_eq!(g.link_state(&b, &a), Some(scheduler::LinkState::Down));
     }
     // A pair reported down by one side only is down both ways, and no plan uses it even
@@ -257,7 +260,10 @@ fn a_half_speed_stage_keeps_a_share_and_most_of_the_speed() {
         0,
         "a fresh plan drops the slow node: {fresh}"
     );
-    let keep = Some((&before, 0.15));
+    let keep = Some(Current {
+        plan: &before,
+        rebalance: Some(0.15),
+    });
     let (_, kept) = assign(&graph, &p, &head, 2, Placement::Planned, slow, keep).unwrap();
     let share = layers_of(&kept, &victim);
     assert!(share > 0 && share < layers_of(&before, &victim), "{kept}");
@@ -265,6 +271,85 @@ fn a_half_speed_stage_keeps_a_share_and_most_of_the_speed() {
         kept.predicted_ms_per_token <= before.predicted_ms_per_token / 0.8,
         "before {before}\nafter {kept}"
     );
+}
+
+#[test]
+fn the_current_plan_stays_until_a_fresh_one_is_clearly_faster() {
+    let sha = "aa".repeat(32);
+    let p = profile(&sha);
+    let adverts = vec![
+        advert(1, 160 << 20, 0.3, &sha),
+        advert(1, 160 << 20, 0.3, &sha),
+        advert(1, 160 << 20, 0.3, &sha),
+    ];
+    // The same members, the last one measured at `fast_ms` per layer.
+    let fleet = |fast_ms: f64| {
+        let mut adverts = adverts.clone();
+        adverts[2].layer_cost.as_mut().unwrap().decode_ms = fast_ms;
+        adverts
+    };
+    let layout = |plan: &Plan| -> Vec<(String, u32)> {
+        plan.stages
+            .iter()
+            .map(|s| (s.device.clone(), s.layers.len() as u32))
+            .collect()
+    };
+    let head = coordinator(&adverts, &sha, "v").unwrap();
+    let graph = device_graph(&adverts, &sha, "v", |_| NodeFacts::default(), &[]);
+    let (_, before) = assign(&graph, &p, &head, 1, Placement::Planned, |_| {}, None).unwrap();
+    let current = |plan| Current {
+        plan,
+        rebalance: None,
+    };
+    // One node measures 5% faster: a fresh plan would move layers to it for less than
+    // REPLAN_GAIN; the current layout stays, re-priced.
+    let graph = device_graph(&fleet(0.285), &sha, "v", |_| NodeFacts::default(), &[]);
+    let (_, fresh) = assign(&graph, &p, &head, 2, Placement::Planned, |_| {}, None).unwrap();
+    assert_ne!(
+        layout(&fresh),
+        layout(&before),
+        "the test needs a different fresh plan"
+    );
+    let (_, kept) = assign(
+        &graph,
+        &p,
+        &head,
+        2,
+        Placement::Planned,
+        |_| {},
+        Some(current(&before)),
+    )
+    .unwrap();
+    assert_eq!(layout(&kept), layout(&before));
+    assert!(kept.predicted_ms_per_token <= before.predicted_ms_per_token);
+    // Three times faster: the fresh plan wins.
+    let graph = device_graph(&fleet(0.1), &sha, "v", |_| NodeFacts::default(), &[]);
+    let (_, fresh) = assign(&graph, &p, &head, 2, Placement::Planned, |_| {}, None).unwrap();
+    let (_, moved) = assign(
+        &graph,
+        &p,
+        &head,
+        2,
+        Placement::Planned,
+        |_| {},
+        Some(current(&before)),
+    )
+    .unwrap();
+    assert_eq!(layout(&moved), layout(&fresh));
+    assert_ne!(layout(&moved), layout(&before));
+    // A stage of the current plan gone: never kept.
+    let graph = device_graph(&adverts[..2], &sha, "v", |_| NodeFacts::default(), &[]);
+    let (_, without) = assign(
+        &graph,
+        &p,
+        &head,
+        2,
+        Placement::Planned,
+        |_| {},
+        Some(current(&before)),
+    )
+    .unwrap();
+    assert!(without.stages.len() <= 2, "{without}");
 }
 
 /// The targets of issue #22 on the real models' sizes (read from the GGUF files), through

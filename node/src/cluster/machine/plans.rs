@@ -48,11 +48,15 @@ impl Cluster {
                 m.apply(request);
             }
         };
-        // A straggler decision that moves layers in place keeps the active plan's stages.
-        let keep = self
-            .rebalance
-            .take()
-            .and_then(|tolerance| Some((self.made.get(&self.active_epoch())?, tolerance)));
+        // The current plan stays unless it broke, no longer fits, or a fresh one beats it
+        // clearly; a straggler decision that moves layers in place keeps its stages.
+        let rebalance = self.rebalance.take();
+        let epoch_now = self.current_epoch();
+        let current = self
+            .made
+            .get(&epoch_now)
+            .filter(|_| self.route.broken < epoch_now)
+            .map(|plan| coordinator::Current { plan, rebalance });
         let planned = coordinator::assign(
             &graph,
             &self.cfg.profile,
@@ -60,7 +64,7 @@ impl Cluster {
             epoch,
             self.cfg.placement,
             adjust,
-            keep,
+            current,
         );
         let assignment = match planned {
             Ok((a, plan)) => {
@@ -73,17 +77,11 @@ impl Cluster {
                 warn!(%reason, devices = graph.len(), "the model cannot be placed");
                 self.unplaceable = Some(reason.clone());
                 self.route.unplaceable = true;
-                if self.told_unplaceable.as_ref() != Some(&reason) {
-                    self.told_unplaceable = Some(reason.clone());
-                    out.push(Action::Broadcast(Control::Unplaceable {
-                        model_sha256: sha,
-                        reason,
-                    }));
-                }
+                self.tell_unplaceable(Some(reason), out);
                 return;
             }
         };
-        self.told_unplaceable = None;
+        self.tell_unplaceable(None, out);
         let current = self
             .pending
             .clone()
@@ -132,15 +130,36 @@ impl Cluster {
                 debug!(%from, epoch = a.epoch, "ignored a stale plan");
             }
             Control::Assign(a) => self.assign(a, now, out),
-            Control::Unplaceable {
-                model_sha256,
-                reason,
-            } => {
-                if model_sha256 == self.cfg.sha256 {
-                    self.unplaceable = Some(reason);
-                    self.route.unplaceable = true;
-                }
+        }
+    }
+
+    /// The coordinator's verdict on placing the model goes into its advert: a level the
+    /// members read (see [`Cluster::coordinator_says`]), not a message one could miss.
+    fn tell_unplaceable(&mut self, reason: Option<String>, out: &mut Vec<Action>) {
+        if self.advert.state.unplaceable != reason {
+            self.advert.state.unplaceable = reason;
+            out.push(Action::Publish(Box::new(self.advert.clone())));
+        }
+    }
+
+    /// A member follows the coordinator's verdict: unplaceable while its advert says so;
+    /// cleared when the advert no longer does (a plan follows, or members come and go).
+    pub(super) fn coordinator_says(&mut self, old: Option<&Advert>, advert: &Advert) {
+        let coordinator =
+            coordinator::coordinator(&self.adverts(), &self.cfg.sha256, &self.cfg.version);
+        if coordinator != Some(advert.peer_id.to_string()) || self.is_coordinator() {
+            return;
+        }
+        match &advert.state.unplaceable {
+            Some(reason) => {
+                self.unplaceable = Some(reason.clone());
+                self.route.unplaceable = true;
             }
+            None if old.is_some_and(|o| o.state.unplaceable.is_some()) => {
+                self.unplaceable = None;
+                self.route.unplaceable = false;
+            }
+            None => {}
         }
     }
 

@@ -353,17 +353,32 @@ fn a_partition_heals_into_one_plan_over_everyone() {
 }
 
 #[test]
-fn an_unplaceable_cluster_says_so_once_and_recovers_when_memory_joins() {
+fn an_unplaceable_cluster_says_so_on_every_member_and_recovers_when_memory_joins() {
     let mut sim = Sim::new(Placement::Planned);
-    let a = sim.add(40, 0.2);
+    let first = [sim.add(40, 0.2), sim.add(40, 0.2)];
     sim.run(2000);
-    let snap = sim.nodes[&a].machine.snapshot();
-    assert!(snap.unplaceable.is_some() && snap.route.unplaceable);
-    assert!(sim.active(a).is_none());
+    // A node that joins later was never sent a message about it: it reads the verdict from
+    // the coordinator's advert.
+    let late = sim.add(40, 0.2);
+    sim.run(2000);
+    for peer in first.iter().chain([&late]) {
+        let snap = sim.nodes[peer].machine.snapshot();
+        assert!(
+            snap.unplaceable.is_some() && snap.route.unplaceable,
+            "{peer}"
+        );
+        assert!(sim.active(*peer).is_none());
+    }
     sim.add(BIG, 0.2);
     sim.run(2000);
     assert!(sim.agreed().is_some());
-    assert!(sim.nodes[&a].machine.snapshot().unplaceable.is_none());
+    for peer in first.iter().chain([&late]) {
+        let snap = sim.nodes[peer].machine.snapshot();
+        assert!(
+            snap.unplaceable.is_none() && !snap.route.unplaceable,
+            "{peer}"
+        );
+    }
 }
 
 #[test]
