@@ -58,18 +58,17 @@ async fn an_aarch64_middle_stage_keeps_x86_text_and_takes_a_killed_x86_stage() {
         .find(|r| r.key == "p1")
         .expect("the p1 reference");
     let cluster_key = key_file(&logs, "cluster.key", "the mixed-architecture test's key");
+    let model = model_path("smollm2");
+    // Even placement puts the stages in the coordinator's member order (the other members by
+    // peer id, then itself), which the keys below fix; the planner would order them by
+    // measured link times, which tie on loopback.
     let args = |memory: &str| -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["--model".into(), model_path("smollm2").into()];
-        // Even placement puts the stages in the coordinator's member order (the other
-        // members by peer id, then itself), which the keys below fix; the planner would
-        // order them by measured link times, which tie on loopback.
-        for a in ["--placement", "even", "--threads", "1", "--memory", memory] {
-            args.push(a.into());
-        }
-        for a in ["--max-context", "512", "--liveness-timeout", "3"] {
-            args.push(a.into());
-        }
-        args.extend(["--replan-delay".into(), "0.5".into()]);
+        let flags = format!(
+            "--placement even --threads 1 --memory {memory} --max-context 512 \
+             --liveness-timeout 3 --replan-delay 0.5"
+        );
+        let mut args: Vec<OsString> = flags.split_whitespace().map(OsString::from).collect();
+        args.extend(["--model".into(), model.clone().into()]);
         args.extend(["--cluster-key-file".into(), cluster_key.clone().into()]);
         args
     };
