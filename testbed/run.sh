@@ -2,8 +2,8 @@
 # Runs one testbed scenario on fresh 4-node fleets and writes testbed/results/NAME.json
 # (with "pass" and "message"); exit 0 when the scenario's pass condition holds.
 #
-#   testbed/run.sh NAME     NAME: baseline hetero latency kill seeder pause throttle partition
-#                                 churn smoke
+#   testbed/run.sh NAME     NAME: baseline hetero latency links kill seeder pause throttle
+#                                 partition churn smoke
 #
 # Besides NAME.json it writes NAME-timeline.json (cluster views, stage metrics, token times
 # and fault marks sampled during the run) and NAME.png (tok/s over time with the faults,
@@ -20,6 +20,8 @@
 #   RUNS, MAX_TOKENS greedy requests per measurement and their length (baseline 3, else 5; 64)
 #   PROMPT           completion prompt (lib/client.py has the default)
 #   LATENCY_DELAYS   one-way delays in ms for `latency` ("0 2 10")
+#   LINK_DELAY       one-way delay in ms of the slow pair in `links` (15)
+#   LINK_MEMORY      --memory of every node in `links` (80MiB: no node holds the model)
 #   PLACEMENT        --placement for latency (planned) and the fault scenarios (even)
 #   TB_STATIC_PEER   0 (default): nodes find each other by mDNS only (run.sh opens the
 #                    bridge to mDNS multicast with an iptables rule, removed at teardown;
@@ -30,7 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 TESTBED=$PWD
 RESULTS=$TESTBED/results
-SCENARIOS="baseline hetero latency kill seeder pause throttle partition churn smoke"
+SCENARIOS="baseline hetero latency links kill seeder pause throttle partition churn smoke"
 
 usage() {
     echo "usage: $0 NAME   (one of: $SCENARIOS)" >&2

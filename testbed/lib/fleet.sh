@@ -103,7 +103,7 @@ fleet_up() {
         local var="ENV_NODE$i" extra=""
         [ "$STATIC_PEER" = 1 ] && [ "$i" != 1 ] \
             && extra="SHOAL_PEERS=/ip4/$SHOAL_SUBNET_PREFIX.11/tcp/7600"
-        printf '%s\n%s\n' "${!var:-}" "$extra" >"$TB_ENV_DIR/node$i.env"
+        printf '%s\n%s\n' "${!var:-}" "$extra" | sed "s/@SUBNET@/$SHOAL_SUBNET_PREFIX/g" >"$TB_ENV_DIR/node$i.env"
     done
     if [ "${FLEET_SEEDER:-0}" = 1 ]; then
         # Nodes 2-4 get an empty /models and the hash of the file node1 holds.

@@ -1,4 +1,4 @@
-# Performance scenarios for run.sh (sourced): baseline, hetero, latency.
+# Performance scenarios for run.sh (sourced): baseline, hetero, latency, links.
 
 # bench N RUNS MAX_TOKENS: greedy streaming completions on node N's API (lib/client.py bench).
 bench() {
@@ -78,4 +78,60 @@ scenario_latency() {
         and (1000 / .median_decode_tok_s) < .delay_ms) | .delay_ms] | join(" ")' <<<"$out")
     [ -z "$bad" ] || fail "link emulation not in effect: decode faster than one hop's delay at delay=${bad} ms"
     pass "all delays served identical greedy text"
+}
+
+# Node indices (1-4) of the first two stages of node N's plan, as "A B".
+first_pair() {
+    echo "$(stage_node "$1" 0) $(stage_node "$1" 1)"
+}
+
+# One pair of nodes gets a slow link (LINK_DELAY ms each way, 15 by default), every other
+# link stays fast. The pair is the first two stages of the plan the fleet makes without it
+# (SHOAL_MEMORY=LINK_MEMORY, 80MiB by default, so no node holds the model alone). Then the
+# same fleet with the slow pair twice: --placement link-blind (hops priced as a LAN) and
+# planned (measured links): warm-up requests let the stages measure their links and the
+# coordinator replan, then RUNS greedy requests of MAX_TOKENS. Records both plans,
+# predicted and measured ms/token, and the ratio (target 1.3x), text identical.
+scenario_links() {
+    local runs=${RUNS:-5} max=${MAX_TOKENS:-64} delay=${LINK_DELAY:-15} out='{}' b p pair
+    local memory="SHOAL_MEMORY=${LINK_MEMORY:-80MiB}"
+    ENV_ALL="$memory"$'\n'"SHOAL_PLACEMENT=link-blind"
+    fleet_up probe
+    pair=$(first_pair 1)
+    log "links: the slow pair is node${pair% *} <-> node${pair#* } ($(plan_summary 1))"
+    fleet_down
+    local a=${pair% *} z=${pair#* }
+    [ -n "$a" ] && [ -n "$z" ] && [ "$a" != "$z" ] || fail "the probe fleet's plan has fewer than two stages"
+    for placement in link-blind planned; do
+        ENV_ALL="$memory"$'\n'"SHOAL_PLACEMENT=$placement"
+        # @SUBNET@ is the fleet's own prefix, filled in by fleet_up.
+        declare -g "ENV_NODE$a=SHOAL_LINK_EMULATION=delay=${delay}ms,to=@SUBNET@.1$z"
+        declare -g "ENV_NODE$z=SHOAL_LINK_EMULATION=delay=${delay}ms,to=@SUBNET@.1$a"
+        fleet_up "$placement"
+        # Stages measure the links they send on; the coordinator replans when one is slow.
+        bench 1 3 16 >/dev/null
+        wait_converged 30 "$(now)" >/dev/null
+        b=$(bench 1 "$runs" "$max")
+        p=$(plan_json 1)
+        fleet_down
+        out=$(jq --arg k "$placement" --argjson b "$b" --argjson p "$p" \
+            '.[$k] = ($b + {plan: $p} | del(.runs[].text))' <<<"$out")
+    done
+    unset "ENV_NODE$a" "ENV_NODE$z"
+    out=$(jq --argjson d "$delay" --arg pair "node$a-node$z" '. + {
+        slow_pair: $pair, slow_one_way_ms: $d,
+        decode_ratio_aware_over_blind: (.planned.median_decode_tok_s / ."link-blind".median_decode_tok_s),
+        same_text: (."link-blind".text == .planned.text), target_ratio: 1.3}
+        | . + {target_met: (.decode_ratio_aware_over_blind >= 1.3)}
+        | . + {predicted_over_measured: {
+            "link-blind": (."link-blind".plan.predicted_ms_per_token / (1000 / ."link-blind".median_decode_tok_s)),
+            planned: (.planned.plan.predicted_ms_per_token / (1000 / .planned.median_decode_tok_s))}}' <<<"$out")
+    write_result <<<"$out"
+    local r
+    r=$(jq -r '.decode_ratio_aware_over_blind' <<<"$out")
+    log "links: blind $(jq -r '."link-blind".median_decode_tok_s' <<<"$out") tok/s, aware $(jq -r .planned.median_decode_tok_s <<<"$out") tok/s, ratio $r (target 1.3 met: $(jq -r .target_met <<<"$out"))"
+    jq -e '."link-blind".ok and .planned.ok' >/dev/null <<<"$out" || fail "a completion failed"
+    jq -e '.same_text' >/dev/null <<<"$out" || fail "link-blind and link-aware plans produced different greedy text"
+    jq -e '.decode_ratio_aware_over_blind >= 1' >/dev/null <<<"$out" || fail "link-aware slower than link-blind (ratio $r)"
+    pass "link-aware/link-blind decode ratio $r"
 }

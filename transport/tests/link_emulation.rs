@@ -39,12 +39,26 @@ fn keys_are_optional_and_order_free() {
 }
 
 #[test]
+fn to_shapes_one_destination_only() {
+    let all: LinkEmulation = "delay=15ms".parse().unwrap();
+    let one: LinkEmulation = "delay=15ms,to=10.0.0.12".parse().unwrap();
+    let (near, far) = ("10.0.0.12".parse().unwrap(), "10.0.0.13".parse().unwrap());
+    assert!(all.shapes(near) && all.shapes(far));
+    assert!(one.shapes(near) && !one.shapes(far));
+    // A dual-stack socket sees IPv4 peers as mapped IPv6 addresses.
+    assert!(one.shapes("::ffff:10.0.0.12".parse().unwrap()));
+}
+
+#[test]
 fn display_round_trips() {
     for text in [
         "delay=10ms,jitter=2ms,loss=1%,rate=10mbit",
         "delay=1500us,loss=5%,seed=3",
         "rate=500kbit",
         "loss=0.25%,rate=123456bit",
+        "delay=15ms,to=10.0.0.12",
+        "delay=15ms,to=::ffff:10.0.0.12",
+        "delay=1ms,to=fe80::1",
     ] {
         let spec: LinkEmulation = text.parse().unwrap();
         let shown = spec.to_string();
@@ -76,6 +90,8 @@ fn rejects_bad_specs_with_clear_errors() {
         "rate=10mbps", // ambiguous: bits or bytes? only *bit units are accepted
         "rate=1kbit",  // too slow for QUIC's handshake
         "seed=-1",
+        "to=10.0.0",
+        "to=node2",
     ] {
         let e = err(bad);
         assert!(
@@ -167,6 +183,24 @@ async fn delay_shows_in_the_round_trip() {
     assert!(
         delayed[0] >= Duration::from_millis(40),
         "delayed rtts {delayed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_for_one_address_leaves_other_links_alone() {
+    let (mut near, far, _c, _s) = pair(Some("delay=20ms,to=127.0.0.1")).await;
+    tokio::spawn(echo(far));
+    let shaped = ping_rtts(&mut near, 10).await;
+    let (mut near, far, _c2, _s2) = pair(Some("delay=20ms,to=127.0.0.2")).await;
+    tokio::spawn(echo(far));
+    let other = ping_rtts(&mut near, 10).await;
+    assert!(
+        shaped[0] >= Duration::from_millis(40),
+        "shaped rtts {shaped:?}"
+    );
+    assert!(
+        other[5] < Duration::from_millis(10),
+        "unshaped rtts {other:?}"
     );
 }
 

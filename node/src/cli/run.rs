@@ -107,7 +107,8 @@ pub(crate) struct Args {
     #[arg(long, env = "SHOAL_LIVENESS_TIMEOUT", default_value_t = 3.0)]
     liveness_timeout: f64,
     /// Test feature: emulate a slow link on this node's outgoing data-plane packets, e.g.
-    /// `delay=10ms,jitter=2ms,loss=1%,rate=10mbit` (see testbed/README.md).
+    /// `delay=10ms,jitter=2ms,loss=1%,rate=10mbit`, or only those to one address with
+    /// `to=10.0.0.12` (see testbed/README.md).
     #[arg(long, env = "SHOAL_LINK_EMULATION")]
     link_emulation: Option<transport::quic::LinkEmulation>,
     /// How layers are split when this node coordinates: the planner's choice, or a baseline

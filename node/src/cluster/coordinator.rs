@@ -184,6 +184,9 @@ pub enum Placement {
     Even,
     /// Layers in proportion to each node's memory (a baseline, like exo's).
     Memory,
+    /// The planner's choice with every working hop priced as the assumed LAN: measured
+    /// links ignored, lost ones still avoided (a baseline for link-aware planning).
+    LinkBlind,
 }
 
 /// A fresh plan must beat the current one, re-priced on today's graph, by this fraction
@@ -222,7 +225,7 @@ pub fn assign(
     adjust(&mut request);
     let plan = match (placement, current) {
         (
-            Placement::Planned,
+            Placement::Planned | Placement::LinkBlind,
             Some(Current {
                 plan,
                 rebalance: Some(tolerance),
@@ -230,7 +233,7 @@ pub fn assign(
         ) => planner::rebalance(graph, &request, plan, tolerance)
             .or_else(|_| planner::plan(graph, &request))?,
         (
-            Placement::Planned,
+            Placement::Planned | Placement::LinkBlind,
             Some(Current {
                 plan,
                 rebalance: None,
@@ -239,7 +242,7 @@ pub fn assign(
             let fresh = planner::plan(graph, &request)?;
             keep_unless_beaten(graph, &request, plan, fresh)
         }
-        (Placement::Planned, None) => planner::plan(graph, &request)?,
+        (Placement::Planned | Placement::LinkBlind, None) => planner::plan(graph, &request)?,
         (Placement::Even, _) => planner::even_split(graph, &request)?,
         (Placement::Memory, _) => planner::memory_proportional_split(graph, &request)?,
     };

@@ -12,11 +12,13 @@
 //! so a spec applied on both ends of a link gives a round trip of twice the one-way delay.
 //!
 //! Spec strings look like `delay=10ms,jitter=2ms,loss=1%,rate=10mbit,seed=7`; every key is
-//! optional, see [`LinkEmulation`].
+//! optional, see [`LinkEmulation`]. `to=10.0.0.12` shapes only the datagrams to that address,
+//! so one pair of a fleet can get a slow link while the others stay fast.
 
 mod socket;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,6 +48,15 @@ pub struct LinkEmulation {
     pub rate_bytes_per_s: Option<u64>,
     /// Seed of the loss and jitter RNG, so a run can be reproduced (`seed=7`, default 0).
     pub seed: u64,
+    /// Only datagrams to this address are shaped (`to=10.0.0.12`); `None` shapes all.
+    pub to: Option<IpAddr>,
+}
+
+impl LinkEmulation {
+    /// Whether a datagram to `destination` goes through the emulated link.
+    pub fn shapes(&self, destination: IpAddr) -> bool {
+        self.to.is_none_or(|to| to == destination.to_canonical())
+    }
 }
 
 /// Why a link emulation spec did not parse.
@@ -54,8 +65,8 @@ pub enum LinkEmulationError {
     /// A comma-separated item was not `key=value`.
     #[error("link emulation: expected key=value, got '{0}' (e.g. delay=10ms,jitter=2ms,loss=1%,rate=10mbit)")]
     Syntax(String),
-    /// The key is not one of `delay`, `jitter`, `loss`, `rate`, `seed`.
-    #[error("link emulation: unknown key '{0}' (known: delay, jitter, loss, rate, seed)")]
+    /// The key is not one of `delay`, `jitter`, `loss`, `rate`, `seed`, `to`.
+    #[error("link emulation: unknown key '{0}' (known: delay, jitter, loss, rate, seed, to)")]
     UnknownKey(String),
     /// The same key appeared twice.
     #[error("link emulation: '{0}' given more than once")]
@@ -95,6 +106,12 @@ impl FromStr for LinkEmulation {
                     out.seed = value
                         .parse()
                         .map_err(|_| bad("seed", value, "expected an unsigned integer"))?
+                }
+                "to" => {
+                    let ip: IpAddr = value
+                        .parse()
+                        .map_err(|_| bad("to", value, "expected an IP address"))?;
+                    out.to = Some(ip.to_canonical());
                 }
                 _ => return Err(LinkEmulationError::UnknownKey(key.to_owned())),
             }
@@ -202,6 +219,10 @@ impl fmt::Display for LinkEmulation {
                 write!(f, ",rate={bits}bit")?;
             }
         }
-        write!(f, ",seed={}", self.seed)
+        write!(f, ",seed={}", self.seed)?;
+        match self.to {
+            Some(to) => write!(f, ",to={to}"),
+            None => Ok(()),
+        }
     }
 }

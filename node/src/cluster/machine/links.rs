@@ -107,13 +107,13 @@ mod tests {
     use super::super::sim::Sim;
     use super::super::{Input, Tick};
     use super::material;
+    use crate::cluster::control::Assignment;
     use crate::cluster::coordinator::Placement;
 
-    /// A stage whose link to the next one turns slow (30 ms) publishes it, and the
-    /// coordinator plans around that link: the two no longer follow each other.
-    #[test]
-    fn a_slow_link_is_published_and_planned_around() {
-        let mut sim = Sim::new(Placement::Planned);
+    /// Three nodes plan two stages; the first stage's link to the second turns slow (30 ms)
+    /// and it publishes the measurement. Returns the plans before and after, and the pair.
+    fn slow_link(placement: Placement) -> (Assignment, Assignment, String, String) {
+        let mut sim = Sim::new(placement);
         for _ in 0..3 {
             sim.add(120, 0.2);
         }
@@ -135,13 +135,30 @@ mod tests {
             (published[0].peer.to_string(), published[0].rtt_us),
             (b.clone(), 30_000)
         );
-        let replanned = sim.agreed().unwrap();
-        assert!(replanned.epoch > plan.epoch, "{replanned:?}");
-        let follows = replanned
-            .stages
+        (plan, sim.agreed().unwrap(), a.to_string(), b)
+    }
+
+    fn follows(plan: &Assignment, a: &str, b: &str) -> bool {
+        plan.stages
             .windows(2)
-            .any(|w| w[0].peer == a.to_string() && w[1].peer == b);
-        assert!(!follows, "{replanned:?}");
+            .any(|w| w[0].peer == a && w[1].peer == b)
+    }
+
+    /// The coordinator plans around a link measured slow: the two no longer follow each
+    /// other.
+    #[test]
+    fn a_slow_link_is_published_and_planned_around() {
+        let (plan, replanned, a, b) = slow_link(Placement::Planned);
+        assert!(replanned.epoch > plan.epoch, "{replanned:?}");
+        assert!(!follows(&replanned, &a, &b), "{replanned:?}");
+    }
+
+    /// The link-blind baseline sees the same measurement and keeps its plan.
+    #[test]
+    fn a_link_blind_coordinator_keeps_the_slow_link() {
+        let (plan, after, a, b) = slow_link(Placement::LinkBlind);
+        assert!(after.same_layout(&plan), "{after:?}");
+        assert!(follows(&after, &a, &b), "{after:?}");
     }
 
     #[test]

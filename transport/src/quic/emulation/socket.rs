@@ -98,6 +98,10 @@ impl AsyncUdpSocket for EmulatedSocket {
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         let now = Instant::now();
         let mut shaper = self.shaper.lock().unwrap_or_else(|e| e.into_inner());
+        if !shaper.spec.shapes(transmit.destination.ip()) {
+            drop(shaper);
+            return self.inner.try_send(transmit);
+        }
         let segment = transmit
             .segment_size
             .unwrap_or(transmit.contents.len())
