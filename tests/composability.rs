@@ -105,3 +105,25 @@ fn smollm2_every_split_is_bit_identical() {
         &[7042, 30, 198],
     );
 }
+
+#[test]
+fn kv_bytes_are_taken_by_positions_and_freed_on_close() {
+    let dir = temp_dir("composability-kv");
+    let path = dir.join("tiny.gguf");
+    write_tiny_llama(&path, 7);
+    let file = GgufFile::open(&path).unwrap();
+    let n = ModelConfig::from_metadata(file.metadata())
+        .unwrap()
+        .n_layers;
+    let mut shard = Shard::load(&file, ShardSpec::full(n), ShardOptions::default()).unwrap();
+    shard.open_session(SESSION, 0).unwrap();
+    assert_eq!(shard.kv_bytes(), 0, "nothing is reserved at open");
+    let mut out = Vec::new();
+    shard
+        .forward(SESSION, 0, Input::Tokens(&[1, 5, 9]), &mut out)
+        .unwrap();
+    assert!(shard.kv_bytes() > 0, "the prompt's positions are cached");
+    shard.close_session(SESSION);
+    assert_eq!(shard.kv_bytes(), 0);
+    std::fs::remove_dir_all(dir).ok();
+}

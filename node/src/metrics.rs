@@ -90,6 +90,7 @@ pub struct Metrics {
     queue_wait: Histogram,
     memory_budget: Gauge<i64, std::sync::atomic::AtomicI64>,
     memory_overhead: Gauge<i64, std::sync::atomic::AtomicI64>,
+    memory_kv: Gauge<i64, std::sync::atomic::AtomicI64>,
     memory_resident: Family<MemoryLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
     events: crate::events::EventLog,
 }
@@ -226,6 +227,12 @@ impl Metrics {
             "Anonymous memory measured at start before any weights, advertised as overhead",
             memory_overhead.clone(),
         );
+        let memory_kv = Gauge::default();
+        registry.register(
+            "memory_kv_bytes",
+            "KV cache the sessions on this node's stages hold now (part of resident anon)",
+            memory_kv.clone(),
+        );
         let memory_resident =
             Family::<MemoryLabels, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
         registry.register(
@@ -243,6 +250,7 @@ impl Metrics {
             queue_wait,
             memory_budget,
             memory_overhead,
+            memory_kv,
             memory_resident,
             events: Default::default(),
             registry,
@@ -363,6 +371,11 @@ impl Metrics {
         self.queue_wait.observe(seconds);
     }
 
+    /// Bytes of KV cache this node's stages hold (sampled once a second).
+    pub fn kv(&self, bytes: usize) {
+        self.memory_kv.set(bytes as i64);
+    }
+
     /// The node's memory budget and its overhead measured at start.
     pub fn memory(&self, budget: u64, overhead: Option<u64>) {
         self.memory_budget.set(budget as i64);
@@ -420,6 +433,7 @@ mod tests {
         {
             let _s = m.session();
         }
+        m.kv(4096);
         let text = m.encode();
         assert!(text
             .contains(r#"shoal_http_requests_total{endpoint="/v1/completions",status="200"} 1"#));
@@ -428,5 +442,6 @@ mod tests {
         assert!(text.contains(r#"shoal_hop_sent_bytes_total{hop="2"} 2304"#));
         assert!(text.contains("shoal_sessions_in_flight 0"));
         assert!(text.contains(r#"shoal_memory_resident_bytes{kind="anon"}"#));
+        assert!(text.contains("shoal_memory_kv_bytes 4096"));
     }
 }

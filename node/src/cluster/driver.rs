@@ -116,6 +116,7 @@ pub(crate) async fn run<D: Discovery>(driver: Driver<D>, cancel: CancellationTok
             _ = sleep_until(deadline) => Input::Timer,
             _ = tick.tick() => {
                 let quota = cpu_quota::cores_allowed();
+                metrics.kv(stages.kv_bytes());
                 Input::Tick(Tick {
                     stages: stages.report(quota),
                     cpu_quota_milli: cpu_quota::as_milli(quota),

@@ -162,6 +162,11 @@ impl Stages {
             .collect()
     }
 
+    /// Bytes of KV cache the running stages hold.
+    pub(crate) fn kv_bytes(&self) -> usize {
+        self.running.values().map(Stage::kv_bytes).sum()
+    }
+
     /// Round-trip times (microseconds) of the links the running stages send on; the
     /// newest stage's figure wins for a destination several share.
     pub(crate) fn link_rtts(&self) -> Vec<(SocketAddr, u64)> {

@@ -119,6 +119,8 @@ struct BatchCounts {
 /// What the compute task shares with the [`super::Stage`] handle and the metrics.
 struct Reports {
     open: Arc<AtomicUsize>,
+    /// Bytes of KV cache the open sessions hold.
+    kv: Arc<AtomicUsize>,
     /// The metrics, with this stage's index in its plan.
     metrics: Option<(Arc<Metrics>, u32)>,
     steps: Arc<StepTimes>,
@@ -153,6 +155,7 @@ pub struct Stage {
     forwarded: Arc<AtomicU64>,
     rtts: super::links::LinkRtts,
     sessions: Arc<AtomicUsize>,
+    kv_bytes: Arc<AtomicUsize>,
     steps: Arc<StepTimes>,
     batched: Arc<BatchCounts>,
     route: watch::Sender<Route>,
@@ -267,6 +270,7 @@ impl Stage {
         let forwarded = Arc::new(AtomicU64::new(0));
         let rtts = super::links::LinkRtts::default();
         let sessions = Arc::new(AtomicUsize::new(0));
+        let kv_bytes = Arc::new(AtomicUsize::new(0));
         let steps = Arc::new(StepTimes::default());
         let (route_tx, route_rx) = watch::channel(cfg.route);
         let mut tasks = tokio::task::JoinSet::new();
@@ -281,6 +285,7 @@ impl Stage {
         let batched = Arc::new(BatchCounts::default());
         let reports = Reports {
             open: sessions.clone(),
+            kv: kv_bytes.clone(),
             metrics: cfg.metrics.clone().map(|m| (m, cfg.index)),
             steps: steps.clone(),
             batched: batched.clone(),
@@ -343,6 +348,7 @@ impl Stage {
             forwarded,
             rtts,
             sessions,
+            kv_bytes,
             steps,
             batched,
             route: route_tx,
@@ -374,6 +380,11 @@ impl Stage {
     /// Sessions open on this stage now.
     pub fn open_sessions(&self) -> usize {
         self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of KV cache its open sessions hold now.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv_bytes.load(Ordering::Relaxed)
     }
 
     /// The address the stage accepts its upstream link on.

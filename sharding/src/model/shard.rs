@@ -282,6 +282,11 @@ impl Shard {
         self.sessions.len()
     }
 
+    /// Bytes the open sessions' KV caches hold now (they grow with their positions).
+    pub fn kv_bytes(&self) -> usize {
+        self.sessions.values().map(KvCache::bytes).sum()
+    }
+
     /// Looks up (and scales) the embeddings of `tokens` into `out` (`n × n_embd`), without
     /// running any layer: the head of a pipeline embeds, then sends the rows to stage 1.
     pub fn embed(&self, tokens: &[u32], out: &mut Vec<f32>) -> Result<(), StepError> {

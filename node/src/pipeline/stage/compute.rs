@@ -117,6 +117,10 @@ pub(super) async fn compute(
             },
         }
         worker.reports.open.store(worker.open(), Ordering::Relaxed);
+        worker
+            .reports
+            .kv
+            .store(worker.kv_bytes(), Ordering::Relaxed);
         for frame in worker.outbox.drain(..) {
             if out.send(frame).await.is_err() {
                 return;

@@ -72,6 +72,11 @@ impl Worker {
         self.sessions.len()
     }
 
+    /// Bytes of KV cache the open sessions hold.
+    pub(super) fn kv_bytes(&self) -> usize {
+        self.shard.kv_bytes()
+    }
+
     fn send(&mut self, header: FrameHeader, payload: Vec<u8>, head: Option<SocketAddr>) {
         self.outbox.push(Outgoing {
             header,
