@@ -133,6 +133,25 @@ async fn a_flood_beyond_the_queue_is_shed_with_429_while_admitted_requests_finis
             })
         })
         .collect();
+    // /v1/cluster shows the slots taken and the requests waiting.
+    let admission = |base: String| async move {
+        let (_, body, _) = call(&base, "/v1/cluster", None, None).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["admission"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = admission(base.clone()).await;
+        if a["running"] == 2 && a["waiting"].as_u64().unwrap() >= 1 {
+            assert_eq!(
+                (&a["max_requests"], &a["max_queue"]),
+                (&json!(2), &json!(3))
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saw the queue in use: {a}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (mut served, mut shed) = (0, 0);
     for task in flood {
         let (status, body, headers, took) = task.await.unwrap();
@@ -166,6 +185,12 @@ async fn a_flood_beyond_the_queue_is_shed_with_429_while_admitted_requests_finis
     assert!(served >= 5 && shed >= 1, "{served} served, {shed} shed");
     assert_eq!(served + shed, 10);
 
+    let a = admission(base.clone()).await;
+    assert_eq!(
+        (&a["running"], &a["waiting"]),
+        (&json!(0), &json!(0)),
+        "{a}"
+    );
     // The slots came back: a request after the flood is served.
     let plain = json!({"prompt": r.prompt, "max_tokens": 4, "temperature": 0});
     let (status, body, _) = call(&base, "/v1/completions", Some(&plain), None).await;

@@ -183,12 +183,28 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 /// The admission bounds of generation requests.
 #[derive(Debug)]
 pub(crate) struct Admission {
+    /// The slots' number.
+    pub(crate) max_requests: usize,
     /// Requests running or streaming.
     pub(crate) slots: Arc<Semaphore>,
     /// Requests waiting for a slot, and how many may.
     pub(crate) queue: Queue,
     /// New requests per second, when bounded.
     pub(crate) rate: Option<RequestRate>,
+}
+
+impl Admission {
+    /// Requests running and waiting now.
+    pub(crate) fn view(&self) -> crate::cluster::AdmissionView {
+        crate::cluster::AdmissionView {
+            running: self
+                .max_requests
+                .saturating_sub(self.slots.available_permits()),
+            max_requests: self.max_requests,
+            waiting: self.queue.waiting.load(Ordering::Acquire),
+            max_queue: self.queue.limit,
+        }
+    }
 }
 
 /// A token bucket of requests: `per_second` refill, one second's worth of burst.

@@ -41,7 +41,9 @@ pub(crate) async fn models(State(app): State<AppState>) -> Response {
 
 /// `GET /v1/cluster`.
 pub(crate) async fn cluster(State(app): State<AppState>) -> Response {
-    Json(app.backend.view()).into_response()
+    let mut view = app.backend.view();
+    view.admission = Some(app.admission.view());
+    Json(view).into_response()
 }
 
 /// `GET /health`: 200 when the cluster is ready, else 503 saying what state it is in and

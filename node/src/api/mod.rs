@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     started: u64,
     /// The model's id in `/v1/models` and responses, when it is not the model's own name.
     model_id: Option<Arc<str>>,
+    /// The generation requests' slots and queue, shown in `/v1/cluster`.
+    admission: Arc<guard::Admission>,
 }
 
 impl AppState {
@@ -60,17 +62,19 @@ pub fn router_with(
     metrics: Arc<Metrics>,
     options: &ApiOptions,
 ) -> Router {
+    let admission = Arc::new(guard::Admission {
+        max_requests: options.max_requests,
+        slots: Arc::new(tokio::sync::Semaphore::new(options.max_requests)),
+        queue: guard::Queue::new(options.max_queue, metrics.clone()),
+        rate: options.max_request_rate.map(guard::RequestRate::new),
+    });
     let state = AppState {
         backend,
         metrics,
         started: request::unix_now(),
         model_id: options.model_id.as_deref().map(Arc::from),
+        admission: admission.clone(),
     };
-    let admission = Arc::new(guard::Admission {
-        slots: Arc::new(tokio::sync::Semaphore::new(options.max_requests)),
-        queue: guard::Queue::new(options.max_queue, state.metrics.clone()),
-        rate: options.max_request_rate.map(guard::RequestRate::new),
-    });
     let generation = Router::new()
         .route("/v1/completions", post(completions::handle))
         .route("/v1/chat/completions", post(chat::handle))

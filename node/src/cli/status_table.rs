@@ -151,6 +151,13 @@ fn write(out: &mut String, view: &ClusterView) -> std::fmt::Result {
         "throughput {:.1} tok/s, {} replan(s)",
         view.tokens_per_s, view.replans
     )?;
+    if let Some(a) = view.admission {
+        writeln!(
+            out,
+            "requests: {} running of {}, {} waiting (queue {})",
+            a.running, a.max_requests, a.waiting, a.max_queue
+        )?;
+    }
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -276,6 +283,12 @@ pub(crate) mod tests {
                 bandwidth_mbps: None,
                 measured_at: 0,
             }],
+            admission: Some(shoal::cluster::AdmissionView {
+                running: 12,
+                max_requests: 12,
+                waiting: 3,
+                max_queue: 256,
+            }),
         }
     }
 
@@ -296,6 +309,10 @@ pub(crate) mod tests {
         );
         assert!(
             text.contains("predicted 10.00 ms/token (100.0 tok/s), measured 11.50"),
+            "{text}"
+        );
+        assert!(
+            text.contains("requests: 12 running of 12, 3 waiting (queue 256)"),
             "{text}"
         );
         assert!(text.contains("512.0 MiB"), "{text}");

@@ -27,6 +27,7 @@ pub mod weights;
 pub use control::{Assignment, Control, StageAssignment};
 pub use node::{Node, NodeConfig};
 pub use view::{
-    ClusterState, ClusterView, LinkView, MemberState, MemberView, ModelSummary, PlanView, StageView,
+    AdmissionView, ClusterState, ClusterView, LinkView, MemberState, MemberView, ModelSummary,
+    PlanView, StageView,
 };
 pub use weights::ModelSource;

@@ -161,5 +161,6 @@ pub(crate) fn view(
                 })
             })
             .collect(),
+        admission: None,
     }
 }

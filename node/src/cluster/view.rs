@@ -54,6 +54,23 @@ pub struct ClusterView {
     /// on), one per direction.
     #[serde(default)]
     pub links: Vec<LinkView>,
+    /// Generation requests at the API that answered: running and waiting for a slot
+    /// (`None` from a node that serves no API).
+    #[serde(default)]
+    pub admission: Option<AdmissionView>,
+}
+
+/// The API's admission: requests running and waiting, and the bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionView {
+    /// Requests running or streaming.
+    pub running: usize,
+    /// At most this many run at once (`--max-requests`).
+    pub max_requests: usize,
+    /// Requests waiting for a slot, first in first out.
+    pub waiting: usize,
+    /// At most this many wait (`--max-queue`); more are answered 429.
+    pub max_queue: usize,
 }
 
 /// One direction of a measured link.

@@ -64,6 +64,7 @@ pub fn view(state: ClusterState, name: &str) -> ClusterView {
         replans: 0,
         events: Vec::new(),
         links: Vec::new(),
+        admission: None,
     }
 }
 
