@@ -48,6 +48,7 @@ fn view(state: &str, problem: Option<&str>) -> String {
             "peer_id": "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaa1111",
             "data_addr": "127.0.0.1:7000",
             "api_addr": "127.0.0.1:8080",
+            "serves_api": true,
             "threads": 2,
             "memory_budget_bytes": 536870912u64,
             "holds_model": true,
