@@ -20,6 +20,9 @@ pub(crate) struct QMatrix {
     kernels: &'static TypeKernels,
 }
 
+/// Bytes [`QMatrix::relocate`] copies before it drops their file pages.
+const RELOCATE_CHUNK: usize = 4 << 20;
+
 /// Rows handed to one task: small enough to balance threads, large enough that scheduling
 /// stays negligible next to the dot products.
 const ROWS_PER_TASK: usize = 32;
@@ -61,16 +64,23 @@ impl QMatrix {
         let mut at = 0;
         let mut placed = Vec::with_capacity(mats.len());
         for m in mats.iter() {
-            arena[at..at + m.len].copy_from_slice(&m.map[m.start..m.start + m.len]);
-            // Drop the file pages from this process (they stay in the page cache): the copy
-            // is what we read from now on, and RSS should count the weights once.
-            // SAFETY: the mapping is read-only and file-backed, so a dropped page that is read
-            // again (e.g. an embedding row sharing it) is faulted back with the same bytes.
-            #[cfg(unix)]
-            let _ = unsafe {
-                m.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, m.start, m.len)
-            };
+            // Chunk by chunk, dropping each chunk's file pages from this process once copied
+            // (they stay in the page cache): the copy is what we read from now on, RSS counts
+            // the weights once, and the load never holds a large matrix twice (a 145 MB output
+            // product copied whole peaked at its size above the budget).
+            for from in (0..m.len).step_by(RELOCATE_CHUNK) {
+                let n = RELOCATE_CHUNK.min(m.len - from);
+                let src = m.start + from;
+                arena[at + from..at + from + n].copy_from_slice(&m.map[src..src + n]);
+                // SAFETY: the mapping is read-only and file-backed, so a dropped page that is
+                // read again (an embedding row, a neighbouring tensor sharing a page) is
+                // faulted back with the same bytes.
+                #[cfg(unix)]
+                let _ = unsafe {
+                    m.map
+                        .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, src, n)
+                };
+            }
             placed.push(at);
             at += m.len.next_multiple_of(ALIGN);
         }
