@@ -289,7 +289,11 @@ async fn status_reports_a_degraded_cluster_and_exits_non_zero() {
         match backends[0].head() {
             Err(why) => break why,
             Ok(_) => {
-                assert!(Instant::now() < deadline, "requests still accepted");
+                assert!(
+                    Instant::now() < deadline,
+                    "requests still accepted: {}",
+                    serde_json::to_string(&backends[0].view()).unwrap()
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -14,27 +14,64 @@ use super::{Action, Active, Cluster, Millis, Running, StageOrder};
 use crate::events::{moved_layers, short_id};
 
 impl Cluster {
-    /// The coordinator's job: plan, and tell everyone if anything changed.
-    pub(super) fn replan(&mut self, now: Millis, out: &mut Vec<Action>) {
-        if !self.is_coordinator() {
-            return;
-        }
-        let adverts = self.adverts();
-        let sha = self.cfg.sha256.clone();
-        // Each node's advert says whether it serves the API (and so holds a head), what its
-        // process measured as overhead, and the links it measured; a lost data link is a
-        // link down.
+    /// The device graph of the members' adverts, as the coordinator plans over it: whether
+    /// each serves the API (and so holds a head), what its process measured as overhead, and
+    /// the links it measured; a lost data link is a link down.
+    fn graph(&self, adverts: &[Advert]) -> scheduler::DeviceGraph {
         let facts = |a: &Advert| coordinator::NodeFacts {
             serves_api: a.state.serves_api,
             overhead_bytes: a.state.overhead_bytes,
             head_ms: a.state.head_ms,
             ..Default::default()
         };
-        let mut links = coordinator::link_reports(&adverts);
+        let mut links = coordinator::link_reports(adverts);
         if self.cfg.placement == coordinator::Placement::LinkBlind {
             links.retain(|r| r.link.is_none());
         }
-        let graph = coordinator::device_graph(&adverts, &sha, &self.cfg.version, facts, &links);
+        coordinator::device_graph(adverts, &self.cfg.sha256, &self.cfg.version, facts, &links)
+    }
+
+    /// A member's own verdict while the plan it runs on is broken: the coordinator's may be
+    /// slow to come (it may not have seen the loss yet, or not know it coordinates now), and
+    /// the planner gives every node the same answer from the same adverts.
+    fn judge_placement(&mut self) {
+        let broken = self
+            .active
+            .as_ref()
+            .is_none_or(|a| self.route.broken >= a.assignment.epoch);
+        let adverts = self.adverts();
+        let coordinator = coordinator::coordinator(&adverts, &self.cfg.sha256, &self.cfg.version);
+        let Some(coordinator) = coordinator.filter(|_| broken) else {
+            return;
+        };
+        let graph = self.graph(&adverts);
+        let whole = |r: &mut scheduler::PlanRequest| r.config.allow_slices = false;
+        let placement = self.cfg.placement;
+        let planned = coordinator::assign(
+            &graph,
+            &self.cfg.profile,
+            &coordinator,
+            0,
+            placement,
+            whole,
+            None,
+        );
+        if let Err(e) = planned {
+            self.unplaceable = Some(e.to_string());
+            self.route.unplaceable = true;
+        }
+    }
+
+    /// The coordinator's job: plan, and tell everyone if anything changed. Other members
+    /// judge only whether the model can be placed at all.
+    pub(super) fn replan(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if !self.is_coordinator() {
+            self.judge_placement();
+            return;
+        }
+        let adverts = self.adverts();
+        let sha = self.cfg.sha256.clone();
+        let graph = self.graph(&adverts);
         let epoch = adverts
             .iter()
             .map(|a| a.state.epoch)

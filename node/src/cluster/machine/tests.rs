@@ -478,3 +478,27 @@ fn the_same_inputs_give_the_same_plans_and_events() {
     assert!(first.0[0].is_some());
     assert_eq!(first, run());
 }
+
+#[test]
+fn when_the_coordinator_leaves_and_the_rest_cannot_hold_the_model_every_member_says_so() {
+    let mut sim = Sim::new(Placement::Planned);
+    // Each node holds at most 14 of the 30 layers: the plan needs all three.
+    for _ in 0..3 {
+        sim.add(100, 0.2);
+    }
+    sim.run(2000);
+    let plan = sim.agreed().unwrap();
+    assert_eq!(plan.stages.len(), 3, "{plan:?}");
+    let ids = sim.by_id();
+    sim.kill(ids[0]);
+    sim.run(5000);
+    for peer in &ids[1..] {
+        let snap = sim.nodes[peer].machine.snapshot();
+        assert!(
+            snap.unplaceable.is_some() && snap.route.unplaceable,
+            "{peer}: {:?}",
+            snap.unplaceable
+        );
+        assert!(snap.route.broken >= plan.epoch);
+    }
+}
