@@ -70,7 +70,6 @@ impl Cluster {
             return;
         }
         let adverts = self.adverts();
-        let sha = self.cfg.sha256.clone();
         let graph = self.graph(&adverts);
         let epoch = adverts
             .iter()
