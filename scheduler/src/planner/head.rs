@@ -68,6 +68,12 @@ impl Layout {
         }
     }
 
+    /// Whether this is the split layout that keeps no memory free: layers first, rows in
+    /// what they leave.
+    pub(crate) fn is_layers_first(&self) -> bool {
+        !self.whole && self.reserve.is_empty()
+    }
+
     /// The layout that keeps `plan`'s slices where they are: their memory reserved and
     /// their work counted on their devices.
     pub(crate) fn around(plan: &crate::plan::Plan, req: &PlanRequest) -> Self {

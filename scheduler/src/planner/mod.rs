@@ -158,20 +158,30 @@ pub fn plan(graph: &DeviceGraph, request: &PlanRequest) -> Result<Plan, PlanErro
         });
     }
     check_totals(graph, request, &eligible)?;
-    // Beyond the exact search's reach, split heads get one layout and no refinement: each
-    // is a whole heuristic search of a large fleet.
+    // Beyond the exact search's reach, split heads get one layout, no refinement and a
+    // short rescue: each is a whole heuristic search of a large fleet.
     let large = eligible.len() > request.config.exact_limit;
-    let rounds = if large { 0 } else { REFINE_ROUNDS };
+    let (rounds, budget) = if large {
+        (0, rescue::LARGE_FLEET_LAYOUTS)
+    } else {
+        (REFINE_ROUNDS, rescue::LAYOUTS)
+    };
+    let mut first = None;
     let candidates = layouts(graph, request, !large)
         .into_iter()
         .filter_map(|layout| {
             let stages = search_layout(graph, request, &eligible, &layout)?;
-            let best = complete(graph, request, &stages, &layout)?;
+            let Some(best) = complete(graph, request, &stages, &layout) else {
+                if layout.is_layers_first() {
+                    first = Some(stages);
+                }
+                return None;
+            };
             Some(refine(graph, request, &eligible, best, rounds))
         });
     choose(candidates)
         .or_else(|| {
-            let rescued = rescue(graph, request, |layout| {
+            let rescued = rescue(graph, request, first?, budget, |layout| {
                 search_layout(graph, request, &eligible, layout)
             })?;
             Some(refine(graph, request, &eligible, rescued, rounds))
@@ -225,10 +235,20 @@ pub fn plan_in_order(
         let split = dp::best_split(&problem, &idx)?;
         Some(problem.stages(&idx, &split.counts))
     };
+    let mut first = None;
     let candidates = layouts(graph, request, true)
         .into_iter()
-        .filter_map(|layout| complete(graph, request, &split(&layout)?, &layout));
-    if let Some(plan) = choose(candidates).or_else(|| rescue(graph, request, split)) {
+        .filter_map(|layout| {
+            let stages = split(&layout)?;
+            let plan = complete(graph, request, &stages, &layout);
+            if plan.is_none() && layout.is_layers_first() {
+                first = Some(stages);
+            }
+            plan
+        });
+    let best =
+        choose(candidates).or_else(|| rescue(graph, request, first?, rescue::LAYOUTS, split));
+    if let Some(plan) = best {
         return Ok(plan);
     }
     // Surface the concrete reason (missing link, memory) by pricing an even split.

@@ -9,35 +9,57 @@
 //! neither a layer; keeping nothing lets the layers fill both. Here each failed search says
 //! how many rows lacked room and which seats ran layers; each of those seats in turn keeps
 //! room for more rows (the missing ones, or what one layer fewer frees), breadth-first,
-//! within [`RESCUE_LAYOUTS`] searches. Only a request that would otherwise fail pays.
+//! within [`LAYOUTS`] searches ([`LARGE_FLEET_LAYOUTS`] beyond the exact search's reach).
+//! Only a request that would otherwise fail pays for them.
 
 use std::collections::{HashMap, VecDeque};
 
 use crate::graph::Device;
 use crate::plan::Plan;
 use crate::planner::head::{self, Layout};
+use crate::planner::problem::resolve_link;
 use crate::planner::{complete, PlanRequest};
 use crate::DeviceGraph;
 
-/// Most layouts the rescue searches: a failing request costs at most this many more
-/// searches.
-const RESCUE_LAYOUTS: usize = 16;
+/// Most layouts the rescue searches on a fleet within the exact search's reach: a failing
+/// request costs at most this many more searches.
+pub(super) const LAYOUTS: usize = 16;
 
-/// A split-head plan found by keeping room for the rows where `search`'s layers took it,
-/// or `None` when none is found within [`RESCUE_LAYOUTS`] searches. `search` returns the
-/// stages of the best layers under a layout, if any fit.
+/// Most layouts the rescue searches on a larger fleet, where each is a heuristic search of
+/// the whole fleet (tens to hundreds of ms on 1,000 devices).
+pub(super) const LARGE_FLEET_LAYOUTS: usize = 3;
+
+/// A split-head plan found by keeping room for the rows where the layers took it, starting
+/// from `first` (the layers of the layout that keeps nothing free, whose rows found no
+/// room), within `budget` searches; `None` if none is found. `search` returns the stages
+/// of the best layers under a layout, if any fit.
 pub(super) fn rescue<'g>(
     graph: &'g DeviceGraph,
     request: &PlanRequest,
+    first: Vec<(&'g Device, u32)>,
+    budget: usize,
     mut search: impl FnMut(&Layout) -> Option<Vec<(&'g Device, u32)>>,
 ) -> Option<Plan> {
     if request.head_node.is_none() || !request.config.allow_slices {
         return None;
     }
-    let mut queue = VecDeque::from([HashMap::new()]);
-    let mut seen = vec![HashMap::new()];
+    // Rows that do not fit the seats even without layers fit no reserve; nor do rows and
+    // layers together more than the devices a pipeline can use hold.
+    let model = &request.model;
+    let seats = head::seats(graph, request, &HashMap::new());
+    let needed = model
+        .range_bytes(0..model.n_layers)
+        .saturating_add(model.slice_bytes(model.vocab_size));
+    if seats.iter().fold(0u64, |a, s| a + u64::from(s.cap)) < u64::from(model.vocab_size)
+        || pipeline_room(graph, request) < needed
+    {
+        return None;
+    }
+    let none = HashMap::new();
+    let mut queue: VecDeque<_> = wider(graph, request, &first, &none).into();
+    let mut seen: Vec<_> = queue.iter().cloned().collect();
     let mut found: Option<Plan> = None;
-    for _ in 0..RESCUE_LAYOUTS {
+    for _ in 0..budget {
         let Some(reserve) = queue.pop_front() else {
             break;
         };
@@ -66,6 +88,41 @@ pub(super) fn rescue<'g>(
         }
     }
     found
+}
+
+/// Free bytes on the eligible devices a pipeline can use: those the head node reaches and
+/// that reach it back, over usable links between eligible devices (every stage is one).
+fn pipeline_room(graph: &DeviceGraph, request: &PlanRequest) -> u64 {
+    let Some(head) = request.head_node.as_deref() else {
+        return 0;
+    };
+    let eligible: Vec<&Device> = graph.devices().filter(|d| request.eligible(d)).collect();
+    // Breadth-first over the devices not reached yet: each is tested once per device
+    // taken, and a well-linked fleet is reached in one or two rounds.
+    let reached = |forward: bool| {
+        let mut reached = vec![false; eligible.len()];
+        let mut left: Vec<usize> = (0..eligible.len()).collect();
+        let mut queue = VecDeque::from([head]);
+        while let Some(from) = queue.pop_front() {
+            left.retain(|&i| {
+                let id = eligible[i].id.as_str();
+                let (a, b) = if forward { (from, id) } else { (id, from) };
+                let linked = a == b || resolve_link(graph, request, a, b).is_some();
+                if linked {
+                    reached[i] = true;
+                    queue.push_back(id);
+                }
+                !linked
+            });
+        }
+        reached
+    };
+    let (there, back) = (reached(true), reached(false));
+    eligible
+        .iter()
+        .zip(there.iter().zip(&back))
+        .filter(|(_, (t, b))| **t && **b)
+        .fold(0u64, |a, (d, _)| a.saturating_add(head::free_bytes(d)))
 }
 
 /// Reserves that give the rows `stages` left without room: for each seat that runs layers
