@@ -5,7 +5,8 @@
 //! free on each device for slices (a `Layout`), then the rows go where they finish
 //! soonest (`water_fill`): for one stream, rows go to the devices whose hops plus share of
 //! the product end first; for many, to the least busy. Which reserve works best depends on
-//! the fleet, so the planner tries a few (`reserves`) and keeps the cheapest plan.
+//! the fleet, so the planner tries a few (`reserves`) and keeps the cheapest plan; when
+//! none fits, `rescue.rs` derives reserves from where the layers left too little room.
 
 use std::collections::HashMap;
 
@@ -65,6 +66,12 @@ impl Layout {
             reserve,
             busy: HashMap::new(),
         }
+    }
+
+    /// Whether this is the split layout that keeps no memory free: layers first, rows in
+    /// what they leave.
+    pub(crate) fn is_layers_first(&self) -> bool {
+        !self.whole && self.reserve.is_empty()
     }
 
     /// The layout that keeps `plan`'s slices where they are: their memory reserved and
@@ -183,6 +190,24 @@ pub(crate) fn seats<'g>(
             })
         })
         .collect()
+}
+
+/// What `stages`' layers take on each of their devices: bytes (with KV) and busy ms per
+/// token, the `used` that [`seats`] takes.
+pub(crate) fn layer_use<'s>(
+    req: &PlanRequest,
+    stages: &[(&'s Device, u32)],
+) -> HashMap<&'s str, (u64, f64)> {
+    let mut used = HashMap::new();
+    let mut start = 0u32;
+    for &(device, n) in stages {
+        let slowdown = req.slowdown.get(&device.id).copied().unwrap_or(1.0);
+        let bytes = req.model.range_bytes(start..start + n);
+        let busy = device.sustained_ms(f64::from(n) * device.decode_ms_per_layer * slowdown);
+        used.insert(device.id.as_str(), (bytes, busy));
+        start += n;
+    }
+    used
 }
 
 /// Rows per seat that minimize the latest finish over the seats used, or `None` when they

@@ -19,7 +19,9 @@
 //! DP over split points for each order (`dp.rs`); exact branch-and-bound over all ordered
 //! subsets up to [`PlannerConfig::exact_limit`] eligible devices, a ranked scan with local
 //! improvement above (`search.rs`); slices are then water-filled into what the layers left
-//! (`head.rs`) and every candidate is priced by one function (`price.rs`).
+//! (`head.rs`) and every candidate is priced by one function (`price.rs`). When every
+//! layout fails, memory is kept free for the rows where the layers took it and the layers
+//! searched again (`rescue.rs`).
 
 mod baseline;
 mod dp;
@@ -28,10 +30,11 @@ mod moves;
 mod pool;
 mod price;
 mod problem;
+mod rescue;
 mod search;
 mod why;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +49,7 @@ use head::{Layout, Placement};
 use pool::candidate_pool;
 use price::price;
 use problem::Problem;
+use rescue::rescue;
 use why::{check_totals, diagnose};
 
 /// Bytes a vocabulary slice sends back to the head per token by default: its maximum and
@@ -154,33 +158,60 @@ pub fn plan(graph: &DeviceGraph, request: &PlanRequest) -> Result<Plan, PlanErro
         });
     }
     check_totals(graph, request, &eligible)?;
-    // Beyond the exact search's reach, split heads get one layout and no refinement: each
-    // is a whole heuristic search of a large fleet.
+    // Beyond the exact search's reach, split heads get one layout, no refinement and a
+    // short rescue: each is a whole heuristic search of a large fleet.
     let large = eligible.len() > request.config.exact_limit;
-    let rounds = if large { 0 } else { REFINE_ROUNDS };
+    let (rounds, budget) = if large {
+        (0, rescue::LARGE_FLEET_LAYOUTS)
+    } else {
+        (REFINE_ROUNDS, rescue::LAYOUTS)
+    };
+    let mut first = None;
     let candidates = layouts(graph, request, !large)
         .into_iter()
         .filter_map(|layout| {
             let stages = search_layout(graph, request, &eligible, &layout)?;
-            let mut best = complete(graph, request, &stages, &layout)?;
-            // Layers and slices compete for memory and (for throughput) for the same device's
-            // time: search the layers again around the slices just placed, while that helps.
-            for _ in 0..rounds {
-                if best.slices.is_empty() {
-                    break;
+            let Some(best) = complete(graph, request, &stages, &layout) else {
+                if layout.is_layers_first() {
+                    first = Some(stages);
                 }
-                let around = Layout::around(&best, request);
-                let Some(next) = search_layout(graph, request, &eligible, &around)
-                    .and_then(|stages| complete(graph, request, &stages, &around))
-                    .filter(|p| p.objective_ms() < best.objective_ms())
-                else {
-                    break;
-                };
-                best = next;
-            }
-            Some(best)
+                return None;
+            };
+            Some(refine(graph, request, &eligible, best, rounds))
         });
-    choose(candidates).ok_or_else(|| diagnose(graph, request, &eligible))
+    choose(candidates)
+        .or_else(|| {
+            let rescued = rescue(graph, request, first?, budget, |layout| {
+                search_layout(graph, request, &eligible, layout)
+            })?;
+            Some(refine(graph, request, &eligible, rescued, rounds))
+        })
+        .ok_or_else(|| diagnose(graph, request, &eligible))
+}
+
+/// Layers and slices compete for memory and (for throughput) for the same device's time:
+/// searches the layers again around the slices of `best`, while that helps.
+fn refine<'g>(
+    graph: &'g DeviceGraph,
+    request: &'g PlanRequest,
+    eligible: &[&'g Device],
+    mut best: Plan,
+    rounds: usize,
+) -> Plan {
+    for _ in 0..rounds {
+        if best.slices.is_empty() {
+            break;
+        }
+        let around = Layout::around(&best, request);
+        let Some(next) = search_layout(graph, request, eligible, &around)
+            .and_then(|stages| complete(graph, request, &stages, &around))
+            .filter(|p| p.objective_ms() < best.objective_ms())
+        else {
+            break;
+        };
+        best = next;
+    }
+    best
 }
 
 /// Rounds of searching layers around the slices of the best split-head plan so far.
@@ -199,19 +230,25 @@ pub fn plan_in_order(
     request.validate(graph)?;
     let devices = resolve(graph, request, order.iter().copied())?;
     let idx: Vec<usize> = (0..devices.len()).collect();
+    let split = |layout: &Layout| {
+        let problem = Problem::new(graph, request, devices.clone(), layout);
+        let split = dp::best_split(&problem, &idx)?;
+        Some(problem.stages(&idx, &split.counts))
+    };
+    let mut first = None;
     let candidates = layouts(graph, request, true)
         .into_iter()
         .filter_map(|layout| {
-            let problem = Problem::new(graph, request, devices.clone(), &layout);
-            let split = dp::best_split(&problem, &idx)?;
-            complete(
-                graph,
-                request,
-                &problem.stages(&idx, &split.counts),
-                &layout,
-            )
+            let stages = split(&layout)?;
+            let plan = complete(graph, request, &stages, &layout);
+            if plan.is_none() && layout.is_layers_first() {
+                first = Some(stages);
+            }
+            plan
         });
-    if let Some(plan) = choose(candidates) {
+    let best =
+        choose(candidates).or_else(|| rescue(graph, request, first?, rescue::LAYOUTS, split));
+    if let Some(plan) = best {
         return Ok(plan);
     }
     // Surface the concrete reason (missing link, memory) by pricing an even split.
@@ -337,16 +374,7 @@ fn place_slices<'g>(
     request: &PlanRequest,
     stages: &[(&Device, u32)],
 ) -> Option<Placement<'g>> {
-    let mut used: HashMap<&str, (u64, f64)> = HashMap::new();
-    let mut start = 0u32;
-    for &(device, n) in stages {
-        let slowdown = request.slowdown.get(&device.id).copied().unwrap_or(1.0);
-        let bytes = request.model.range_bytes(start..start + n);
-        let busy = device.sustained_ms(f64::from(n) * device.decode_ms_per_layer * slowdown);
-        used.insert(device.id.as_str(), (bytes, busy));
-        start += n;
-    }
-    let seats = head::seats(graph, request, &used);
+    let seats = head::seats(graph, request, &head::layer_use(request, stages));
     let rows = head::water_fill(&seats, request.model.vocab_size)?;
     let mut placed: Vec<(&Device, u32)> = seats
         .iter()
