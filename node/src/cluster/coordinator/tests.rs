@@ -297,58 +297,33 @@ fn the_current_plan_stays_until_a_fresh_one_is_clearly_faster() {
     let head = coordinator(&adverts, &sha, "v").unwrap();
     let graph = device_graph(&adverts, &sha, "v", |_| NodeFacts::default(), &[]);
     let (_, before) = assign(&graph, &p, &head, 1, Placement::Planned, |_| {}, None).unwrap();
-    let current = |plan| Current {
-        plan,
-        rebalance: None,
+    // Plans `adverts` fresh, or from the current plan `before`.
+    let replan = |adverts: &[Advert], keep: bool| -> Plan {
+        let graph = device_graph(adverts, &sha, "v", |_| NodeFacts::default(), &[]);
+        let current = keep.then_some(Current {
+            plan: &before,
+            rebalance: None,
+        });
+        assign(&graph, &p, &head, 2, Placement::Planned, |_| {}, current)
+            .unwrap()
+            .1
     };
     // One node measures 5% faster: a fresh plan would move layers to it for less than
     // REPLAN_GAIN; the current layout stays, re-priced.
-    let graph = device_graph(&fleet(0.285), &sha, "v", |_| NodeFacts::default(), &[]);
-    let (_, fresh) = assign(&graph, &p, &head, 2, Placement::Planned, |_| {}, None).unwrap();
+    let (fresh, kept) = (replan(&fleet(0.285), false), replan(&fleet(0.285), true));
     assert_ne!(
         layout(&fresh),
         layout(&before),
         "the test needs a different fresh plan"
     );
-    let (_, kept) = assign(
-        &graph,
-        &p,
-        &head,
-        2,
-        Placement::Planned,
-        |_| {},
-        Some(current(&before)),
-    )
-    .unwrap();
     assert_eq!(layout(&kept), layout(&before));
     assert!(kept.predicted_ms_per_token <= before.predicted_ms_per_token);
     // Three times faster: the fresh plan wins.
-    let graph = device_graph(&fleet(0.1), &sha, "v", |_| NodeFacts::default(), &[]);
-    let (_, fresh) = assign(&graph, &p, &head, 2, Placement::Planned, |_| {}, None).unwrap();
-    let (_, moved) = assign(
-        &graph,
-        &p,
-        &head,
-        2,
-        Placement::Planned,
-        |_| {},
-        Some(current(&before)),
-    )
-    .unwrap();
+    let (fresh, moved) = (replan(&fleet(0.1), false), replan(&fleet(0.1), true));
     assert_eq!(layout(&moved), layout(&fresh));
     assert_ne!(layout(&moved), layout(&before));
     // A stage of the current plan gone: never kept.
-    let graph = device_graph(&adverts[..2], &sha, "v", |_| NodeFacts::default(), &[]);
-    let (_, without) = assign(
-        &graph,
-        &p,
-        &head,
-        2,
-        Placement::Planned,
-        |_| {},
-        Some(current(&before)),
-    )
-    .unwrap();
+    let without = replan(&adverts[..2], true);
     assert!(without.stages.len() <= 2, "{without}");
 }
 

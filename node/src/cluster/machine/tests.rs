@@ -481,12 +481,8 @@ fn the_same_inputs_give_the_same_plans_and_events() {
 
 #[test]
 fn when_the_coordinator_leaves_and_the_rest_cannot_hold_the_model_every_member_says_so() {
-    let mut sim = Sim::new(Placement::Planned);
     // Each node holds at most 14 of the 30 layers: the plan needs all three.
-    for _ in 0..3 {
-        sim.add(100, 0.2);
-    }
-    sim.run(2000);
+    let mut sim = three_of(100, Placement::Planned);
     let plan = sim.agreed().unwrap();
     assert_eq!(plan.stages.len(), 3, "{plan:?}");
     let ids = sim.by_id();
