@@ -11,21 +11,7 @@ use half::f16;
 use proptest::prelude::*;
 
 use super::blocks::{QK, QK_K};
-use super::{reference_kernels, simd_kernel_sets, GgmlType, TypeKernels};
-
-const WEIGHT_TYPES: [GgmlType; 11] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+use super::{reference_kernels, simd_kernel_sets, GgmlType, TypeKernels, WEIGHT_TYPES};
 
 /// One activation block of `len` values, of one of the adversarial kinds.
 fn activation_block(len: usize) -> impl Strategy<Value = Vec<f32>> {

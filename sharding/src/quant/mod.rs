@@ -247,20 +247,22 @@ pub fn simd_kernel_sets(ty: GgmlType) -> Vec<TypeKernels> {
     }
 }
 
+/// Every weight type with kernels.
+pub(crate) const WEIGHT_TYPES: [GgmlType; 11] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 fn build_table() -> Vec<TypeKernels> {
-    const WEIGHT_TYPES: [GgmlType; 11] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q6_K,
-    ];
     WEIGHT_TYPES
         .iter()
         .filter_map(|&ty| best_kernels(ty).or_else(|| scalar::kernels(ty)))
