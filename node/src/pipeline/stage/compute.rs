@@ -62,7 +62,11 @@ pub(super) async fn compute(
             },
         };
         match job {
-            Job::Sweep => worker.sweep(),
+            Job::Sweep => {
+                worker.sweep();
+                // Once a second, off the per-token path: the driver samples it as often.
+                worker.reports.kv.store(worker.kv_bytes(), Ordering::Relaxed);
+            }
             Job::Rejected {
                 session,
                 from,
