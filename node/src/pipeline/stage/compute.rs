@@ -65,7 +65,10 @@ pub(super) async fn compute(
             Job::Sweep => {
                 worker.sweep();
                 // Once a second, off the per-token path: the driver samples it as often.
-                worker.reports.kv.store(worker.kv_bytes(), Ordering::Relaxed);
+                worker
+                    .reports
+                    .kv
+                    .store(worker.kv_bytes(), Ordering::Relaxed);
             }
             Job::Rejected {
                 session,
