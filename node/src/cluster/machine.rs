@@ -91,6 +91,8 @@ pub(crate) struct Snapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Running {
     epoch: u64,
+    /// The layers it runs.
+    layers: [u32; 2],
     /// Consecutive ticks it has been superseded with no session open.
     idle_ticks: u32,
 }
@@ -337,7 +339,12 @@ impl Cluster {
         if let Some(active) = self.active.as_ref().filter(|a| a.assignment.epoch == epoch) {
             self.route.broken = self.route.broken.max(active.assignment.epoch);
         }
-        let Some(peer) = peer else { return };
+        // A superseded plan's next stage may have stopped to make room for the new plan: not
+        // evidence against the link.
+        let superseded = epoch < self.current_epoch();
+        let Some(peer) = peer.filter(|_| !superseded) else {
+            return;
+        };
         if self.unreachable.insert(peer, now).is_none() {
             out.push(Action::Event(format!(
                 "lost the data link to {} (plan {epoch}); planning around it",

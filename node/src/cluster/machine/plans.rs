@@ -219,6 +219,18 @@ impl Cluster {
         match a.stage_of(&local) {
             Some(i) => {
                 let s = &a.stages[i];
+                if !self.has_room_for(s.layers) {
+                    // The old part and the new do not fit together: the old goes first, and
+                    // its requests replay on the new plan once it is active.
+                    out.push(Action::Event(format!(
+                        "stopped my stages of older plans to make room for plan {}",
+                        a.epoch
+                    )));
+                    if let Some(active) = &self.active {
+                        self.route.broken = self.route.broken.max(active.assignment.epoch);
+                    }
+                    self.retire_where(|_| true, out);
+                }
                 info!(epoch = a.epoch, layers = ?s.layers, "loading my stage");
                 out.push(Action::LoadStage(StageOrder {
                     epoch: a.epoch,
@@ -233,6 +245,25 @@ impl Cluster {
         }
     }
 
+    /// Whether this node's budget holds `layers` beside the stages it runs now, as the
+    /// planner counts memory: the measured overhead, the head where the API is served, and
+    /// each part's weights with its KV.
+    fn has_room_for(&self, layers: [u32; 2]) -> bool {
+        let p = &self.cfg.profile;
+        let part = |l: [u32; 2]| p.range_bytes(l[0]..l[1]);
+        let state = &self.advert.state;
+        let fixed = state
+            .overhead_bytes
+            .unwrap_or(scheduler::DEFAULT_OVERHEAD_BYTES)
+            + if state.serves_api {
+                p.output_bytes()
+            } else {
+                0
+            };
+        let held: u64 = self.stages.iter().map(|r| part(r.layers)).sum();
+        fixed + held + part(layers) <= self.advert.memory_budget_bytes
+    }
+
     /// This node's stage of `epoch` is ready at `addr`.
     pub(super) fn loaded(&mut self, epoch: u64, addr: SocketAddr, out: &mut Vec<Action>) {
         if self.pending.as_ref().map(|a| a.epoch) != Some(epoch) {
@@ -241,8 +272,15 @@ impl Cluster {
             return;
         }
         info!(epoch, %addr, "my stage is ready");
+        let local = self.cfg.local.to_string();
+        let layers = self
+            .pending
+            .as_ref()
+            .and_then(|a| Some(a.stages[a.stage_of(&local)?].layers))
+            .unwrap_or([0, 0]);
         self.stages.push(Running {
             epoch,
+            layers,
             idle_ticks: 0,
         });
         self.publish(epoch, true, Some(addr), out);

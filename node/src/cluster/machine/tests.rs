@@ -320,6 +320,22 @@ fn a_straggler_sheds_a_few_layers_and_is_trusted_again_when_it_recovers() {
         events.iter().any(|e| e.contains("straggler policy")),
         "{events:?}"
     );
+    // 100 MiB holds one node's part, not its old part and a larger new one together: a node
+    // that takes on layers stops its old stage before loading the new (its requests replay).
+    let gained: Vec<String> = plan
+        .stages
+        .iter()
+        .map(|s| s.peer.clone())
+        .filter(|p| layers_of(&slowed, p) > layers_of(&plan, p))
+        .collect();
+    assert!(!gained.is_empty(), "{slowed:?}");
+    for peer in &gained {
+        let events = &sim.nodes[&peer.parse().unwrap()].events;
+        assert!(
+            events.iter().any(|e| e.contains("to make room for plan")),
+            "{peer}: {events:?}"
+        );
+    }
     reports(&mut sim, 1.0, 40_000);
     // Recovered and trusted again; every split costs the same: layers stay where they are.
     let events = &sim.nodes[&sim.by_id()[0]].events;
