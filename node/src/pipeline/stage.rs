@@ -43,6 +43,9 @@ pub(crate) const HOP: &str = "shoal::hop";
 /// flood from upstream slows the sender down instead of growing memory.
 const QUEUE: usize = 64;
 
+/// Longest a stopping stage waits for its sessions' failures to leave.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+
 /// What a stage runs and where it sits in the ring.
 #[derive(Clone, Debug)]
 pub struct StageConfig {
@@ -159,6 +162,10 @@ pub struct Stage {
     steps: Arc<StepTimes>,
     batched: Arc<BatchCounts>,
     route: watch::Sender<Route>,
+    /// To the compute task: [`Job::Stop`] on shutdown.
+    jobs: mpsc::Sender<Job>,
+    /// Closed once the downstream task has sent its last frame.
+    drained: Option<oneshot::Receiver<()>>,
 }
 
 /// What the network tasks hand the compute task.
@@ -176,6 +183,9 @@ enum Job {
     NextHopLost { next: SocketAddr, error: String },
     /// Time to close the sessions idle past the timeout.
     Sweep,
+    /// The stage is stopping: every open session fails back to its head (which replays it
+    /// on a newer plan), then the compute task ends.
+    Stop,
 }
 
 /// Where a computed frame goes.
@@ -291,6 +301,7 @@ impl Stage {
             batched: batched.clone(),
         };
         tasks.spawn_on(compute(shard, job_rx, out_tx, settings, reports), on);
+        let (drained_tx, drained) = oneshot::channel();
         tasks.spawn_on(
             network::downstream(network::Downstream {
                 endpoint: endpoint.clone(),
@@ -302,9 +313,11 @@ impl Stage {
                 metrics: cfg.metrics.clone().map(|m| (m, cfg.index + 1)),
                 events: cfg.events.clone(),
                 rtts: rtts.clone(),
+                drained: drained_tx,
             }),
             on,
         );
+        let stop_tx = job_tx.clone();
         let sweep_tx = job_tx.clone();
         let sweep_cancel = cancel.clone();
         tasks.spawn_on(
@@ -352,6 +365,8 @@ impl Stage {
             steps,
             batched,
             route: route_tx,
+            jobs: stop_tx,
+            drained: Some(drained),
         })
     }
 
@@ -413,8 +428,17 @@ impl Stage {
         self.cancel.clone()
     }
 
-    /// Stops accepting, closes the links and waits until the stage's thread has finished.
+    /// Fails its open sessions back to their heads (they replay elsewhere at once instead of
+    /// waiting for a reply that will not come), stops accepting, closes the links and waits
+    /// until the stage's thread has finished.
     pub async fn shutdown(mut self) {
+        if let Some(drained) = self.drained.take() {
+            if self.jobs.send(Job::Stop).await.is_ok() {
+                // Bounded: a prompt chunk being computed finishes first, a dead link does not
+                // hold the stop up.
+                let _ = tokio::time::timeout(STOP_DRAIN, drained).await;
+            }
+        }
         self.cancel.cancel();
         if let Some(stopped) = self.stopped.take() {
             let _ = stopped.await;

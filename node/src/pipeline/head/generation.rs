@@ -107,16 +107,7 @@ impl Generation {
             trace!(target: HOP, pos = at, "computing");
             self.logits = self.head.logits(hidden).await?;
             trace!(target: HOP, pos = at, "computed");
-            if let Some(at) = self.broke_at.take() {
-                let took = at.elapsed();
-                info!(
-                    ms = took.as_millis() as u64,
-                    "request recovered: next token after the plan broke"
-                );
-                if let Some(m) = &self.head.inner.metrics {
-                    m.recovered(took.as_secs_f64());
-                }
-            }
+            self.note_recovered();
             self.head.inner.count_token();
             self.fresh = true;
             return Ok(&self.logits);
@@ -158,11 +149,7 @@ impl Generation {
                 Err(e) => return Err(e),
             };
             self.rows = self.head.logits_rows(hidden).await?;
-            if let Some(at) = self.broke_at.take() {
-                if let Some(m) = &self.head.inner.metrics {
-                    m.recovered(at.elapsed().as_secs_f64());
-                }
-            }
+            self.note_recovered();
             return Ok(&self.rows);
         }
     }
@@ -218,6 +205,20 @@ impl Generation {
         self.attempt = Some(attempt);
         self.awaiting = None;
         Ok(hidden)
+    }
+
+    /// The first logits after the plan broke: how long the request stalled.
+    fn note_recovered(&mut self) {
+        if let Some(at) = self.broke_at.take() {
+            let took = at.elapsed();
+            info!(
+                ms = took.as_millis() as u64,
+                "request recovered: next token after the plan broke"
+            );
+            if let Some(m) = &self.head.inner.metrics {
+                m.recovered(took.as_secs_f64());
+            }
+        }
     }
 
     fn may_recover(&self, e: &PipelineError) -> bool {

@@ -17,7 +17,7 @@ use transport::quic::{FrameHeader, FrameKind};
 
 use super::worker::{DecodeRow, Worker};
 use super::{Job, Outgoing, Reports, Settings};
-use crate::pipeline::protocol::{Message, Phase, RowsHead};
+use crate::pipeline::protocol::{FailureCode, Message, Phase, RowsHead};
 
 /// Most decode rows computed as one batch. A batch takes only rows already waiting: a lone
 /// stream never waits for company.
@@ -35,7 +35,7 @@ const _: () = assert!(MAX_STAGE_BATCH <= sharding::model::MAX_BATCH);
 /// earlier, and the two sessions spread over the stages.
 pub(super) const MIN_STAGE_BATCH: usize = 3;
 
-/// Runs jobs until the queue closes or the downstream queue does (the stage is stopping).
+/// Runs jobs until the queue closes, the downstream queue does, or [`Job::Stop`].
 pub(super) async fn compute(
     shard: Shard,
     mut jobs: mpsc::Receiver<Job>,
@@ -76,6 +76,16 @@ pub(super) async fn compute(
                 error,
             } => worker.rejected(session, from, &error),
             Job::NextHopLost { next, error } => worker.next_hop_lost(next, &error),
+            Job::Stop => {
+                worker.fail_all(FailureCode::Unroutable, "this stage was stopped");
+                for frame in worker.outbox.drain(..) {
+                    if out.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                // Dropping `out` lets the downstream task send what is queued and end.
+                return;
+            }
             Job::Frame(header, payload, from) => match decode_row(&header, &payload) {
                 Some(rows) => {
                     waiting.clear();

@@ -17,6 +17,10 @@ use crate::pipeline::links::{LinkRtts, Links, Lost};
 use crate::pipeline::protocol::{self, FailureCode, Message, Reply};
 use crate::pipeline::route::{self, Route};
 
+/// How long a stopping stage's downstream task lets its last frames leave before the
+/// endpoint closes (closing drops what QUIC has not sent; emulated delays hold packets too).
+const FLUSH_GRACE: Duration = Duration::from_millis(150);
+
 /// Accepts upstream links and hands their frames to the compute task.
 pub(super) async fn accept_loop(
     endpoint: Arc<Endpoint>,
@@ -104,6 +108,8 @@ pub(super) struct Downstream {
     pub(super) events: Option<mpsc::Sender<StageEvent>>,
     /// Where the round-trip times of this stage's outgoing links are kept.
     pub(super) rtts: LinkRtts,
+    /// Dropped when the task ends: a stopping stage's last frames have been sent.
+    pub(super) drained: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Sends frames to the next hop, connecting (and reconnecting) as needed. Keeps one link per
@@ -121,6 +127,7 @@ pub(super) async fn downstream(d: Downstream) {
         metrics,
         events,
         rtts,
+        drained: _drained,
     } = d;
     let (lost_tx, mut lost) = mpsc::channel::<Lost>(16);
     let mut links = Links::new(endpoint, metrics, 3, Duration::from_millis(100))
@@ -137,7 +144,15 @@ pub(super) async fn downstream(d: Downstream) {
                 }
                 continue;
             }
-            f = frames.recv() => match f { Some(f) => f, None => return },
+            f = frames.recv() => match f {
+                Some(f) => f,
+                None => {
+                    // The compute task stopped (the stage is stopping): give the last frames
+                    // (failures for heads) time to leave before the endpoint closes.
+                    tokio::time::sleep(FLUSH_GRACE).await;
+                    return;
+                }
+            },
         };
         let current = tokio::select! {
             _ = cancel.cancelled() => return,

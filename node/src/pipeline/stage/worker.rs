@@ -137,12 +137,17 @@ impl Worker {
     /// another plan.
     pub(super) fn next_hop_lost(&mut self, next: SocketAddr, error: &str) {
         let why = format!("the next stage ({next}) was lost: {error}");
+        self.fail_all(FailureCode::Unroutable, &why);
+    }
+
+    /// Fails every open session back to its head with `code` and frees it.
+    pub(super) fn fail_all(&mut self, code: FailureCode, why: &str) {
         let ids: Vec<(u64, Option<SocketAddr>)> =
             self.sessions.iter().map(|(&id, s)| (id, s.head)).collect();
         for (id, head) in ids {
             self.sessions.remove(&id);
             self.shard.close_session(id);
-            self.fail(id, head, FailureCode::Unroutable, &why);
+            self.fail(id, head, code, why);
         }
     }
 
