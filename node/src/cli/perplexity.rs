@@ -1,6 +1,7 @@
 //! `shoal perplexity`: perplexity of a model over a text, and KL divergence against a base,
 //! in llama-perplexity's way and layout — on this node, or through a pipeline of stages
-//! (`--pipeline`, this process being the head), so a cluster is measured as a model.
+//! (`--pipeline`, or the active plan of a running cluster with `--node`; this process being
+//! the head), so a cluster is measured as a model.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,9 +45,17 @@ pub(crate) struct Args {
     threads: usize,
     /// Evaluate through a pipeline whose first stage listens here (this process is the
     /// head), instead of on this node.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "node")]
     pipeline: Option<SocketAddr>,
-    /// With --pipeline: the address the last stage sends back to.
+    /// Evaluate through the active plan of the running cluster whose node serves this API
+    /// (URL or host:port): its first stage is read from `GET /v1/cluster`; the stages need
+    /// the cluster's key (--cluster-key-file) and must reach --listen.
+    #[arg(long)]
+    node: Option<String>,
+    /// With --node: file holding the node API's bearer token (else SHOAL_API_TOKEN).
+    #[arg(long, requires = "node")]
+    api_token_file: Option<PathBuf>,
+    /// With --pipeline or --node: the address the last stage sends back to.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
     /// With --pipeline: what the head sends embeddings as.
@@ -74,7 +83,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => args.ctx,
     };
-    match args.pipeline {
+    let first = match (&args.pipeline, &args.node) {
+        (Some(first), _) => Some(*first),
+        (None, Some(node)) => Some(first_stage_of(node, args.api_token_file.as_deref())?),
+        (None, None) => None,
+    };
+    match first {
         None => {
             let batch = args.batch.unwrap_or(ctx).clamp(1, ctx);
             let mut source =
@@ -107,6 +121,47 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// The data address of the first stage of the active plan of the cluster `node` serves.
+fn first_stage_of(node: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<SocketAddr> {
+    let token = super::http::api_token(token_file)?;
+    let view = super::http::fetch_cluster(node, token.as_deref()).map_err(anyhow::Error::msg)?;
+    let Some(plan) = &view.plan else {
+        bail!(
+            "{node} has no active plan ({}): nothing to evaluate through",
+            view.problem.as_deref().unwrap_or("the cluster is forming")
+        );
+    };
+    let first = plan
+        .stages
+        .first()
+        .context("the active plan has no stages")?;
+    let member = view
+        .members
+        .iter()
+        .find(|m| m.peer_id == first.peer_id && m.epoch == plan.epoch)
+        .with_context(|| {
+            format!(
+                "the node running plan {}'s first stage is not listed",
+                plan.epoch
+            )
+        })?;
+    let addr = member
+        .stage_addr
+        .as_deref()
+        .with_context(|| format!("the first stage of plan {} has no address yet", plan.epoch))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("the first stage's address {addr:?}"))?;
+    eprintln!(
+        "perplexity: plan {} of {node}: first stage {addr} (layers {}..{} of {} stages)",
+        plan.epoch,
+        first.layers[0],
+        first.layers[1],
+        plan.stages.len()
+    );
+    Ok(addr)
 }
 
 fn evaluate<S: LogitSource>(
