@@ -165,6 +165,7 @@ fn execute<D: Discovery>(
             warn!("too many plan messages in flight; one dropped");
         }
         Action::LoadStage(order) => stages.load(order),
+        Action::AdoptStage { from, order } => stages.adopt(from, order),
         Action::RouteStage { epoch, next } => stages.route(epoch, next),
         Action::StopStage { epoch } => stages.stop(epoch),
         Action::Event(what) => metrics.events().record(what),

@@ -2,8 +2,9 @@
 //! fetched first when the node lacks them), routing, stopping, and reporting what they did.
 //! Every task it starts lives in one of its `JoinSet`s, so shutdown waits for all of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ pub(crate) type Loaded = (u64, anyhow::Result<Stage>);
 pub(crate) struct Stages {
     settings: StageSettings,
     running: BTreeMap<u64, Stage>,
+    /// Per running or loading stage, the epoch its events are reported under (a stage
+    /// moved to a newer plan reports under that plan's).
+    tags: BTreeMap<u64, Arc<AtomicU64>>,
+    /// Stages moved to a newer plan, to report as loaded.
+    adopted: VecDeque<(u64, SocketAddr)>,
     loads: JoinSet<Loaded>,
     stopping: JoinSet<()>,
     /// Where stages report what the node should know; the driver reads the other end.
@@ -52,6 +58,8 @@ impl Stages {
         Stages {
             settings,
             running: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            adopted: VecDeque::new(),
             loads: JoinSet::new(),
             stopping: JoinSet::new(),
             events,
@@ -66,9 +74,11 @@ impl Stages {
         let s = &self.settings;
         let (tx, mut rx) = mpsc::channel(8);
         let (epoch, up) = (order.epoch, self.events.clone());
+        let tag = Arc::new(AtomicU64::new(epoch));
+        self.tags.insert(epoch, tag.clone());
         self.forward.spawn(async move {
             while let Some(event) = rx.recv().await {
-                if up.send((epoch, event)).await.is_err() {
+                if up.send((tag.load(Ordering::Relaxed), event)).await.is_err() {
                     return;
                 }
             }
@@ -113,6 +123,9 @@ impl Stages {
     /// The next load that finished (pending forever when none is running). A stage that
     /// loaded is kept; the caller learns its address.
     pub(crate) async fn next_loaded(&mut self) -> (u64, anyhow::Result<SocketAddr>) {
+        if let Some((epoch, addr)) = self.adopted.pop_front() {
+            return (epoch, Ok(addr));
+        }
         loop {
             match self.loads.join_next().await {
                 Some(Ok((epoch, Ok(stage)))) => {
@@ -132,6 +145,24 @@ impl Stages {
         }
     }
 
+    /// Moves the running stage of plan `from` to `order`'s plan, which it serves as it is;
+    /// loads `order` when that stage is gone. [`Stages::next_loaded`] reports it.
+    pub(crate) fn adopt(&mut self, from: u64, order: StageOrder) {
+        let epoch = order.epoch;
+        let Some(stage) = self.running.remove(&from) else {
+            return self.load(order);
+        };
+        if let Some(tag) = self.tags.remove(&from) {
+            tag.store(epoch, Ordering::Relaxed);
+            self.tags.insert(epoch, tag);
+        }
+        let addr = SocketAddr::new(self.settings.advertise_ip, stage.local_addr().port());
+        if let Some(old) = self.running.insert(epoch, stage) {
+            self.stopping.spawn(old.shutdown());
+        }
+        self.adopted.push_back((epoch, addr));
+    }
+
     /// Points the stage of `epoch` at `next`.
     pub(crate) fn route(&self, epoch: u64, next: SocketAddr) {
         if let Some(stage) = self.running.get(&epoch) {
@@ -141,6 +172,7 @@ impl Stages {
 
     /// Stops the stage of `epoch` (in the background; [`Stages::shutdown`] waits for it).
     pub(crate) fn stop(&mut self, epoch: u64) {
+        self.tags.remove(&epoch);
         if let Some(stage) = self.running.remove(&epoch) {
             self.stopping.spawn(stage.shutdown());
         }

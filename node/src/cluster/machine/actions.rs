@@ -18,6 +18,15 @@ pub(crate) enum Action {
     /// Load this node's stage of a plan (answer with [`Input::StageLoaded`] or
     /// [`Input::StageFailed`]).
     LoadStage(StageOrder),
+    /// Move this node's running stage of plan `from` to `order`'s plan as it is (it serves
+    /// it unchanged: same layers, same place in the ring); answer with
+    /// [`Input::StageLoaded`] at its address.
+    AdoptStage {
+        /// The plan it ran for.
+        from: u64,
+        /// The plan it runs for now.
+        order: StageOrder,
+    },
     /// Point this node's stage of `epoch` at the next stage.
     RouteStage {
         /// Its plan.

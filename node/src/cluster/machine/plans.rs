@@ -212,37 +212,56 @@ impl Cluster {
         self.unplaceable = None;
         self.route.unplaceable = false;
         self.load_error = None;
+        let local = self.cfg.local.to_string();
         // Stages loaded for a plan that never became active are of no use now.
         let active = self.active_epoch();
         self.retire_where(|r| r.epoch > active && r.epoch < a.epoch, out);
-        let local = self.cfg.local.to_string();
-        match a.stage_of(&local) {
-            Some(i) => {
-                let s = &a.stages[i];
-                if !self.has_room_for(s.layers) {
-                    // The old part and the new do not fit together: the old goes first, and
-                    // its requests replay on the new plan once it is active.
-                    out.push(Action::Event(format!(
-                        "stopped my stages of older plans to make room for plan {}",
-                        a.epoch
-                    )));
-                    if let Some(active) = &self.active {
-                        self.route.broken = self.route.broken.max(active.assignment.epoch);
-                    }
-                    self.retire_where(|_| true, out);
-                }
-                info!(epoch = a.epoch, layers = ?s.layers, "loading my stage");
-                out.push(Action::LoadStage(StageOrder {
-                    epoch: a.epoch,
-                    layers: s.layers,
-                    index: i,
-                    last: i + 1 == a.stages.len(),
-                    previous: i.checked_sub(1).map(|p| a.stages[p].peer.clone()),
-                }));
-                self.publish(a.epoch, false, None, out);
-            }
-            None => self.publish(a.epoch, true, None, out),
+        let Some(order) = my_order(&a, &local) else {
+            self.publish(a.epoch, true, None, out);
+            return;
+        };
+        // This node's stage of the active plan moves to the new plan as it is when the new
+        // plan changes nothing from it on down the ring (its layers, its upstream, and every
+        // later stage): no load, no second copy of its weights, its open sessions keep
+        // running, and its route stays the same (the later stages are kept alike).
+        let tail_kept = self
+            .active
+            .as_ref()
+            .is_some_and(|old| unchanged_tail(&old.assignment, &a, &local));
+        let kept = tail_kept
+            .then(|| self.stages.iter().position(|r| r.epoch == active))
+            .flatten();
+        if let Some(i) = kept {
+            let kept = self.stages.remove(i);
+            let [first, end] = order.layers;
+            info!(epoch = a.epoch, from = kept.epoch, layers = ?order.layers, "keeping my stage");
+            out.push(Action::Event(format!(
+                "kept my stage of plan {} (layers {first}..{end}) for plan {}",
+                kept.epoch, a.epoch
+            )));
+            out.push(Action::AdoptStage {
+                from: kept.epoch,
+                order,
+            });
+            self.publish(a.epoch, false, None, out);
+            return;
         }
+        if !self.has_room_for(order.layers) {
+            // The old part and the new do not fit together: the old goes first (its open
+            // sessions fail back to their heads), and its requests replay on the new plan
+            // once it is active.
+            out.push(Action::Event(format!(
+                "stopped my stages of older plans to make room for plan {}",
+                a.epoch
+            )));
+            if let Some(active) = &self.active {
+                self.route.broken = self.route.broken.max(active.assignment.epoch);
+            }
+            self.retire_where(|_| true, out);
+        }
+        info!(epoch = a.epoch, layers = ?order.layers, "loading my stage");
+        out.push(Action::LoadStage(order));
+        self.publish(a.epoch, false, None, out);
     }
 
     /// Whether this node's budget holds `layers` beside the stages it runs now, as the
@@ -273,16 +292,13 @@ impl Cluster {
         }
         info!(epoch, %addr, "my stage is ready");
         let local = self.cfg.local.to_string();
-        let layers = self
-            .pending
-            .as_ref()
-            .and_then(|a| Some(a.stages[a.stage_of(&local)?].layers))
-            .unwrap_or([0, 0]);
-        self.stages.push(Running {
-            epoch,
-            layers,
-            idle_ticks: 0,
-        });
+        if let Some(order) = self.pending.as_ref().and_then(|a| my_order(a, &local)) {
+            self.stages.push(Running {
+                epoch,
+                layers: order.layers,
+                idle_ticks: 0,
+            });
+        }
         self.publish(epoch, true, Some(addr), out);
     }
 
@@ -396,6 +412,33 @@ impl Cluster {
             }
         });
     }
+}
+
+/// Whether plan `new` runs `local`'s stage of plan `old` and every stage after it alike
+/// (the same nodes with the same layers), behind the same upstream node.
+fn unchanged_tail(old: &Assignment, new: &Assignment, local: &str) -> bool {
+    let (Some(k), Some(i)) = (old.stage_of(local), new.stage_of(local)) else {
+        return false;
+    };
+    let before = |a: &Assignment, i: usize| i.checked_sub(1).map(|p| a.stages[p].peer.clone());
+    before(old, k) == before(new, i)
+        && old.stages.len() - k == new.stages.len() - i
+        && old.stages[k..]
+            .iter()
+            .zip(&new.stages[i..])
+            .all(|(o, n)| o.peer == n.peer && o.layers == n.layers)
+}
+
+/// This node's stage of plan `a`, if it has one.
+fn my_order(a: &Assignment, local: &str) -> Option<StageOrder> {
+    let i = a.stage_of(local)?;
+    Some(StageOrder {
+        epoch: a.epoch,
+        layers: a.stages[i].layers,
+        index: i,
+        last: i + 1 == a.stages.len(),
+        previous: i.checked_sub(1).map(|p| a.stages[p].peer.clone()),
+    })
 }
 
 /// Each layer's node in a plan.

@@ -27,6 +27,8 @@ pub(super) struct SimNode {
     pub(super) view: BTreeSet<PeerId>,
     pub(super) events: Vec<String>,
     pub(super) replanned: u64,
+    /// Stages moved to a newer plan as they were.
+    pub(super) adopted: u64,
     /// Loads in flight: (due, epoch).
     loads: Vec<(Millis, u64)>,
     /// Loads that fail.
@@ -131,6 +133,7 @@ impl Sim {
             view: BTreeSet::new(),
             events: Vec::new(),
             replanned: 0,
+            adopted: 0,
             loads: Vec::new(),
             failing: false,
             index,
@@ -256,6 +259,22 @@ impl Sim {
             Action::LoadStage(order) => {
                 let node = self.nodes.get_mut(&from).expect("node");
                 node.loads.push((now + LOAD_MS, order.epoch));
+            }
+            Action::AdoptStage { from: old, order } => {
+                let node = self.nodes.get_mut(&from).expect("node");
+                node.adopted += 1;
+                match node.stages.remove(&old) {
+                    Some(stage) => {
+                        let addr = stage.addr.expect("a running stage has an address");
+                        node.stages.insert(order.epoch, stage);
+                        let input = Input::StageLoaded {
+                            epoch: order.epoch,
+                            addr,
+                        };
+                        self.queue.push_back((from, input));
+                    }
+                    None => node.loads.push((now + LOAD_MS, order.epoch)),
+                }
             }
             Action::RouteStage { epoch, next } => {
                 let node = self.nodes.get_mut(&from).expect("node");

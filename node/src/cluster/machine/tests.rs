@@ -1,6 +1,6 @@
 //! The machine's behaviour, deterministically: several machines in memory, simulated time.
 
-use transport::discovery::Keypair;
+use transport::discovery::{Keypair, PeerId};
 
 use super::super::control::{Assignment, Control, StageAssignment};
 use super::super::coordinator::Placement;
@@ -496,5 +496,49 @@ fn when_the_coordinator_leaves_and_the_rest_cannot_hold_the_model_every_member_s
             snap.unplaceable
         );
         assert!(snap.route.broken >= plan.epoch);
+    }
+}
+
+#[test]
+fn a_replan_keeps_the_stages_whose_part_did_not_change() {
+    let mut sim = three(Placement::Even);
+    let plan = sim.agreed().unwrap();
+    let coordinator = sim.by_id()[0];
+    // The same stages, except that the first two move one layer across their boundary:
+    // the last stage runs as before, behind the same node, and is kept.
+    let mut next = plan.clone();
+    next.epoch = plan.epoch + 1;
+    next.stages[0].layers[1] -= 1;
+    next.stages[1].layers[0] -= 1;
+    let ids: Vec<PeerId> = sim.nodes.keys().copied().collect();
+    for id in &ids {
+        sim.input(
+            *id,
+            Input::Control {
+                from: coordinator,
+                message: Control::Assign(next.clone()),
+            },
+        );
+    }
+    sim.run(LOAD_MS + 500);
+    assert_eq!(sim.agreed(), Some(next.clone()));
+    let kept = &next.stages[2].peer;
+    for id in &ids {
+        let node = &sim.nodes[id];
+        let events = &node.events;
+        if id.to_string() == *kept {
+            assert_eq!(node.adopted, 1, "{events:?}");
+            assert!(
+                events.iter().any(|e| e.contains("kept my stage of plan")),
+                "{events:?}"
+            );
+            // One stage, the old one, now under the new plan: no second copy.
+            assert_eq!(
+                node.stages.keys().copied().collect::<Vec<_>>(),
+                [next.epoch]
+            );
+        } else {
+            assert_eq!(node.adopted, 0, "{id}: {events:?}");
+        }
     }
 }
