@@ -88,6 +88,7 @@ fn message_bytes(msg: Msg) -> usize {
             let open = Open {
                 positions: positions as u32,
                 reply: Some(reply),
+                resume: None,
             };
             protocol::encode_open(&open, &mut buf)
         }
