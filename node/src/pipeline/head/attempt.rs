@@ -161,7 +161,7 @@ impl Attempt {
             .prefixes
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        prefixes.record(self.epoch, self.id, held);
+        prefixes.record((self.epoch, self.first), self.id, held);
     }
 
     /// Sends the session's close (once), keeping its cache on the stages or not, and stops

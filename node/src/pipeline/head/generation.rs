@@ -8,6 +8,7 @@
 //! which leaves the new stages' caches exactly where the old ones were: the logits, and so
 //! the caller's tokens, are the ones the broken plan would have given.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, trace, warn};
@@ -193,12 +194,14 @@ impl Generation {
             None => (0, self.head.first().ok_or(PipelineError::NoRoute)?),
         };
         self.epoch = route.0;
-        let resume = self.kept_prefix();
+        let resume = self.kept_prefix(route);
         let (attempt, hidden) = match self.start(route, resume).await {
-            Err(PipelineError::Stage(f)) if f.code == FailureCode::PrefixMiss => {
+            Err(PipelineError::Stage(f))
+                if f.code == FailureCode::PrefixMiss && resume.is_some() =>
+            {
                 // A stage lost the kept cache: forget it, and compute the whole context.
                 let key = resume.map_or(0, |r| r.key);
-                self.forget_prefix(route.0, key);
+                self.forget_prefix(route, key);
                 debug!(
                     epoch = route.0,
                     key, "a kept prefix was missing; prefilling it all"
@@ -236,7 +239,7 @@ impl Generation {
     /// from nothing.
     async fn start(
         &self,
-        route: (u64, std::net::SocketAddr),
+        route: (u64, SocketAddr),
         resume: Option<Resume>,
     ) -> Result<(Attempt, Vec<f32>), PipelineError> {
         let inner = self.head.inner.clone();
@@ -244,24 +247,24 @@ impl Generation {
         Attempt::start(inner, route, plans, (&self.context, resume), self.reserve).await
     }
 
-    /// A stage of plan `epoch` no longer holds the cache kept under `key`.
-    fn forget_prefix(&self, epoch: u64, key: u64) {
+    /// A stage of plan `route` no longer holds the cache kept under `key`.
+    fn forget_prefix(&self, route: (u64, SocketAddr), key: u64) {
         let inner = &self.head.inner;
         let mut prefixes = inner.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-        prefixes.forget(epoch, key);
+        prefixes.forget(route, key);
         if let Some(m) = &inner.metrics {
             m.prefix_missed();
         }
     }
 
-    /// The longest kept prefix of the context on the current plan, if worth resuming.
-    fn kept_prefix(&self) -> Option<Resume> {
+    /// The longest kept prefix of the context on plan `route`, if worth resuming.
+    fn kept_prefix(&self, route: (u64, SocketAddr)) -> Option<Resume> {
         if !self.head.prefix_cache {
             return None;
         }
         let inner = &self.head.inner;
         let mut prefixes = inner.prefixes.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, len) = prefixes.find(self.epoch, &self.context)?;
+        let (key, len) = prefixes.find(route, &self.context)?;
         Some(Resume {
             key,
             len: len as u32,
