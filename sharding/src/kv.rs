@@ -61,7 +61,12 @@ impl KvCache {
 
     /// Bytes currently allocated.
     pub fn bytes(&self) -> usize {
-        self.capacity * (self.k_dim + self.v_dim) * 2 * self.layers.len()
+        Self::bytes_of(self.layers.len(), self.k_dim, self.v_dim, self.capacity)
+    }
+
+    /// Bytes a cache of `n_layers` layers holding `positions` positions allocates.
+    pub(crate) fn bytes_of(n_layers: usize, k_dim: usize, v_dim: usize, positions: usize) -> usize {
+        positions * (k_dim + v_dim) * 2 * n_layers
     }
 
     /// Makes room for `n` more positions; `false` when that would pass the limit.

@@ -15,6 +15,10 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// Layers 0..10 of SmolLM2, taking token ids and returning hidden states: a first stage.
 fn first_stage(max_sessions: usize) -> Shard {
+    first_stage_with(max_sessions, 4096)
+}
+
+fn first_stage_with(max_sessions: usize, max_context: usize) -> Shard {
     let file = GgufFile::open(common::model_path("smollm2")).expect("open SmolLM2");
     let spec = ShardSpec {
         layers: 0..10,
@@ -23,6 +27,7 @@ fn first_stage(max_sessions: usize) -> Shard {
     };
     let options = ShardOptions {
         max_sessions,
+        max_context,
         ..ShardOptions::default()
     };
     Shard::load(&file, spec, options).expect("load")
@@ -119,4 +124,25 @@ fn kept_caches_give_way_to_open_sessions() {
     ));
     shard.open_session_from(6, key(4), 32, 128).unwrap();
     assert!(!shard.keep_session(99, key(5), 1), "no such session");
+}
+
+#[test]
+fn kept_caches_hold_at_most_one_whole_context() {
+    // A whole context is 512 positions; each kept cache holds 256 (its 40 positions, in
+    // whole steps of growth): two fit, a third pushes the least recently used out.
+    let mut shard = first_stage_with(8, 512);
+    let key = |k| KeptKey { group: 1, key: k };
+    for id in 1..=3u64 {
+        shard.open_session(id, 512).unwrap();
+        run(&mut shard, id, 0, &tokens(40, id as u32), 64);
+        assert!(shard.keep_session(id, key(id), 8));
+        assert!(shard.kv_bytes() <= shard.kept_budget());
+    }
+    assert_eq!(shard.kept_count(), 2);
+    assert!(matches!(
+        shard.open_session_from(4, key(1), 32, 512),
+        Err(StepError::PrefixMissing { .. })
+    ));
+    shard.open_session_from(4, key(2), 32, 512).unwrap();
+    shard.open_session_from(5, key(3), 32, 512).unwrap();
 }

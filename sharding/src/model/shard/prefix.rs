@@ -4,10 +4,13 @@
 //! Kept caches count against the shard's session limit together with the open sessions,
 //! so the shard never holds more caches than it could hold sessions; an open that finds no
 //! room evicts the least recently used kept cache first and is refused only when every
-//! cache is an open session's.
+//! cache is an open session's. Together they also hold at most the bytes of one session at
+//! the shard's whole context, which is what a planner reserves for a stage's KV: kept
+//! caches are what a stage holds between requests, and so stay within that reservation.
 
 use super::Shard;
 use crate::kv::kept::KeptKey;
+use crate::kv::KvCache;
 use crate::model::StepError;
 
 impl Shard {
@@ -24,6 +27,9 @@ impl Shard {
         }
         cache.shrink();
         self.kept.insert(key, cache);
+        // The newest is never evicted here: one session's cache is within the budget.
+        let budget = self.kept_budget();
+        while self.kept.bytes() > budget && self.kept.evict(None) {}
         true
     }
 
@@ -53,6 +59,14 @@ impl Shard {
     /// Caches kept now.
     pub fn kept_count(&self) -> usize {
         self.kept.len()
+    }
+
+    /// Most bytes the kept caches hold together: one session's at the shard's whole
+    /// context.
+    pub fn kept_budget(&self) -> usize {
+        let c = &self.config;
+        let v_dim = c.n_head_kv * c.head_dim_v;
+        KvCache::bytes_of(self.blocks.len(), c.kv_dim(), v_dim, self.opts.max_context)
     }
 
     /// The positions a session asking for `max_positions` may hold (0: the shard's limit).
