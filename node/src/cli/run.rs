@@ -130,7 +130,13 @@ pub(crate) struct Args {
     /// Whether a finished request's KV cache stays on the stages so that a later request
     /// starting with the same tokens (a chat's earlier turns, a shared system prompt) skips
     /// their prefill: on or off. The text is the same either way.
-    #[arg(long, env = "SHOAL_PREFIX_CACHE", default_value = "on", value_parser = parse_switch)]
+    #[arg(
+        long,
+        env = "SHOAL_PREFIX_CACHE",
+        default_value = "on",
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set
+    )]
     prefix_cache: bool,
     /// The draft model of `--speculate draft`: a small GGUF with the served model's
     /// vocabulary, run whole on this node.
