@@ -207,6 +207,15 @@ async fn a_prefix_a_stage_evicted_is_computed_in_full_with_the_same_text() {
     let (computed, _) = greedy(&plain, &turn, 24).await;
     assert_eq!(t.decode(&resumed), t.decode(&computed));
     assert_eq!(again, greedy(&plain, &third, 8).await.0);
+    // The sessions the missed open started on the first two stages were closed with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stages.iter().any(|s| s.open_sessions() > 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a session was left open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     head.shutdown().await;
     for s in stages {
         s.shutdown().await;
