@@ -76,14 +76,15 @@ impl Attempt {
         resume: Option<Resume>,
         reserve: usize,
     ) -> Result<Vec<f32>, PipelineError> {
+        // The last position is always computed: its row gives the next token's logits.
+        let resume = resume.filter(|r| (r.len as usize) < context.len());
         let open = Open {
             positions: reserve.max(context.len()) as u32,
             reply: self.inner.reply_addr,
             resume,
         };
         let start = resume.map_or(0, |r| r.len as usize);
-        let context = context.get(start..).filter(|rest| !rest.is_empty());
-        let context = context.ok_or(PipelineError::OutOfTurn("a resume past the context"))?;
+        let context = &context[start..];
         let mut payload = Vec::new();
         protocol::encode_open(&open, &mut payload);
         // The prompt follows the open without waiting for its acknowledgement: every stage
