@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+mod prefix;
 
 /// Which kind of pipeline step a stage ran.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -92,6 +93,7 @@ pub struct Metrics {
     memory_overhead: Gauge<i64, std::sync::atomic::AtomicI64>,
     memory_kv: Gauge<i64, std::sync::atomic::AtomicI64>,
     memory_resident: Family<MemoryLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    prefix: prefix::PrefixMetrics,
     events: crate::events::EventLog,
 }
 
@@ -253,6 +255,7 @@ impl Metrics {
             memory_kv,
             memory_resident,
             events: Default::default(),
+            prefix: prefix::PrefixMetrics::register(&mut registry),
             registry,
             requests,
             prompt_tokens,

@@ -120,7 +120,7 @@ async fn recv(link: &mut Link) -> (FrameHeader, Got) {
             Got::Rows(rows.head, values)
         }
         Message::Error(f) => Got::Error(f.message),
-        Message::Close => Got::Other,
+        Message::Close(_) => Got::Other,
     };
     (frame.header, got)
 }
@@ -161,6 +161,7 @@ async fn lone_stage(sessions: u64) -> LoneStage {
             &Open {
                 positions,
                 reply: None,
+                resume: None,
             },
             &mut open,
         );

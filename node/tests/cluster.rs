@@ -51,6 +51,7 @@ async fn start_placed(bootstrap: Vec<Multiaddr>, budget: u64, placement: Placeme
         wire: Default::default(),
         placement,
         speculate: Default::default(),
+        prefix_cache: true,
         draft_model: None,
         metrics: std::sync::Arc::new(shoal::metrics::Metrics::new()),
         serves_api: true,

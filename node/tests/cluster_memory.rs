@@ -52,6 +52,7 @@ async fn start_with(
         wire: Default::default(),
         placement,
         speculate: Default::default(),
+        prefix_cache: true,
         draft_model: None,
         metrics: Arc::new(shoal::metrics::Metrics::new()),
         serves_api,

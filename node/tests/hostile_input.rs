@@ -66,6 +66,7 @@ fn open(session: u64, positions: u32) -> Frame {
         &Open {
             positions,
             reply: None,
+            resume: None,
         },
         &mut payload,
     );

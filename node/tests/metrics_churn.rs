@@ -41,6 +41,7 @@ async fn start(bootstrap: Vec<Multiaddr>, metrics: Arc<Metrics>) -> Node {
         // Every join and leave changes the layout.
         placement: Placement::Even,
         speculate: Default::default(),
+        prefix_cache: true,
         draft_model: None,
         metrics,
         serves_api: true,

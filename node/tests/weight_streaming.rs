@@ -48,6 +48,7 @@ fn config(model: ModelSource, bootstrap: Vec<Multiaddr>) -> NodeConfig {
         wire: Default::default(),
         placement: Placement::Even,
         speculate: Default::default(),
+        prefix_cache: true,
         draft_model: None,
         metrics: Arc::new(shoal::metrics::Metrics::new()),
         serves_api: true,

@@ -127,6 +127,17 @@ pub(crate) struct Args {
     /// Greedy output is the same whichever is chosen.
     #[arg(long, env = "SHOAL_SPECULATE", value_enum, default_value_t)]
     speculate: shoal::speculate::Mode,
+    /// Whether a finished request's KV cache stays on the stages so that a later request
+    /// starting with the same tokens (a chat's earlier turns, a shared system prompt) skips
+    /// their prefill: on or off. The text is the same either way.
+    #[arg(
+        long,
+        env = "SHOAL_PREFIX_CACHE",
+        default_value = "on",
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set
+    )]
+    prefix_cache: bool,
     /// The draft model of `--speculate draft`: a small GGUF with the served model's
     /// vocabulary, run whole on this node.
     #[arg(long, env = "SHOAL_DRAFT_MODEL")]
@@ -138,6 +149,14 @@ pub(crate) struct Args {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     shoal::cluster::profile::parse_size(s)
+}
+
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
+    }
 }
 
 fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
@@ -218,6 +237,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             wire: args.wire_dtype,
             placement: args.placement,
             speculate: args.speculate,
+            prefix_cache: args.prefix_cache,
             draft_model: args.draft_model.clone(),
             metrics: metrics.clone(),
             serves_api: !args.no_api,

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     pub wire: pipeline::WireDtype,
     /// How this node's head drafts tokens for speculative decoding.
     pub speculate: crate::speculate::Mode,
+    /// Whether this node's head keeps finished requests' caches on the stages and resumes
+    /// later requests from them (see [`Head::with_prefix_cache`]).
+    pub prefix_cache: bool,
     /// The draft model of `speculate = draft`: a small GGUF with the served model's
     /// vocabulary.
     pub draft_model: Option<std::path::PathBuf>,
@@ -228,7 +231,7 @@ impl Node {
             )
             .await
             .context("starting this node's head")?;
-            Some(head)
+            Some(head.with_prefix_cache(cfg.prefix_cache))
         } else {
             None
         };

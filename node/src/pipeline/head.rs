@@ -6,7 +6,8 @@
 //! - [`generation`]: the pull API, and failover across plans;
 //! - `first_stages`: the way out, one sender task per first stage;
 //! - `receive`: the way back in, from the last stages;
-//! - `logits`: the output product, batched across requests.
+//! - `logits`: the output product, batched across requests;
+//! - `prefixes`: which kept caches the stages hold, for prefix reuse.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ mod first_stages;
 pub mod generation;
 mod logits;
 mod passes;
+mod prefixes;
 mod receive;
 
 /// Where the head sits and how long it waits.
@@ -103,6 +105,8 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     /// Recent passes through the stages.
     passes: Mutex<passes::Passes>,
+    /// The caches the stages kept for this head's requests to resume.
+    prefixes: Mutex<prefixes::Prefixes>,
     timeout: Duration,
 }
 
@@ -137,6 +141,9 @@ pub struct Head {
     route: Option<SocketAddr>,
     /// The cluster's plans, when requests should follow them (and survive broken ones).
     plans: Option<Plans>,
+    /// Whether this handle's requests keep their caches on the stages and resume from
+    /// kept ones (prefix reuse).
+    prefix_cache: bool,
     endpoint: Arc<Endpoint>,
     cancel: CancellationToken,
     receiving: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -201,6 +208,7 @@ impl Head {
             recoveries: AtomicU64::new(0),
             metrics: cfg.metrics.clone(),
             passes: Mutex::new(Default::default()),
+            prefixes: Mutex::new(Default::default()),
             timeout: cfg.reply_timeout,
         });
         let receiving = tokio::spawn(receive::receive_loop(
@@ -213,6 +221,7 @@ impl Head {
             inner,
             route: None,
             plans: None,
+            prefix_cache: true,
             endpoint,
             cancel,
             receiving: Arc::new(Mutex::new(Some(receiving))),
@@ -232,6 +241,17 @@ impl Head {
     pub fn with_plans(&self, plans: Plans) -> Head {
         Head {
             plans: Some(plans),
+            ..self.clone()
+        }
+    }
+
+    /// A handle whose requests use prefix reuse (the default) or not: with it, a finished
+    /// request's cache stays on the stages, and a request whose prompt starts with the
+    /// tokens of a kept one (a chat's earlier turns, a shared system prompt) prefills only
+    /// the rest. The tokens are the same either way.
+    pub fn with_prefix_cache(&self, enabled: bool) -> Head {
+        Head {
+            prefix_cache: enabled,
             ..self.clone()
         }
     }

@@ -58,8 +58,9 @@ pub enum Message<'a> {
     Open(Open),
     /// Hidden-state rows of consecutive positions.
     Rows(Rows<'a>),
-    /// End a session and free its cache everywhere.
-    Close,
+    /// End a session and free its cache everywhere, or keep it for a later session's
+    /// [`Open::resume`].
+    Close(Close),
     /// The session failed; the message travels on to the session's head.
     Error(Failure),
 }
@@ -72,6 +73,27 @@ pub struct Open {
     /// Where the last stage sends this session's results: the head's data address. `None`
     /// in a static pipeline whose last stage knows its head.
     pub reply: Option<SocketAddr>,
+    /// Start from a cache an earlier session of the same upstream kept: the session's first
+    /// positions are a copy of that cache's, and its rows start after them. A stage that
+    /// does not hold it fails the session with [`FailureCode::PrefixMiss`].
+    pub resume: Option<Resume>,
+}
+
+/// Which kept cache a session starts from, and how much of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Resume {
+    /// The key the cache was kept under ([`Close::keep`]).
+    pub key: u64,
+    /// Positions copied from it; the session's first rows are at this position.
+    pub len: u32,
+}
+
+/// The fixed fields of a session's end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Close {
+    /// Keep the session's cache under this key instead of freeing it (each stage bounds what
+    /// it keeps and may drop it at any time).
+    pub keep: Option<u64>,
 }
 
 /// Which rows of a step the last stage sends back to the head.
@@ -150,6 +172,9 @@ pub enum FailureCode {
     Stopping,
     /// The stage failed for its own reasons.
     Internal,
+    /// The stage does not hold the kept cache the open asked to resume (evicted, restarted,
+    /// a new plan): the same request without `resume` would run.
+    PrefixMiss,
 }
 
 impl FailureCode {
@@ -164,7 +189,7 @@ impl FailureCode {
 enum Head {
     Open(Open),
     Rows(RowsHead),
-    Close,
+    Close(Close),
     Error(Failure),
 }
 
@@ -218,9 +243,9 @@ impl<'a> Message<'a> {
                 trailing("an open")?;
                 Message::Open(open)
             }
-            Head::Close => {
+            Head::Close(close) => {
                 trailing("a close")?;
-                Message::Close
+                Message::Close(close)
             }
             Head::Error(failure) => {
                 trailing("an error")?;
@@ -278,9 +303,14 @@ pub fn encode_open(open: &Open, out: &mut Vec<u8>) {
     encode_head(&Head::Open(open.clone()), out);
 }
 
-/// Replaces `out` with the payload of a close.
+/// Replaces `out` with the payload of a close that frees the session's cache.
 pub fn encode_close(out: &mut Vec<u8>) {
-    encode_head(&Head::Close, out);
+    encode_head(&Head::Close(Close::default()), out);
+}
+
+/// Replaces `out` with the payload of a close that keeps the session's cache under `key`.
+pub fn encode_close_keeping(key: u64, out: &mut Vec<u8>) {
+    encode_head(&Head::Close(Close { keep: Some(key) }), out);
 }
 
 /// Replaces `out` with the payload of an error, its message cut to fit.

@@ -143,4 +143,13 @@ pub enum StepError {
     /// A step with no positions.
     #[error("empty input")]
     Empty,
+    /// No cache is kept under this key (never kept, or evicted), or it holds fewer positions
+    /// than asked for: the session must compute them.
+    #[error("no kept cache {key} of {len} positions")]
+    PrefixMissing {
+        /// The key asked for.
+        key: u64,
+        /// The positions asked for.
+        len: usize,
+    },
 }

@@ -10,9 +10,11 @@ use super::scratch::Scratch;
 use super::weights::Weights;
 use super::{LoadError, StepError};
 use crate::gguf::{GgufFile, Header};
+use crate::kv::kept::Kept;
 use crate::kv::KvCache;
 
 mod batch;
+mod prefix;
 
 pub use batch::{BatchError, MAX_BATCH};
 
@@ -117,6 +119,9 @@ pub struct Shard {
     head: Option<Head>,
     rope_freqs: Option<Vec<f32>>,
     sessions: HashMap<u64, KvCache>,
+    /// Finished sessions' caches kept for prefix reuse; they count against
+    /// `opts.max_sessions` with the open sessions and give way to them.
+    kept: Kept,
     opts: ShardOptions,
     pool: rayon::ThreadPool,
     scratch: Scratch,
@@ -198,6 +203,7 @@ impl Shard {
             head,
             rope_freqs,
             sessions: HashMap::new(),
+            kept: Kept::default(),
             opts,
             pool,
             scratch: Scratch::default(),
@@ -231,21 +237,8 @@ impl Shard {
         if self.sessions.contains_key(&id) {
             return Err(StepError::SessionExists(id));
         }
-        if self.sessions.len() >= self.opts.max_sessions {
-            return Err(StepError::TooManySessions(self.opts.max_sessions));
-        }
-        let limit = self.opts.max_context;
-        let max = if max_positions == 0 {
-            limit
-        } else {
-            max_positions
-        };
-        if max > limit {
-            return Err(StepError::ContextTooLong {
-                requested: max,
-                limit,
-            });
-        }
+        let max = self.session_limit(max_positions)?;
+        self.make_room()?;
         let c = &self.config;
         let cache = KvCache::new(
             self.blocks.len(),
@@ -282,9 +275,10 @@ impl Shard {
         self.sessions.len()
     }
 
-    /// Bytes the open sessions' KV caches hold now (they grow with their positions).
+    /// Bytes the open sessions' KV caches hold now (they grow with their positions), and
+    /// the kept ones'.
     pub fn kv_bytes(&self) -> usize {
-        self.sessions.values().map(KvCache::bytes).sum()
+        self.sessions.values().map(KvCache::bytes).sum::<usize>() + self.kept.bytes()
     }
 
     /// Looks up (and scales) the embeddings of `tokens` into `out` (`n × n_embd`), without

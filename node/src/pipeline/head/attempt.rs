@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::super::error::PipelineError;
 use super::super::failover::Plans;
-use super::super::protocol::{self, Open, Phase, Reply, RowsHead};
+use super::super::protocol::{self, Open, Phase, Reply, Resume, RowsHead};
 use super::first_stages::Stopping;
 use super::{Event, Inner, PREFILL_IN_FLIGHT};
 
@@ -26,16 +26,24 @@ pub(super) struct Attempt {
     rx: mpsc::Receiver<Event>,
     seq: u64,
     opened: bool,
+    /// Positions sent so far: every stage computes them before it sees the close.
+    sent: usize,
+    /// Whether a send or a reply failed: the stages' caches may not hold what was sent.
+    failed: bool,
+    /// Whether its close was sent.
+    closed: bool,
 }
 
 impl Attempt {
     /// Opens a session on the plan entering at `first` and runs `context` through it as a
     /// prompt; returns the attempt and the hidden state of the context's last position.
+    /// With `resume`, the session starts from the first `len` positions of the cache the
+    /// stages kept under `key`, and only the rest of the context is sent.
     pub(super) async fn start(
         inner: Arc<Inner>,
         (epoch, first): (u64, SocketAddr),
         plans: Option<Plans>,
-        context: &[u32],
+        (context, resume): (&[u32], Option<Resume>),
         reserve: usize,
     ) -> Result<(Attempt, Vec<f32>), PipelineError> {
         let id = inner.new_session_id();
@@ -51,8 +59,11 @@ impl Attempt {
             rx,
             seq: 0,
             opened: false,
+            sent: 0,
+            failed: false,
+            closed: false,
         };
-        let hidden = attempt.prefill(context, reserve).await?;
+        let hidden = attempt.prefill(context, resume, reserve).await?;
         Ok((attempt, hidden))
     }
 
@@ -62,12 +73,18 @@ impl Attempt {
     async fn prefill(
         &mut self,
         context: &[u32],
+        resume: Option<Resume>,
         reserve: usize,
     ) -> Result<Vec<f32>, PipelineError> {
+        // The last position is always computed: its row gives the next token's logits.
+        let resume = resume.filter(|r| (r.len as usize) < context.len());
         let open = Open {
             positions: reserve.max(context.len()) as u32,
             reply: self.inner.reply_addr,
+            resume,
         };
+        let start = resume.map_or(0, |r| r.len as usize);
+        let context = &context[start..];
         let mut payload = Vec::new();
         protocol::encode_open(&open, &mut payload);
         // The prompt follows the open without waiting for its acknowledgement: every stage
@@ -80,7 +97,7 @@ impl Attempt {
         let mut sent = 0;
         for answered in 0..chunks.len() {
             while sent < chunks.len() && sent - answered < PREFILL_IN_FLIGHT {
-                let pos = sent * protocol::PREFILL_CHUNK;
+                let pos = start + sent * protocol::PREFILL_CHUNK;
                 self.push(pos, chunks[sent], Phase::Prefill, Reply::LastRow)?;
                 sent += 1;
             }
@@ -113,20 +130,69 @@ impl Attempt {
         };
         let mut payload = Vec::new();
         protocol::encode_rows(head, &rows, &mut payload);
-        self.send(payload)
+        self.send(payload)?;
+        self.sent = self.sent.max(pos + tokens.len());
+        Ok(())
     }
 
     fn send(&mut self, payload: Vec<u8>) -> Result<(), PipelineError> {
         let header = protocol::frame(self.id, self.seq);
         self.seq += 1;
-        self.inner
+        let sent = self
+            .inner
             .to_first
-            .send((self.first, header, payload, self.tx.clone()))
-            .map_err(|Stopping| PipelineError::Stopping)
+            .send((self.first, header, payload, self.tx.clone()));
+        self.failed |= sent.is_err();
+        sent.map_err(|Stopping| PipelineError::Stopping)
+    }
+
+    /// Ends the session keeping its cache on every stage, if it went well: `context` is
+    /// what it ran (the tokens of its positions), and the head records the part every
+    /// stage computes for a later request to resume.
+    pub(super) fn close_keeping(mut self, context: &[u32]) {
+        let held = &context[..self.sent.min(context.len())];
+        if self.failed || held.len() < super::prefixes::MIN_REUSE {
+            return;
+        }
+        // The close goes first: a request that finds the record sends its open after it,
+        // and every stage takes the two in that order.
+        self.close(true);
+        let mut prefixes = self
+            .inner
+            .prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        prefixes.record((self.epoch, self.first), self.id, held);
+    }
+
+    /// Sends the session's close (once), keeping its cache on the stages or not, and stops
+    /// routing its replies.
+    fn close(&mut self, keep: bool) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let mut payload = Vec::new();
+        if keep {
+            protocol::encode_close_keeping(self.id, &mut payload);
+        } else {
+            protocol::encode_close(&mut payload);
+        }
+        let header = protocol::frame(self.id, self.seq);
+        let _ = self
+            .inner
+            .to_first
+            .send((self.first, header, payload, self.tx.clone()));
+        self.inner.sessions.remove(self.id);
     }
 
     /// The next rows the last stage sends back (after the open's acknowledgement).
     pub(super) async fn rows(&mut self) -> Result<(RowsHead, Vec<f32>), PipelineError> {
+        let rows = self.next_rows().await;
+        self.failed |= rows.is_err();
+        rows
+    }
+
+    async fn next_rows(&mut self) -> Result<(RowsHead, Vec<f32>), PipelineError> {
         loop {
             match self.wait().await? {
                 Event::Opened if !self.opened => self.opened = true,
@@ -171,13 +237,6 @@ impl Attempt {
 impl Drop for Attempt {
     /// Frees the session on every stage whatever happened, and stops routing its replies.
     fn drop(&mut self) {
-        let mut payload = Vec::new();
-        protocol::encode_close(&mut payload);
-        let header = protocol::frame(self.id, self.seq);
-        let _ = self
-            .inner
-            .to_first
-            .send((self.first, header, payload, self.tx.clone()));
-        self.inner.sessions.remove(self.id);
+        self.close(false);
     }
 }

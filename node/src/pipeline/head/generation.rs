@@ -8,13 +8,14 @@
 //! which leaves the new stages' caches exactly where the old ones were: the logits, and so
 //! the caller's tokens, are the ones the broken plan would have given.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tracing::{info, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::super::error::PipelineError;
 use super::super::failover::Plans;
-use super::super::protocol::{Phase, Reply};
+use super::super::protocol::{FailureCode, Phase, Reply, Resume};
 use super::super::stage::HOP;
 use super::attempt::Attempt;
 use super::Head;
@@ -193,15 +194,28 @@ impl Generation {
             None => (0, self.head.first().ok_or(PipelineError::NoRoute)?),
         };
         self.epoch = route.0;
-        let inner = self.head.inner.clone();
-        let started = Attempt::start(
-            inner,
-            route,
-            self.plans.clone(),
-            &self.context,
-            self.reserve,
-        );
-        let (attempt, hidden) = started.await?;
+        let resume = self.kept_prefix(route);
+        let (attempt, hidden) = match self.start(route, resume).await {
+            Err(PipelineError::Stage(f))
+                if f.code == FailureCode::PrefixMiss && resume.is_some() =>
+            {
+                // A stage lost the kept cache: forget it, and compute the whole context.
+                let key = resume.map_or(0, |r| r.key);
+                self.forget_prefix(route, key);
+                debug!(
+                    epoch = route.0,
+                    key, "a kept prefix was missing; prefilling it all"
+                );
+                self.start(route, None).await?
+            }
+            started => {
+                let (attempt, hidden) = started?;
+                if let (Some(r), Some(m)) = (resume, &self.head.inner.metrics) {
+                    m.prefix_reused(r.len as usize);
+                }
+                (attempt, hidden)
+            }
+        };
         self.attempt = Some(attempt);
         self.awaiting = None;
         Ok(hidden)
@@ -219,6 +233,42 @@ impl Generation {
                 m.recovered(took.as_secs_f64());
             }
         }
+    }
+
+    /// Opens a session on `route` and runs the context through it, from a kept prefix or
+    /// from nothing.
+    async fn start(
+        &self,
+        route: (u64, SocketAddr),
+        resume: Option<Resume>,
+    ) -> Result<(Attempt, Vec<f32>), PipelineError> {
+        let inner = self.head.inner.clone();
+        let plans = self.plans.clone();
+        Attempt::start(inner, route, plans, (&self.context, resume), self.reserve).await
+    }
+
+    /// A stage of plan `route` no longer holds the cache kept under `key`.
+    fn forget_prefix(&self, route: (u64, SocketAddr), key: u64) {
+        let inner = &self.head.inner;
+        let mut prefixes = inner.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        prefixes.forget(route, key);
+        if let Some(m) = &inner.metrics {
+            m.prefix_missed();
+        }
+    }
+
+    /// The longest kept prefix of the context on plan `route`, if worth resuming.
+    fn kept_prefix(&self, route: (u64, SocketAddr)) -> Option<Resume> {
+        if !self.head.prefix_cache {
+            return None;
+        }
+        let inner = &self.head.inner;
+        let mut prefixes = inner.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        let (key, len) = prefixes.find(route, &self.context)?;
+        Some(Resume {
+            key,
+            len: len as u32,
+        })
     }
 
     fn may_recover(&self, e: &PipelineError) -> bool {
@@ -240,5 +290,17 @@ impl Generation {
         self.recoveries += 1;
         self.head.inner.count_recovery();
         self.broke_at.get_or_insert_with(Instant::now);
+    }
+}
+
+impl Drop for Generation {
+    /// Frees the session on every stage, or keeps its cache there for a later request that
+    /// starts with the same tokens.
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            if self.head.prefix_cache && self.error.is_none() {
+                attempt.close_keeping(&self.context);
+            }
+        }
     }
 }

@@ -119,7 +119,7 @@ async fn receive_link(
                 }
             }
             (FrameKind::Message, Ok(Message::Error(failure))) => Event::Failed(failure),
-            (FrameKind::Message, Ok(Message::Close)) => continue,
+            (FrameKind::Message, Ok(Message::Close(_))) => continue,
             (FrameKind::Message, Err(e)) => Event::BadReply(e),
             (FrameKind::Error(code), _) => Event::Failed(Failure {
                 code: FailureCode::Refused,

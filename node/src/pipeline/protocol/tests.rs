@@ -20,11 +20,38 @@ fn every_message_round_trips() {
     let open = Open {
         positions: 512,
         reply: Some("10.0.0.2:7601".parse().unwrap()),
+        resume: None,
+    };
+    encode_open(&open, &mut buf);
+    assert_eq!(Message::decode(&buf).unwrap(), Message::Open(open));
+    let open = Open {
+        positions: 512,
+        reply: None,
+        resume: Some(Resume {
+            key: u64::MAX - 3,
+            len: 400,
+        }),
     };
     encode_open(&open, &mut buf);
     assert_eq!(Message::decode(&buf).unwrap(), Message::Open(open));
     encode_close(&mut buf);
-    assert_eq!(Message::decode(&buf).unwrap(), Message::Close);
+    assert_eq!(
+        Message::decode(&buf).unwrap(),
+        Message::Close(Close { keep: None })
+    );
+    encode_close_keeping(7, &mut buf);
+    assert_eq!(
+        Message::decode(&buf).unwrap(),
+        Message::Close(Close { keep: Some(7) })
+    );
+    encode_error(FailureCode::PrefixMiss, "evicted", &mut buf);
+    assert!(matches!(
+        Message::decode(&buf).unwrap(),
+        Message::Error(Failure {
+            code: FailureCode::PrefixMiss,
+            ..
+        })
+    ));
     encode_error(FailureCode::Unroutable, "next hop gone", &mut buf);
     assert_eq!(
         Message::decode(&buf).unwrap(),

@@ -13,6 +13,8 @@ use crate::cpu_quota;
 use crate::metrics::StepKind;
 use crate::pipeline::protocol::{self, FailureCode, Message, Phase, Rows, RowsHead};
 
+mod lifecycle;
+
 /// One session on this stage.
 struct Session {
     /// When a message of it was last run.
@@ -184,37 +186,7 @@ impl Worker {
             Err(e) => return self.refuse(session, head, &e),
         };
         match message {
-            Message::Open(open) => {
-                let known = self.sessions.contains_key(&session);
-                if !known && self.settings.previous_stage != Some(from) {
-                    let held = self.sessions.values().filter(|s| s.owner == from).count();
-                    if held >= self.settings.per_peer {
-                        // Refused before the shard sees it: the table keeps room for others.
-                        warn!(
-                            session,
-                            held, "refused an open: this upstream holds its share"
-                        );
-                        let why = format!(
-                            "this upstream already holds {held} sessions, its limit on this stage"
-                        );
-                        return self.fail(session, open.reply, FailureCode::Busy, &why);
-                    }
-                }
-                let entry = Session {
-                    seen: Instant::now(),
-                    head: open.reply,
-                    owner: from,
-                };
-                self.sessions.insert(session, entry);
-                match self.shard.open_session(session, open.positions as usize) {
-                    Ok(()) => self.send(header, payload, open.reply),
-                    Err(e @ StepError::TooManySessions(_)) => {
-                        self.sessions.remove(&session);
-                        self.fail(session, open.reply, FailureCode::Busy, &e.to_string());
-                    }
-                    Err(e) => self.refuse(session, open.reply, &e),
-                }
-            }
+            Message::Open(open) => self.open_session(header, payload, open, from),
             Message::Rows(rows) => {
                 let started = Instant::now();
                 let decode = rows.head.phase == Phase::Decode;
@@ -240,9 +212,8 @@ impl Worker {
                     Err(e) => self.refuse(session, head, &e),
                 }
             }
-            Message::Close => {
-                self.sessions.remove(&session);
-                self.shard.close_session(session);
+            Message::Close(close) => {
+                self.close_session(session, close, from);
                 self.send(header, payload, head);
             }
             Message::Error(failure) => {
