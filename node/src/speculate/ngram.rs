@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 /// Longest n-gram matched; longer matches are tried first.
-const MAX_N: usize = 3;
+pub const MAX_N: usize = 4;
 
 /// An index of the n-grams (1..=[`MAX_N`]) of a growing token sequence: for each, where the
 /// tokens after its latest occurrence start.
@@ -35,6 +35,25 @@ impl Ngram {
     /// matching ending, into `out` (cleared). Nothing when no ending recurs.
     pub fn propose(&mut self, k: usize, out: &mut Vec<u32>) {
         out.clear();
+        if k == 0 {
+            return;
+        }
+        if let Some((_, start)) = self.lookup() {
+            let end = (start + k).min(self.tokens.len());
+            out.extend_from_slice(&self.tokens[start..end]);
+        }
+    }
+
+    /// The length of the sequence's longest ending that occurred before (what
+    /// [`Ngram::propose`] would draft from), `None` when no ending recurs. Longer matches
+    /// are likelier to be continued the same way.
+    pub fn match_len(&mut self) -> Option<usize> {
+        self.lookup().map(|(n, _)| n)
+    }
+
+    /// The longest recurring ending: its length and where the tokens after its latest
+    /// earlier occurrence start.
+    fn lookup(&mut self) -> Option<(usize, usize)> {
         let len = self.tokens.len();
         // Index every n-gram that has at least one token after it: those ending before the
         // last token. The last token's own n-grams are what gets looked up.
@@ -46,20 +65,16 @@ impl Ngram {
             }
             self.indexed += 1;
         }
-        if k == 0 {
-            return;
-        }
         for n in (1..=MAX_N.min(len)).rev() {
             if let Some(&start) = self.after.get(&(n, hash(&self.tokens[len - n..]))) {
                 // A hash match of different tokens would only make a draft that verification
                 // rejects; check it anyway, it is a few comparisons.
                 if start >= n && self.tokens[start - n..start] == self.tokens[len - n..] {
-                    let end = (start + k).min(len);
-                    out.extend_from_slice(&self.tokens[start..end]);
-                    return;
+                    return Some((n, start));
                 }
             }
         }
+        None
     }
 }
 

@@ -2,7 +2,10 @@
 //! after it through the ring as one step, keeps the drafts the sampler agrees with and one
 //! token of the target's own, and rolls the rest back.
 
+use std::time::Instant;
+
 use sharding::sampling::{token_logprobs, Sampler, SamplingError, TokenLogprobs};
+use tracing::debug;
 
 use super::{AdaptiveK, Drafter, Stats};
 use crate::pipeline::{Generation, Head, PipelineError};
@@ -110,15 +113,19 @@ impl Speculation {
             return Ok(());
         };
         let room = room.max(1);
+        let mut chose = 0;
+        let mut class = None;
         let k = match self.drafter.as_mut() {
             Some(drafter) => {
+                class = drafter.outlook();
                 let (one, per_row) = self.head.pass_fit();
-                let k = self.k.choose(room - 1, one, per_row);
-                drafter.propose(k, &mut self.drafts);
+                chose = self.k.choose(room - 1, one, per_row);
+                drafter.propose(chose, &mut self.drafts);
                 self.drafts.len()
             }
             None => 0,
         };
+        let started = Instant::now();
         if k == 0 {
             self.generation.push(token);
             let row = self.generation.logits().await?;
@@ -127,6 +134,12 @@ impl Speculation {
                 self.picked.extend(token_logprobs(row, id, top));
             }
             self.stats.passes += 1;
+            debug!(
+                rows = 1,
+                chose,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "pass"
+            );
             self.note(id);
             out.push(id);
             self.pending = Some(id);
@@ -165,6 +178,15 @@ impl Speculation {
         // The pending token and the kept drafts stay; the rest roll back at the next step.
         self.generation.accept(&self.batch, 1 + kept);
         self.k.record(k, kept);
+        debug!(
+            rows = k + 1,
+            chose,
+            class = class.unwrap_or(9),
+            kept,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            a = self.k.acceptance(),
+            "pass"
+        );
         self.stats.passes += 1;
         self.stats.drafted += k as u64;
         self.stats.accepted += kept as u64;
