@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
-/// Longest n-gram matched; longer matches are tried first.
-pub const MAX_N: usize = 4;
+/// Longest n-gram matched; longer matches are tried first. A long match places the text in
+/// what it repeats: drafts after a match of four tokens were kept 86 % of the time, after
+/// one 27 % (SmolLM2, `examples/prompts`), and the controller prices each length apart.
+pub const MAX_N: usize = 8;
 
 /// An index of the n-grams (1..=[`MAX_N`]) of a growing token sequence: for each, where the
 /// tokens after its latest occurrence start.
@@ -99,10 +101,12 @@ mod tests {
         // "a b c d X a b c" -> after "a b c" came "d X".
         let mut n = Ngram::new(&[1, 2, 3, 4, 9, 1, 2, 3]);
         let mut out = Vec::new();
+        assert_eq!(n.match_len(), Some(3));
         n.propose(2, &mut out);
         assert_eq!(out, [4, 9]);
         // A longer ending beats a more recent shorter one.
         let mut n = Ngram::new(&[5, 6, 7, 8, 6, 3, 5, 6]);
+        assert_eq!(n.match_len(), Some(2));
         n.propose(3, &mut out);
         assert_eq!(out, [7, 8, 6]);
         // The most recent occurrence of the same n-gram wins.
@@ -115,13 +119,30 @@ mod tests {
     fn no_recurrence_proposes_nothing_and_growth_is_indexed() {
         let mut n = Ngram::new(&[1, 2, 3]);
         let mut out = vec![42];
+        assert_eq!(n.match_len(), None);
         n.propose(4, &mut out);
         assert!(out.is_empty());
         n.extend(&[1, 2]);
+        assert_eq!(n.match_len(), Some(2));
         n.propose(4, &mut out);
         // After "1 2" came "3 1 2"; the proposal stops at the end of the text.
         assert_eq!(out, [3, 1, 2]);
         n.propose(0, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn matches_are_as_long_as_the_repetition_up_to_the_limit() {
+        let text: Vec<u32> = (0..20).collect();
+        let mut n = Ngram::new(&text);
+        n.extend(&text[..MAX_N + 5]);
+        assert_eq!(n.match_len(), Some(MAX_N));
+        let mut out = Vec::new();
+        n.propose(3, &mut out);
+        assert_eq!(out, text[MAX_N + 5..MAX_N + 8]);
+        // A shorter repetition is matched at its own length.
+        let mut n = Ngram::new(&text);
+        n.extend(&[99, 5, 6, 7]);
+        assert_eq!(n.match_len(), Some(3));
     }
 }

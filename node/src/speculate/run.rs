@@ -7,7 +7,7 @@ use std::time::Instant;
 use sharding::sampling::{token_logprobs, Sampler, SamplingError, TokenLogprobs};
 use tracing::debug;
 
-use super::{AdaptiveK, Drafter, Stats};
+use super::{AdaptiveK, Drafter, Stats, MAX_DRAFTS};
 use crate::pipeline::{Generation, Head, PipelineError};
 
 /// Why a speculative step failed.
@@ -31,6 +31,8 @@ pub struct Speculation {
     pending: Option<u32>,
     drafts: Vec<u32>,
     batch: Vec<u32>,
+    /// What passes of `1..=MAX_DRAFTS + 1` rows cost (milliseconds), read before each pass.
+    costs: [Option<f64>; MAX_DRAFTS + 1],
     stats: Stats,
     /// With `Some(top)`, each token's log-probabilities (and the `top` best) are kept.
     logprobs: Option<usize>,
@@ -64,6 +66,7 @@ impl Speculation {
             pending: None,
             drafts: Vec::new(),
             batch: Vec::new(),
+            costs: [None; MAX_DRAFTS + 1],
             stats: Stats::default(),
             logprobs: None,
             picked: Vec::new(),
@@ -113,13 +116,20 @@ impl Speculation {
             return Ok(());
         };
         let room = room.max(1);
-        let mut chose = 0;
-        let mut class = None;
+        let mut kind = None;
         let k = match self.drafter.as_mut() {
             Some(drafter) => {
-                class = drafter.outlook();
-                let (one, per_row) = self.head.pass_fit();
-                chose = self.k.choose(room - 1, one, per_row);
+                kind = drafter.outlook();
+                let chose = match kind {
+                    Some(kind) => {
+                        self.head.pass_costs(&mut self.costs);
+                        self.k.choose(kind, room - 1, &self.costs)
+                    }
+                    None => {
+                        self.k.none();
+                        0
+                    }
+                };
                 drafter.propose(chose, &mut self.drafts);
                 self.drafts.len()
             }
@@ -136,7 +146,7 @@ impl Speculation {
             self.stats.passes += 1;
             debug!(
                 rows = 1,
-                chose,
+                kind,
                 ms = started.elapsed().as_secs_f64() * 1e3,
                 "pass"
             );
@@ -177,14 +187,13 @@ impl Speculation {
         }
         // The pending token and the kept drafts stay; the rest roll back at the next step.
         self.generation.accept(&self.batch, 1 + kept);
-        self.k.record(k, kept);
+        let kind = kind.unwrap_or_default();
+        self.k.record(kind, k, kept);
         debug!(
             rows = k + 1,
-            chose,
-            class = class.unwrap_or(9),
+            kind,
             kept,
             ms = started.elapsed().as_secs_f64() * 1e3,
-            a = self.k.acceptance(),
             "pass"
         );
         self.stats.passes += 1;
