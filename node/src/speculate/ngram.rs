@@ -33,7 +33,7 @@ impl Ngram {
         self.tokens.extend_from_slice(tokens);
     }
 
-    /// Up to `k` tokens that followed the latest earlier occurrence of the sequence's longest
+    /// `k` tokens that followed the latest earlier occurrence of the sequence's longest
     /// matching ending, into `out` (cleared). Nothing when no ending recurs.
     pub fn propose(&mut self, k: usize, out: &mut Vec<u32>) {
         out.clear();
@@ -41,8 +41,16 @@ impl Ngram {
             return;
         }
         if let Some((_, start)) = self.lookup() {
-            let end = (start + k).min(self.tokens.len());
-            out.extend_from_slice(&self.tokens[start..end]);
+            // Past the end of the text the proposal continues with itself: a match that ends
+            // just before the text does is a loop (`a b a b a`), which repeats.
+            let len = self.tokens.len();
+            for i in start..start + k {
+                let next = match self.tokens.get(i) {
+                    Some(&t) => t,
+                    None => out[i - len],
+                };
+                out.push(next);
+            }
         }
     }
 
@@ -125,8 +133,10 @@ mod tests {
         n.extend(&[1, 2]);
         assert_eq!(n.match_len(), Some(2));
         n.propose(4, &mut out);
-        // After "1 2" came "3 1 2"; the proposal stops at the end of the text.
-        assert_eq!(out, [3, 1, 2]);
+        // After "1 2" came "3 1 2": the text loops, and the proposal goes on around it.
+        assert_eq!(out, [3, 1, 2, 3]);
+        n.propose(7, &mut out);
+        assert_eq!(out, [3, 1, 2, 3, 1, 2, 3]);
         n.propose(0, &mut out);
         assert!(out.is_empty());
     }
