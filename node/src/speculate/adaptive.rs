@@ -15,6 +15,9 @@
 const DECAY: f64 = 0.9;
 /// Every this many passes the controller tries a choice its costs advise against.
 pub const EXPLORE_EVERY: u64 = 16;
+/// A choice is tried only when its expected tokens per millisecond are at least this share
+/// of the advised choice's.
+const EXPLORE_WITHIN: f64 = 0.8;
 /// The prior each kind's counts age toward: one draft accepted of two judged.
 const PRIOR: (f64, f64) = (1.0, 2.0);
 /// Kinds of proposal tracked apart (a draft model's, and prompt lookup's by match length);
@@ -75,8 +78,8 @@ impl AdaptiveK {
     /// cost: `costs[rows - 1]` milliseconds for a pass of `rows` rows, `None` while
     /// unpriced. At most `room` drafts fit what is left of the request. Passes are priced
     /// first (a plain one, then one of two drafts), and every [`EXPLORE_EVERY`] passes a
-    /// choice next to the advised one is tried, so one odd measurement or a few unlucky
-    /// drafts cannot settle the choice for good.
+    /// choice next to the advised one is tried when it could nearly pay, so one odd
+    /// measurement or a few unlucky drafts cannot settle the choice for good.
     pub fn choose(&mut self, kind: usize, room: usize, costs: &[Option<f64>]) -> usize {
         self.passes += 1;
         if let Some(k) = self.fixed {
@@ -92,14 +95,24 @@ impl AdaptiveK {
             (Some(_), true) => {
                 let a = self.acceptance(kind);
                 let best = best_k(a, 0..=max, costs);
-                if !self.passes.is_multiple_of(EXPLORE_EVERY) {
-                    best
-                } else if best == 0 {
+                let other = if best == 0 {
                     best_k(a, 1..=max, costs)
                 } else if best < max {
                     best + 1
                 } else {
                     best - 1
+                };
+                // Only a choice that could pay is worth a try: on loopback, where a further
+                // row costs most of a pass, drafts after a short match never come close,
+                // and trying them cost 1-2 % of the decode time.
+                let close = match (rate(a, other, costs), rate(a, best, costs)) {
+                    (Some(o), Some(b)) => o >= b * EXPLORE_WITHIN,
+                    _ => false,
+                };
+                if self.passes.is_multiple_of(EXPLORE_EVERY) && close {
+                    other
+                } else {
+                    best
                 }
             }
         };
@@ -124,8 +137,7 @@ impl AdaptiveK {
 /// smallest wins unless a larger one is better by more than a hundredth: with the same
 /// yield, fewer rows are less to lose. 0 when nothing in `ks` is priced.
 fn best_k(a: f64, ks: std::ops::RangeInclusive<usize>, costs: &[Option<f64>]) -> usize {
-    let tokens = |k: usize| (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
-    ks.filter_map(|k| Some((k, tokens(k) / costs.get(k).copied().flatten()?)))
+    ks.filter_map(|k| Some((k, rate(a, k, costs)?)))
         .fold((0, f64::MIN), |best, (k, rate)| {
             if rate > best.1 * 1.01 {
                 (k, rate)
@@ -134,6 +146,13 @@ fn best_k(a: f64, ks: std::ops::RangeInclusive<usize>, costs: &[Option<f64>]) ->
             }
         })
         .0
+}
+
+/// Expected tokens per millisecond of passes with `k` drafts, each accepted with chance `a`
+/// once the previous one was; `None` when that size is unpriced.
+fn rate(a: f64, k: usize, costs: &[Option<f64>]) -> Option<f64> {
+    let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
+    Some(tokens / costs.get(k).copied().flatten()?)
 }
 
 #[cfg(test)]
@@ -213,13 +232,27 @@ mod tests {
         for _ in 0..50 {
             k.record(1, 4, 0);
         }
-        assert_eq!(choose(&mut k, 1, 100, &LOOPBACK), 0);
-        // Once every EXPLORE_EVERY passes, the best number of drafts above none.
+        assert_eq!(choose(&mut k, 1, 100, &SLOW_LINK), 0);
+        // Once every EXPLORE_EVERY passes, the best number of drafts above none, when it
+        // comes close to paying (a 2-row pass on the slow link costs 16 % more).
         let tries: Vec<usize> = (0..EXPLORE_EVERY)
-            .map(|_| k.choose(1, 100, &LOOPBACK))
+            .map(|_| k.choose(1, 100, &SLOW_LINK))
             .filter(|&k| k > 0)
             .collect();
         assert_eq!(tries, [1]);
+        // On loopback a further row costs 80 % of a pass: not worth a try.
+        let tries = (0..EXPLORE_EVERY).filter(|_| k.choose(1, 100, &LOOPBACK) > 0);
+        assert_eq!(tries.count(), 0);
+        // A kind that drafts is tried with one draft more now and then.
+        for _ in 0..50 {
+            k.record(3, 4, 2);
+        }
+        let advised = choose(&mut k, 3, 100, &SLOW_LINK);
+        let tried: Vec<usize> = (0..EXPLORE_EVERY)
+            .map(|_| k.choose(3, 100, &SLOW_LINK))
+            .filter(|&k| k != advised)
+            .collect();
+        assert_eq!(tried, [advised + 1]);
         // A pass without a proposal has no drafts.
         k.none();
         assert_eq!(k.current(), 0);
