@@ -103,7 +103,7 @@ struct Inner {
     generated: AtomicU64,
     recoveries: AtomicU64,
     metrics: Option<Arc<Metrics>>,
-    /// Recent passes through the stages.
+    /// Recent passes through the stages and the head's output product, by rows.
     passes: Mutex<passes::Passes>,
     /// The caches the stages kept for this head's requests to resume.
     prefixes: Mutex<prefixes::Prefixes>,
@@ -298,17 +298,20 @@ impl Head {
         self.inner.generated.load(Ordering::Relaxed)
     }
 
-    /// Median round trip of recent decode steps through the stages, in milliseconds.
+    /// Median time of recent decode steps (through the stages, then the output product),
+    /// in milliseconds.
     pub fn recent_token_ms(&self) -> Option<f64> {
         let passes = self.inner.passes.lock().unwrap_or_else(|e| e.into_inner());
         passes.single_ms()
     }
 
-    /// What passes through the stages cost now, in milliseconds: one of a single row, and
-    /// each further row of a longer one (from recent passes; `None` until seen).
-    pub fn pass_fit(&self) -> (Option<f64>, Option<f64>) {
+    /// What a pass of `1..=out.len()` rows costs now, in milliseconds, into
+    /// `out[rows - 1]`: from sending its rows to having their logits, from recent passes of
+    /// each size (sizes not seen lately are interpolated; `None` before any pass of several
+    /// rows). Speculation reads it to choose how many drafts a pass carries.
+    pub fn pass_costs(&self, out: &mut [Option<f64>]) {
         let passes = self.inner.passes.lock().unwrap_or_else(|e| e.into_inner());
-        passes.fit()
+        passes.costs(out);
     }
 
     /// The address stages answer this head at, when it was given one.

@@ -54,6 +54,17 @@ impl Drafter {
         }
     }
 
+    /// Which kind of proposal comes next, before it is made: drafts of one kind are kept
+    /// about as often as each other, so the controller tracks each kind's acceptance apart.
+    /// For prompt lookup, the length of the matched ending (`1..=`[`ngram::MAX_N`]); for a
+    /// draft model, 0. `None`: there is nothing to propose.
+    pub fn outlook(&mut self) -> Option<usize> {
+        match self {
+            Drafter::Ngram(n) => n.match_len(),
+            Drafter::Model(_) => Some(0),
+        }
+    }
+
     /// The decided tokens grew by `tokens`.
     pub fn extend(&mut self, tokens: &[u32]) {
         match self {

@@ -2,9 +2,12 @@
 //! after it through the ring as one step, keeps the drafts the sampler agrees with and one
 //! token of the target's own, and rolls the rest back.
 
-use sharding::sampling::{token_logprobs, Sampler, SamplingError, TokenLogprobs};
+use std::time::Instant;
 
-use super::{AdaptiveK, Drafter, Stats};
+use sharding::sampling::{token_logprobs, Sampler, SamplingError, TokenLogprobs};
+use tracing::debug;
+
+use super::{AdaptiveK, Drafter, Stats, MAX_DRAFTS};
 use crate::pipeline::{Generation, Head, PipelineError};
 
 /// Why a speculative step failed.
@@ -28,6 +31,8 @@ pub struct Speculation {
     pending: Option<u32>,
     drafts: Vec<u32>,
     batch: Vec<u32>,
+    /// What passes of `1..=MAX_DRAFTS + 1` rows cost (milliseconds), read before each pass.
+    costs: [Option<f64>; MAX_DRAFTS + 1],
     stats: Stats,
     /// With `Some(top)`, each token's log-probabilities (and the `top` best) are kept.
     logprobs: Option<usize>,
@@ -61,6 +66,7 @@ impl Speculation {
             pending: None,
             drafts: Vec::new(),
             batch: Vec::new(),
+            costs: [None; MAX_DRAFTS + 1],
             stats: Stats::default(),
             logprobs: None,
             picked: Vec::new(),
@@ -110,15 +116,26 @@ impl Speculation {
             return Ok(());
         };
         let room = room.max(1);
+        let mut kind = None;
         let k = match self.drafter.as_mut() {
             Some(drafter) => {
-                let (one, per_row) = self.head.pass_fit();
-                let k = self.k.choose(room - 1, one, per_row);
-                drafter.propose(k, &mut self.drafts);
+                kind = drafter.outlook();
+                let chose = match kind {
+                    Some(kind) => {
+                        self.head.pass_costs(&mut self.costs);
+                        self.k.choose(kind, room - 1, &self.costs)
+                    }
+                    None => {
+                        self.k.none();
+                        0
+                    }
+                };
+                drafter.propose(chose, &mut self.drafts);
                 self.drafts.len()
             }
             None => 0,
         };
+        let started = Instant::now();
         if k == 0 {
             self.generation.push(token);
             let row = self.generation.logits().await?;
@@ -127,6 +144,12 @@ impl Speculation {
                 self.picked.extend(token_logprobs(row, id, top));
             }
             self.stats.passes += 1;
+            debug!(
+                rows = 1,
+                kind,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "pass"
+            );
             self.note(id);
             out.push(id);
             self.pending = Some(id);
@@ -164,7 +187,15 @@ impl Speculation {
         }
         // The pending token and the kept drafts stay; the rest roll back at the next step.
         self.generation.accept(&self.batch, 1 + kept);
-        self.k.record(k, kept);
+        let kind = kind.unwrap_or_default();
+        self.k.record(kind, k, kept);
+        debug!(
+            rows = k + 1,
+            kind,
+            kept,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "pass"
+        );
         self.stats.passes += 1;
         self.stats.drafted += k as u64;
         self.stats.accepted += kept as u64;

@@ -34,7 +34,8 @@ pub struct Generation {
     reserve: usize,
     /// The session on the current plan, if one is open.
     attempt: Option<Attempt>,
-    /// A pushed token whose hidden state has not come back yet, and when it was sent.
+    /// When the pushed token whose logits are not computed yet was sent (a pass is timed
+    /// from there to its logits).
     awaiting: Option<Instant>,
     /// The logits of the position after the context, once computed.
     logits: Vec<f32>,
@@ -108,6 +109,9 @@ impl Generation {
             trace!(target: HOP, pos = at, "computing");
             self.logits = self.head.logits(hidden).await?;
             trace!(target: HOP, pos = at, "computed");
+            if let Some(sent) = self.awaiting.take() {
+                self.head.inner.record_pass(1, sent.elapsed());
+            }
             self.note_recovered();
             self.head.inner.count_token();
             self.fresh = true;
@@ -149,7 +153,9 @@ impl Generation {
                 }
                 Err(e) => return Err(e),
             };
+            let (hidden, sent) = hidden;
             self.rows = self.head.logits_rows(hidden).await?;
+            self.head.inner.record_pass(tokens.len(), sent.elapsed());
             self.note_recovered();
             return Ok(&self.rows);
         }
@@ -166,7 +172,8 @@ impl Generation {
         self.fresh = false;
     }
 
-    async fn verify_once(&mut self, tokens: &[u32]) -> Result<Vec<f32>, PipelineError> {
+    /// The hidden states of `tokens` run after the context, and when they were sent.
+    async fn verify_once(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, Instant), PipelineError> {
         if self.attempt.is_none() {
             // A new plan: replay the accepted context first; its last row is not needed.
             self.hidden().await?;
@@ -176,17 +183,13 @@ impl Generation {
         attempt.push(pos, tokens, Phase::Decode, Reply::AllRows)?;
         let sent = Instant::now();
         let (_, hidden) = attempt.rows().await?;
-        self.head.inner.record_pass(tokens.len(), sent.elapsed());
-        Ok(hidden)
+        Ok((hidden, sent))
     }
 
     /// The hidden state of the context's last position, from the current plan or a new one.
     async fn hidden(&mut self) -> Result<Vec<f32>, PipelineError> {
         if let Some(attempt) = self.attempt.as_mut() {
             let (_, hidden) = attempt.rows().await?;
-            if let Some(sent) = self.awaiting.take() {
-                self.head.inner.record_pass(1, sent.elapsed());
-            }
             return Ok(hidden);
         }
         let route = match self.plans.as_mut() {
