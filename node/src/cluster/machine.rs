@@ -30,6 +30,7 @@ pub(crate) use inputs::{Input, StageReport, Tick};
 
 mod actions;
 mod inputs;
+mod layouts;
 mod links;
 mod plans;
 #[cfg(test)]

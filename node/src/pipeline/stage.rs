@@ -27,10 +27,12 @@ use super::protocol::WireDtype;
 use super::route::Route;
 use crate::metrics::Metrics;
 use compute::compute;
+use runtime::OwnRuntime;
 use steps::StepTimes;
 
 mod compute;
 mod network;
+mod runtime;
 mod steps;
 mod worker;
 
@@ -209,25 +211,6 @@ struct Outgoing {
 /// hashed. A session belongs to the upstream that opened it; frames for it from anyone else
 /// are refused without touching it, so one peer cannot corrupt or close another's session.
 type Upstream = u64;
-
-/// A stage's runtime until its thread runs it. Dropping it shuts it down without blocking,
-/// so a stage that cannot start (its address taken, no thread to be had) returns an error
-/// inside the caller's runtime instead of panicking there.
-struct OwnRuntime(Option<tokio::runtime::Runtime>);
-
-impl OwnRuntime {
-    fn get(&self) -> Option<&tokio::runtime::Runtime> {
-        self.0.as_ref()
-    }
-}
-
-impl Drop for OwnRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
 
 /// The [`Upstream`] of a link from `peer`.
 fn upstream_key(peer: &PeerId) -> Upstream {
