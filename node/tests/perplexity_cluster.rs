@@ -18,10 +18,9 @@ use transport::discovery::Keypair;
 const CTX: &str = "128";
 const CHUNKS: &str = "2";
 
-/// Runs `shoal perplexity` over ARCHITECTURE.md with `extra` flags; its stdout, or the
-/// test fails with its stderr.
-fn perplexity(extra: &[&str], key: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+/// Runs `shoal perplexity` over ARCHITECTURE.md with the cluster key `key` and `extra` flags.
+fn run(extra: &[&str], key: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
         .arg("perplexity")
         .arg("--model")
         .arg(model_path("smollm2"))
@@ -32,7 +31,12 @@ fn perplexity(extra: &[&str], key: &Path) -> String {
         .arg(key)
         .args(extra)
         .output()
-        .expect("run shoal perplexity");
+        .expect("run shoal perplexity")
+}
+
+/// [`run`]'s stdout, or the test fails with its stderr.
+fn perplexity(extra: &[&str], key: &Path) -> String {
+    let out = run(extra, key);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "shoal perplexity {extra:?}: {stderr}");
     String::from_utf8(out.stdout).unwrap()
@@ -121,17 +125,8 @@ fn a_node_that_does_not_answer_is_a_clear_error() {
         .local_addr()
         .unwrap()
         .port();
-    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("perplexity")
-        .arg("--model")
-        .arg(model_path("smollm2"))
-        .arg("--file")
-        .arg(workspace().join("ARCHITECTURE.md"))
-        .arg("--cluster-key-file")
-        .arg(&key)
-        .args(["--node", &format!("127.0.0.1:{port}")])
-        .output()
-        .unwrap();
+    let node = format!("127.0.0.1:{port}");
+    let out = run(&["--node", &node], &key);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
