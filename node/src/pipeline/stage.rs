@@ -416,11 +416,15 @@ impl Stage {
     /// until the stage's thread has finished.
     pub async fn shutdown(mut self) {
         if let Some(drained) = self.drained.take() {
-            if self.jobs.send(Job::Stop).await.is_ok() {
-                // Bounded: a prompt chunk being computed finishes first, a dead link does not
-                // hold the stop up.
-                let _ = tokio::time::timeout(STOP_DRAIN, drained).await;
-            }
+            // Bounded, queueing the stop included: a prompt chunk being computed finishes
+            // first, a full queue or a dead link does not hold the stop up.
+            let jobs = self.jobs.clone();
+            let drain = async move {
+                if jobs.send(Job::Stop).await.is_ok() {
+                    let _ = drained.await;
+                }
+            };
+            let _ = tokio::time::timeout(STOP_DRAIN, drain).await;
         }
         self.cancel.cancel();
         if let Some(stopped) = self.stopped.take() {
